@@ -119,7 +119,7 @@ def test_puzzle_on_timm_backbone_trains_trunk_and_branch():
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 5])
     out = m(x)
     l_re = puzzle_loss(m, x, y, out)
-    assert l_re.ndim == 0 and float(l_re) > 0
+    assert l_re.ndim == 0 and float(l_re.detach()) > 0
     (_losses(out, y) + l_re).backward()
     assert m.attention.top_down.smooth.conv.weight.grad.abs().sum() > 0
     assert m.backbone.model.layer1[0].conv1.weight.grad.abs().sum() > 0
