@@ -37,7 +37,9 @@ def tracked_files():
 
 
 def test_no_machine_details_in_tracked_files():
-    pat = re.compile(r"(/" + "work/|/root/|/home/[a-z]+/|/Users/[A-Za-z]+/)")
+    # the pattern is assembled from pieces so that this file does not match itself
+    roots = ["wor" + "k", "ro" + "ot", "home/[a-z]+", "Users/[A-Za-z]+"]
+    pat = re.compile("(" + "|".join(f"/{r}/" for r in roots) + ")")
     hits = []
     for f in tracked_files():
         if f.suffix in {".png", ".jpg", ".pt", ".gz"}: continue
