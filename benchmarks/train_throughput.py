@@ -11,9 +11,9 @@ usage: python benchmarks/train_throughput.py [--epochs 4] [--workers 0] [--threa
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from msabn.core import device_name, set_seed
@@ -46,10 +46,7 @@ def main():
             model = create_model(backbone="resnet20", num_classes=data.num_classes, **opts)
             cfg = TrainConfig(epochs=a.epochs, batch_size=128, lr=0.1, num_workers=a.workers, progress=False)
             out = Path(tmp) / name.replace(" ", "_")
-            per_epoch = []
-            t_last = [time.perf_counter()]
             res = fit(model, data, None, cfg, out_dir=out)
-            import pandas as pd
             hist = pd.read_csv(out / "history.csv")
             run_ips = statistics.median(hist["images_per_s"].iloc[1:])
             t = res["timing"]
