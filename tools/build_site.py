@@ -19,6 +19,7 @@ Usage: python tools/build_site.py [--out _site] [--readme | --check-readme]
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -86,8 +87,14 @@ def _relink(text: str, site_url: str, here: Path) -> str:
     def sub(m):
         target, anchor = m.group(1), m.group(2) or ""
         rel = Path(target).with_suffix(".md")
-        return _relative(rel, here) + anchor
+        return _relative(rel, here) + (("#" + _slug(anchor[1:])) if anchor else "")
     return re.sub(re.escape(site_url.rstrip("/")) + r"/([\w./-]+?)\.html(#[\w.-]+)?", sub, text)
+
+
+def _slug(text: str) -> str:
+    "Python-Markdown's heading ids (toc's default slugify): nbdev's `#Class.method` anchors become `#classmethod`."
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
 
 
 def _relative(target: Path, here: Path) -> str:
@@ -156,7 +163,8 @@ def mkdocs_config(cfg, pages: list[tuple[Path, str]], docs_dir: Path, site_dir: 
         "markdown_extensions": ["tables", "attr_list", "admonition", "md_in_html", "toc",
                                 "pymdownx.superfences", "pymdownx.highlight"],
         "nav": nav,
-        "strict": False,
+        # a link to a page or heading that does not exist fails the build (--strict)
+        "validation": {"links": {"not_found": "warn", "anchors": "warn", "unrecognized_links": "warn"}},
     }
     if css: conf["extra_css"] = [css.name]
     return conf
@@ -178,9 +186,9 @@ def build(out: str = "_site", readme: bool = True, quiet: bool = False) -> Path:
         conf = mkdocs_config(cfg, pages, docs, site, css if css.exists() else None)
         (Path(tmp) / "mkdocs.yml").write_text(yaml.safe_dump(conf, sort_keys=False))
         if readme: write_readme(docs / "index.md", root / "README.md")
-        cmd = [sys.executable, "-m", "mkdocs", "build", "--clean", "-f", str(Path(tmp) / "mkdocs.yml")]
+        cmd = [sys.executable, "-m", "mkdocs", "build", "--clean", "--strict", "-f", str(Path(tmp) / "mkdocs.yml")]
         if quiet: cmd.append("-q")
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     return site
 
 
