@@ -1,0 +1,284 @@
+"""The paper experiments: templates, presets, the papermill runner (msabn_run) and the report (msabn_report)."""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ROOT
+
+from msabn.core import load_json
+from msabn.datasets import write_cub_fixture
+from msabn.experiments import (TEMPLATES, data_folder, fingerprint, get_experiment, main as run_main, run_experiments,
+                               run_folder, run_state)
+from msabn.report import collect_runs, main as report_main, table_frame
+from msabn.transforms import train_transform
+
+TEMPLATE_DIR = ROOT / "nbs" / "experiments"
+QUIET = lambda s: None
+
+
+# --- the templates ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,template", sorted(TEMPLATES.items()))
+def test_template_has_one_parameters_cell_no_outputs_and_a_header(name, template):
+    path = TEMPLATE_DIR / f"{template}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'; papermill needs exactly one"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0] is tagged[0], f"{path.name}: the parameters cell must be the first code cell"
+    defaults = {t.id: ast.literal_eval(n.value) for n in ast.parse(tagged[0].source).body if isinstance(n, ast.Assign) for t in n.targets}
+    assert defaults["preset"] == "smoke" and defaults["seed"] == 0, f"{path.name}: the defaults must be the smoke preset: {defaults}"
+    assert {"preset", "seed", "data_root", "runs_dir", "device", "num_workers", "threads"} <= set(defaults)
+    for c in code:
+        assert not c.outputs and c.execution_count is None, f"{path.name}: committed with outputs"
+    head = nb.cells[0]
+    assert head.cell_type == "markdown" and head.source.startswith("# ")
+    assert "Reproduces the paper's" in head.source and "`smoke`" in head.source and "`paper`" in head.source
+    assert "@@" not in head.source, f"{path.name}: an unfilled placeholder in the header"
+    assert "min" in head.source and "GPU-hour" in head.source, f"{path.name}: the header must say how long each preset takes"
+    assert f'run_experiment("{name}"' in "".join(c.source for c in code), f"{path.name}: must call run_experiment for {name}"
+    assert (TEMPLATE_DIR / ".notest").exists(), "nbdev_test must skip the templates (the tests run them through papermill)"
+
+
+def test_console_scripts_are_declared():
+    text = (ROOT / "settings.ini").read_text()
+    line = next(l for l in text.splitlines() if l.startswith("console_scripts"))
+    assert "msabn_run=msabn.experiments:main" in line and "msabn_report=msabn.report:main" in line
+
+
+# --- every template through papermill, on the tiny preset ------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    "Every experiment of the tiny preset, run once through papermill (one torch thread: robust on a busy machine)."
+    base = tmp_path_factory.mktemp("tiny")
+    rep = run_experiments(["all"], "tiny", runs_dir=base / "runs", data_root=base / "data", threads=1, log=QUIET)
+    return base, rep
+
+
+def test_every_template_runs_through_papermill(tiny_runs):
+    base, rep = tiny_runs
+    assert [(r["experiment"], r["result"]) for r in rep] == [(n, "complete") for n in TEMPLATES], rep
+    for name, template in TEMPLATES.items():
+        folder = run_folder(base / "runs", "tiny", name, 0)
+        files = {p.name for p in folder.iterdir()}
+        assert {f"{template}.ipynb", "config.json", "metrics.json", "status.json", "attention.png"} <= files, (name, files)
+        nb = nbformat.read(folder / f"{template}.ipynb", as_version=4)
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: the executed notebook has no outputs"
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and "preset = \"tiny\"" in injected[0].source, f"{name}: papermill did not inject the parameters"
+        cfg = load_json(folder / "config.json")
+        assert cfg["seed"] == 0 and cfg["fingerprint"] == fingerprint(get_experiment(name, "tiny"), 0)
+        assert {"versions", "git", "device", "time_utc"} <= set(cfg["provenance"])
+        st = load_json(folder / "status.json")
+        assert st["status"] == "complete" and st["notebook"] == f"{template}.ipynb" and st["wall_seconds"] > 0
+        if name.startswith("table"):
+            assert "history.csv" in files
+            m = load_json(folder / "metrics.json")
+            exp = get_experiment(name, "tiny")
+            assert len(m["cells"]) == len(exp.cells())
+            for c in m["cells"]:
+                for s in exp.data.eval_splits: assert 0 <= c[f"acc@{s}"] <= 100
+                assert (folder / "cells" / c["backbone"]).is_dir()
+
+
+def test_report_from_the_tiny_runs(tiny_runs, tmp_path):
+    base, _ = tiny_runs
+    assert report_main(["--preset", "tiny", "--runs-dir", str(base / "runs"), "--out", str(tmp_path / "pf")]) == 0
+    folder = tmp_path / "pf" / "tiny_seeds-0"
+    for t in TEMPLATES.values(): assert (folder / f"{t}.md").is_file(), t
+    for t in [TEMPLATES[n] for n in ("table1", "table2", "table3", "table4", "table5")]:
+        assert (folder / f"{t}.png").is_file() and (folder / f"{t}_attention.png").is_file()
+    assert (folder / "fig8_copy_replace.png").is_file() and (folder / "fig9_copy_replace.png").is_file()
+    t1 = (folder / "table1_cifar100.md").read_text()
+    assert "preset `tiny`, seeds 0, n = 1" in t1 and "68.71 ± 0.202" in t1 and "standing in for CIFAR-100" in t1
+    t3 = (folder / "table3_diagset.md").read_text()
+    assert "Balanced accuracy" in t3 and "38.57" in t3 and "not run (as the paper)" in t3   # no ABN on the EfficientNet column
+    index = (tmp_path / "pf" / "README.md").read_text()
+    assert "msabn_run all --preset tiny --seeds 0 && msabn_report --preset tiny --seeds 0" in index
+    for t in TEMPLATES.values(): assert f"{t}.md" in index
+
+
+def test_second_run_skips_complete_runs(tiny_runs):
+    base, _ = tiny_runs
+    ckpt = run_folder(base / "runs", "tiny", "table4", 0) / "cells" / "resnet20" / "msabn" / "checkpoint.pt"
+    before = ckpt.stat().st_mtime_ns
+    rep = run_experiments(["all"], "tiny", runs_dir=base / "runs", data_root=base / "data", threads=1, log=QUIET)
+    assert {r["result"] for r in rep} == {"skipped"}
+    assert ckpt.stat().st_mtime_ns == before
+
+
+def test_reports_never_mix_presets(tiny_runs):
+    base, _ = tiny_runs
+    recs, _ = collect_runs(base / "runs", "tiny")
+    mixed = recs + [replace(next(r for r in recs if r.name == "table1"), preset="smoke", seed=3)]
+    with pytest.raises(ValueError, match="refusing to mix presets in one table: table1"):
+        table_frame(mixed, "table1")
+
+
+# --- interrupted and failed runs ---------------------------------------------------------------------------
+def test_run_killed_mid_run_is_redone_not_reported(tmp_path):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    folder = run_folder(runs, "tiny", "table4", 0)
+    cmd = [sys.executable, "-c", "from msabn.experiments import main; main()", "table4", "--preset", "tiny",
+           "--runs-dir", str(runs), "--data-root", str(data), "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_cell = folder / "cells" / "resnet20" / "base" / "done.json"
+    try:
+        deadline = time.time() + 240
+        while not first_cell.exists():   # mid-run: the first cell is trained, the others are not
+            assert proc.poll() is None, "msabn_run ended before it could be killed"
+            assert time.time() < deadline, "msabn_run did not get to its first cell in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, as a crash or kill -9 would
+        proc.wait()
+    fp = fingerprint(get_experiment("table4", "tiny"), 0)
+    assert run_state(folder, fp) == "half-written"
+    recs, left_out = collect_runs(runs, "tiny")
+    assert recs == [] and left_out == ["tiny/table4/seed0: half-written, not reported"]
+    log = []
+    rep = run_experiments(["table4"], "tiny", runs_dir=runs, data_root=data, threads=1, log=log.append)
+    assert rep[0]["found"] == "half-written" and rep[0]["result"] == "complete"
+    assert any("half-written" in l and "redoing" in l for l in log), log
+    assert run_state(folder, fp) == "complete"
+    recs, _ = collect_runs(runs, "tiny")
+    assert [(r.name, r.seed) for r in recs] == [("table4", 0)]
+    assert len(recs[0].metrics["cells"]) == 5
+
+
+def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, capsys):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    # table2's embedded data folder is taken by something else: make_synthetic refuses to write into it
+    blocked = data_folder(get_experiment("table2", "tiny").data, data)
+    blocked.mkdir(parents=True)
+    (blocked / "notes.txt").write_text("not a dataset")
+    code = run_main(["table2", "table1", "--preset", "tiny", "--runs-dir", str(runs), "--data-root", str(data), "--threads", "1"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "1 run(s) done" in out and "1 failed: table2 seed 0" in out, out
+    st = load_json(run_folder(runs, "tiny", "table2", 0) / "status.json")
+    assert st["status"] == "failed" and "is not empty and holds no synthetic dataset" in st["error"], st
+    assert (run_folder(runs, "tiny", "table2", 0) / "table2_imagenet.ipynb").exists(), "the executed notebook shows where it failed"
+    assert load_json(run_folder(runs, "tiny", "table1", 0) / "status.json")["status"] == "complete"
+    recs, left_out = collect_runs(runs, "tiny")
+    assert [r.name for r in recs] == ["table1"] and left_out == ["tiny/table2/seed0: failed, not reported"]
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+def test_paper_preset_without_data_root_names_the_dataset_and_layout(tmp_path, capsys):
+    assert run_main(["table4", "--preset", "paper", "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "cub: no --data-root was given" in err and "images.txt" in err and "bounding_boxes.txt" in err, err
+    assert not (tmp_path / "runs").exists(), "nothing may start before the data are checked"
+
+
+def test_paper_preset_names_only_the_missing_datasets(tmp_path):
+    write_cub_fixture(tmp_path / "data" / "cub")
+    with pytest.raises(FileNotFoundError) as e:   # fig1 needs Tables 4 (CUB: present) and 5 (Stanford Cars: missing)
+        run_experiments(["fig1"], "paper", data_root=tmp_path / "data", runs_dir=tmp_path / "runs", log=QUIET)
+    msg = str(e.value)
+    assert "cars: not found in" in msg and "cars_meta.mat" in msg and "cub:" not in msg, msg
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_table_lists_the_valid_ones(tmp_path, capsys):
+    assert run_main(["table6", "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown table or figure 'table6'" in err and ", ".join(TEMPLATES) in err, err
+
+
+# --- the paper preset is SPEC section 2 ---------------------------------------------------------------------
+def _ops(recipe: str, size: int) -> dict:
+    "The training pipeline's operations by class name (RandomApply unwrapped), with their key settings."
+    out = {}
+    for t in train_transform(recipe, size).transforms:
+        for op in getattr(t, "transforms", [t]):
+            out[type(op).__name__] = op
+    return out
+
+SPEC = {  # SPEC section 2, typed from its table
+    "table1": dict(dataset="cifar100", size=32, epochs=300, batch={"ResNet-20": 256, "ResNet-56": 256, "ResNet-110": 256},
+                   milestones=(0.5, 0.75), wd=5e-4, seeds=(0, 1, 2), rows=["Base", "ABN", "MSABN g·A", "MSABN g·(1+A)"]),
+    "table2": dict(dataset="imagenet", size=224, epochs=90, batch={"ResNet-101": 512, "EfficientNet-B1": 256},
+                   milestones=(0.33, 0.66), wd=1e-4, seeds=(0,), rows=["Base", "ABN", "MSABN"]),
+    "table3": dict(dataset="diagset", size=224, epochs=90, batch={"ResNet-101": 512, "EfficientNet-B1": 256},
+                   milestones=(0.33, 0.66), wd=1e-4, seeds=(0,), rows=["Base", "ABN", "MSABN"]),
+    "table4": dict(dataset="cub", size=352, epochs=300, batch={"ResNet-50": 16, "ResNeXt-50": 16, "EfficientNet-B3": 16},
+                   milestones=(0.5, 0.75), wd=1e-4, seeds=(0, 1, 2), rows=["Base", "ABN", "MSABN", "MSABN+Puzzle", "MSABN (efficient)"]),
+    "table5": dict(dataset="cars", size=352, epochs=300, batch={"ResNet-50": 16, "ResNeXt-50": 16, "EfficientNet-B3": 16},
+                   milestones=(0.5, 0.75), wd=1e-4, seeds=(0, 1, 2), rows=["Base", "ABN", "MSABN", "MSABN+Puzzle", "MSABN (efficient)"]),
+}
+BACKBONES = {"ResNet-20": "resnet20", "ResNet-56": "resnet56", "ResNet-110": "resnet110", "ResNet-101": "resnet101",
+             "EfficientNet-B1": "efficientnet_b1", "ResNet-50": "resnet50", "ResNeXt-50": "resnext50_32x4d", "EfficientNet-B3": "efficientnet_b3"}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC))
+def test_paper_preset_matches_spec(name):
+    want, exp = SPEC[name], get_experiment(name, "paper")
+    assert exp.data.dataset == want["dataset"] and exp.data.size == want["size"] and exp.data.synthetic is None
+    assert [r.name for r in exp.rows] == want["rows"] and exp.seeds == want["seeds"]
+    assert [c.paper for c in exp.columns] == list(want["batch"])
+    for c in exp.columns:
+        assert c.backbone == BACKBONES[c.paper]
+        for r in exp.rows:
+            if c.paper in r.skip: continue
+            t = exp.train_config(c, r, 0)
+            assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.milestones, t.lr_gamma) == \
+                   (want["epochs"], want["batch"][c.paper], 0.1, 0.9, want["wd"], want["milestones"], 0.1), (c.paper, r.name, t)
+            assert t.puzzle == (r.name == "MSABN+Puzzle") and t.class_weighted == (name == "table3")
+            assert t.keep_best is False, "the paper's tables report the last epoch"
+    skipped = {(c.paper, r.name) for c in exp.columns for r in exp.rows if c.paper in r.skip}
+    assert skipped == {(c, "ABN") for c in want["batch"] if c.startswith("EfficientNet")}
+    mech = {r.name: (r.arch, r.mechanism, r.variant) for r in exp.rows}
+    if name == "table1":
+        assert mech["MSABN g·A"] == ("msabn", "multiply", "literal") and mech["MSABN g·(1+A)"] == ("msabn", "residual", "literal")
+    else:
+        assert mech["MSABN"] == ("msabn", "residual", "literal")
+
+
+def test_paper_augmentations_match_spec():
+    ops = {n: _ops(get_experiment(n, "paper").data.recipe, get_experiment(n, "paper").data.size) for n in SPEC}
+    # Table 1: random crop (pad 4) + h-flip
+    assert {"RandomCrop", "RandomHorizontalFlip"} <= set(ops["table1"]) and ops["table1"]["RandomCrop"].padding == [4, 4, 4, 4]
+    assert not {"ColorJitter", "RandomVerticalFlip", "RandomResizedCrop"} & set(ops["table1"])
+    # Table 2: random crop 224 + h-flip
+    assert {"RandomResizedCrop", "RandomHorizontalFlip"} <= set(ops["table2"]) and tuple(ops["table2"]["RandomResizedCrop"].size) == (224, 224)
+    assert not {"ColorJitter", "RandomVerticalFlip"} & set(ops["table2"])
+    # Table 3: crop 224, h/v-flip, color jitter
+    assert {"RandomCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "ColorJitter"} <= set(ops["table3"])
+    assert ops["table3"]["RandomCrop"].size == (224, 224)
+    # Tables 4/5: resize 352, h-flip, color jitter, gaussian blur and noise, solarize
+    for n in ("table4", "table5"):
+        assert {"Resize", "RandomHorizontalFlip", "ColorJitter", "GaussianBlur", "GaussianNoise", "RandomSolarize"} <= set(ops[n])
+        assert list(ops[n]["Resize"].size) == [352, 352]
+
+
+def test_paper_figure_presets_match_spec():
+    fig = get_experiment("fig8_9", "paper")
+    t = fig.finetune
+    assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.milestones) == (50, 16, 0.1, 0.9, 1e-4, (0.5, 0.75))
+    assert fig.lambdas["table4"] == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) and fig.lambdas["table5"] == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    assert fig.fractions is None
+    assert fig.finetune_seeds == (0, 1, 2) and fig.seeds == (0, 1, 2) and fig.row == "MSABN" and fig.label_policy == "donor"
+    assert fig.eval_split is None   # the tables' test split
+    f1 = get_experiment("fig1", "paper")
+    assert f1.sources == ("table4", "table5") and f1.rows[:3] == ("Base", "ABN", "MSABN")
+
+
+def test_smoke_keeps_every_table_s_rows_and_recipe():
+    for name in SPEC:
+        paper, smoke = get_experiment(name, "paper"), get_experiment(name, "smoke")
+        assert [r.name for r in smoke.rows] == [r.name for r in paper.rows]
+        assert {c.paper for c in smoke.columns} <= {c.paper for c in paper.columns}
+        assert smoke.data.recipe == paper.data.recipe and smoke.data.dataset == "synthetic"
+        assert (smoke.train.momentum, smoke.train.weight_decay, smoke.train.milestones, smoke.train.class_weighted) == \
+               (paper.train.momentum, paper.train.weight_decay, paper.train.milestones, paper.train.class_weighted)
