@@ -1,0 +1,258 @@
+"""The box editor in a real browser: JupyterLab started here on 127.0.0.1, Debian's Chromium driven by Playwright.
+
+It opens (a copy of) the tutorial `nbs/tutorials/box_editor.ipynb`, runs it up to the editor, draws a box with a
+mouse drag on the jupyter-bbox-widget, and finds the box in the project's box file in the right image
+coordinates; then it kills the kernel (SIGKILL, as a crash would), lets JupyterLab restart it, runs the notebook
+again and finds the box still there: in the file, and drawn by the editor.
+
+Everything runs offline: JupyterLab and the widget front ends (ipywidgets' and anywidget's prebuilt lab
+extensions; jupyter-bbox-widget ships its JavaScript inside the Python package and anywidget loads it through the
+kernel) come from the virtual environment. JupyterLab gets its own temporary config, data, runtime and settings
+folders and a token; it and its kernels are stopped at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import CHROMIUM_ARGS, ROOT, SCREENSHOTS, require_chromium
+
+TUTORIAL = ROOT / "nbs" / "tutorials" / "box_editor.ipynb"
+SCALE = 8            # the editor shows a 32 px image 8x enlarged (256 px)
+DRAG = ((40, 48), (200, 176))  # from, to: in the displayed image's pixels
+
+
+# --- JupyterLab on a free loopback port, in folders of its own --------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def _settings(folder: Path):
+    "User settings: render every cell (no windowing, so cells can be found) and never ask the internet for news."
+    for rel, value in {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+                       "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False}}.items():
+        p = folder / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(value))
+
+@contextmanager
+def jupyterlab(root_dir: Path, home: Path):
+    "Start JupyterLab serving root_dir; yields (base_url, token, process); stops it and its kernels after."
+    port, token = _free_port(), secrets.token_hex(16)
+    for d in ("config", "data", "runtime", "settings", "workspaces", "ipython"): (home / d).mkdir(parents=True, exist_ok=True)
+    _settings(home / "settings")
+    env = {k: v for k, v in os.environ.items() if k != "IN_TEST"}
+    env.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+               IPYTHONDIR=str(home / "ipython"), JUPYTER_PLATFORM_DIRS="1", PYTHONUNBUFFERED="1")
+    log = open(home / "jupyterlab.log", "w")
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}", "--LabApp.expose_app_in_browser=True",
+           "--ServerApp.terminals_enabled=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+           "--LabApp.extension_manager=readonly"] + (["--allow-root"] if os.geteuid() == 0 else [])
+    proc = subprocess.Popen(cmd, cwd=root_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200: break
+            except OSError: pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                pytest.fail(f"JupyterLab did not start:\n{(home / 'jupyterlab.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, token, proc
+    finally:
+        kids = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait(5)
+        for k in kids:  # kernels the server started (only ours: children of the process this test started)
+            try: k.kill()
+            except psutil.NoSuchProcess: pass
+        log.close()
+
+def kernel_processes(server: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(server.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+
+
+# --- driving the notebook -----------------------------------------------------------------------------------
+JS_STATE = """(k) => {
+  const nb = window.jupyterapp.shell.currentWidget;
+  if (!nb || !nb.content || !nb.sessionContext.session || !nb.sessionContext.session.kernel) return null;
+  const cells = nb.content.widgets.slice(0, k + 1);
+  const errors = [];
+  for (const c of cells) {
+    if (c.model.type !== 'code') continue;
+    for (const o of c.model.outputs.toJSON()) if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue);
+  }
+  return {status: nb.sessionContext.session.kernel.status,
+          counts: cells.map(c => c.model.type === 'code' ? c.model.executionCount : -1), errors};
+}"""
+
+JS_RUN = """(k) => {
+  const app = window.jupyterapp, nb = app.shell.currentWidget;
+  app.commands.execute('notebook:clear-all-cell-outputs');       // also clears the execution counts
+  nb.content.activeCellIndex = k + 1;
+  app.commands.execute('notebook:run-all-above');                 // cells 0..k
+}"""
+
+def run_up_to(page, k: int, timeout: float = 150):
+    "Run cells 0..k and wait until each code cell has run; asked again once if the request was lost."
+    for attempt in (0, 1):
+        page.evaluate(JS_RUN, k)
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            st = page.evaluate(JS_STATE, k)
+            if st is not None:
+                if st["errors"]: pytest.fail(f"a tutorial cell failed in JupyterLab: {st['errors']}")
+                code = [c for c in st["counts"] if c != -1]
+                if st["status"] == "idle" and code and all(c is not None for c in code): return
+                if st["status"] == "idle" and all(c is None for c in code) and time.time() - t0 > 15: break  # lost: again
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"cells 0..{k} did not finish within {timeout} s: {page.evaluate(JS_STATE, k)}")
+    pytest.fail(f"cells 0..{k} never started running")
+
+def wait_kernel_idle(page, timeout: float = 60):
+    page.wait_for_function("""() => { const nb = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        return !!(nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel
+                  && nb.sessionContext.session.kernel.status === 'idle'); }""", timeout=timeout * 1000)
+
+def dismiss_dialogs(page, seconds: float = 0):
+    "Close JupyterLab's dialogs (e.g. 'the kernel appears to have died. It will restart automatically.'), for `seconds`."
+    end = time.time() + seconds
+    while True:
+        d = page.locator(".jp-Dialog")
+        if d.count(): d.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+        if time.time() >= end: return
+        time.sleep(0.3)
+
+def wait_for_box(store: Path, timeout: float = 20) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if store.exists():
+            boxes = json.loads(store.read_text())["boxes"]
+            if boxes: return boxes
+        time.sleep(0.2)
+    pytest.fail(f"no box reached {store.name} within {timeout} s")
+
+
+# --- the test -------------------------------------------------------------------------------------------
+def test_box_editor_in_jupyterlab():
+    exe = require_chromium()
+    from playwright.sync_api import sync_playwright
+    t_start = time.time()
+    with tempfile.TemporaryDirectory(prefix="msabn-lab-") as tmp:
+        tmp = Path(tmp)
+        work, project = tmp / "nb", tmp / "nb" / "project"
+        work.mkdir()
+        nb = json.loads(TUTORIAL.read_text())
+        params = [i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(params) == 1, "the tutorial must have one parameters cell"
+        src = "".join(nb["cells"][params[0]]["source"]).splitlines(keepends=True)
+        src = [f"WORK = {str(project)!r}\n" if ln.startswith("WORK =") else ln for ln in src]
+        nb["cells"][params[0]]["source"] = src
+        nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        k = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "".join(c["source"]).strip() == "#| notest\neditor")
+        (work / "box_editor.ipynb").write_text(json.dumps(nb))
+        store = project / "boxes.json"
+
+        with jupyterlab(work, tmp / "lab") as (url, token, server), sync_playwright() as pw, \
+                tempfile.TemporaryDirectory(prefix="msabn-chromium-") as profile:
+            ctx = pw.chromium.launch_persistent_context(profile, executable_path=exe, headless=True, args=CHROMIUM_ARGS,
+                                                        viewport={"width": 1400, "height": 1000})
+            try:
+                page = ctx.pages[0] if ctx.pages else ctx.new_page()
+                page.goto(f"{url}/lab/tree/box_editor.ipynb?token={token}")
+                page.wait_for_selector(".jp-Notebook", timeout=60_000)
+                wait_kernel_idle(page)
+                run_up_to(page, k)
+
+                # the editor is there: the widget's image, enlarged 8x
+                img = page.locator(".msabn-bbox img").first
+                img.wait_for(state="visible", timeout=30_000)
+                page.wait_for_function("() => { const i = document.querySelector('.msabn-bbox img'); return i && i.complete && i.naturalWidth > 0; }")
+                img.scroll_into_view_if_needed()
+                nat = page.evaluate("() => { const i = document.querySelector('.msabn-bbox img'); return [i.naturalWidth, i.naturalHeight]; }")
+                assert nat == [32 * SCALE, 32 * SCALE], nat
+                header = page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()
+                index = int(header.split("image", 1)[1].split()[0])
+
+                # draw: a mouse drag on the image
+                dismiss_dialogs(page)
+                bb = img.bounding_box()
+                (x0, y0), (x1, y1) = DRAG
+                page.mouse.move(bb["x"] + x0, bb["y"] + y0)
+                page.mouse.down()
+                for t in (0.25, 0.5, 0.75, 1.0):
+                    page.mouse.move(bb["x"] + x0 + t * (x1 - x0), bb["y"] + y0 + t * (y1 - y0))
+                page.mouse.up()
+                # the widget maps the page to the image's natural pixels and rounds; the editor divides by the scale
+                sx, sy = nat[0] / bb["width"], nat[1] / bb["height"]
+                expect = [round(x0 * sx) / SCALE, round(y0 * sy) / SCALE, round(x1 * sx) / SCALE, round(y1 * sy) / SCALE]
+                boxes = wait_for_box(store)
+                assert list(boxes) == [str(index)], (boxes, index)
+                assert boxes[str(index)]["box"] == expect, (boxes, expect)
+                assert boxes[str(index)]["image_size"] == [32, 32]
+                page.wait_for_selector(f"text=image {index}: saved box", timeout=10_000)
+                SCREENSHOTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "box-editor.png"))
+                saved = store.read_bytes()
+
+                # kill the kernel as a crash would; JupyterLab (its server) restarts it
+                old = kernel_processes(server)
+                assert len(old) == 1, old
+                old[0].send_signal(signal.SIGKILL)
+                old[0].wait(10)
+                deadline = time.time() + 60
+                while not (kernel_processes(server) and kernel_processes(server)[0].pid != old[0].pid):
+                    assert time.time() < deadline, "the kernel was not restarted"
+                    time.sleep(0.5)
+                dismiss_dialogs(page, 3)
+                wait_kernel_idle(page)
+                assert store.read_bytes() == saved, "the box file changed when the kernel died"
+
+                # run the notebook again: the store reopens the file, and the editor shows the saved box
+                run_up_to(page, k)
+                assert store.read_bytes() == saved, "reopening the project must not rewrite the box file"
+                assert json.loads(store.read_text())["boxes"][str(index)]["box"] == expect
+                # the editor continues at the next image without a box, and counts the saved one ...
+                page.wait_for_selector("text=annotated 1 / pool", timeout=30_000)
+                header = page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()
+                shown = lambda h: int(h.split("image", 1)[1].split()[0])
+                assert shown(header) != index, header
+                # ... and going back shows the saved box, drawn by the widget where the drag left it
+                dismiss_dialogs(page)
+                page.locator(".msabn-previous").first.click()
+                page.wait_for_selector(f"text=back to image {index}", timeout=10_000)
+                page.wait_for_selector(".msabn-bbox svg rect", timeout=10_000)
+                assert shown(page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()) == index
+                img = page.locator(".msabn-bbox img").first
+                bb = img.bounding_box()
+                rect = page.evaluate("""() => { const r = [...document.querySelectorAll('.msabn-bbox svg rect')]
+                        .map(e => e.getBoundingClientRect()).sort((a, b) => b.width * b.height - a.width * a.height)[0];
+                        return [r.x, r.y, r.width, r.height]; }""")
+                got = [rect[0] - bb["x"], rect[1] - bb["y"], rect[0] + rect[2] - bb["x"], rect[1] + rect[3] - bb["y"]]
+                want = [v * SCALE / s for v, s in zip(expect, (sx, sy, sx, sy))]
+                assert all(abs(g - w) <= 3 for g, w in zip(got, want)), (got, want)
+                page.screenshot(path=str(SCREENSHOTS / "box-editor-after-restart.png"))
+            finally:
+                ctx.close()
+    print(f"browser test: {time.time() - t_start:.0f} s")
