@@ -333,7 +333,13 @@ def curve_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
                               "split": c["split"], "seed": r.seed, "lambda_out": p["lambda_out"], "pool_size": p["pool_size"],
                               "fraction_annotated": p["fraction_annotated"], "acc": p.get("acc"), "vanilla": cur["vanilla"]["acc"],
                               "gain": p.get("gain"), "before": cur["before"]["acc"]})
-    return pd.DataFrame(lines)
+    df = pd.DataFrame(lines)
+    fig = get_experiment("fig8_9", runs[0].preset) if runs else None
+    if fig is not None and fig.fractions and len(df):
+        # lambda_out was picked per model for a share of images: the points of one share go together across seeds
+        df["point"] = df.fraction_annotated.map(lambda x: min(fig.fractions, key=lambda f: abs(f - x)))
+    else: df["point"] = df.get("lambda_out")  # the paper's fixed lambda grid: the same lambda_out on every seed
+    return df
 
 def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.Figure:
     "Gain of copy-replace over vanilla fine-tuning against the fraction annotated (ours, mean ± std), and the paper's two points."
@@ -342,7 +348,7 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
     df = df[(df.source == table) & df.gain.notna()]
     preset = _one_preset([r for r in records if r.name == "fig8_9"], "fig8_9")
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=72)
-    g = df.groupby(["column", "backbone", "lambda_out"]).agg(x=("fraction_annotated", "mean"), y=("gain", "mean"),
+    g = df.groupby(["column", "backbone", "point"]).agg(x=("fraction_annotated", "mean"), y=("gain", "mean"),
                                                            s=("gain", lambda v: mean_std(v)[1]), n=("gain", "count")).reset_index()
     colours = sns.color_palette(n_colors=max(1, g.column.nunique()))
     for k, ((column, backbone), d) in enumerate(g.groupby(["column", "backbone"], sort=False)):
@@ -381,11 +387,12 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
                   f"accuracy on {_split_label(src, split)}", "",
                   "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain (points) | paper gain |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for lam, p in d.groupby("lambda_out"):
-            f = p.fraction_annotated.mean()
+        for _, p in d.groupby("point"):
+            f, lam = p.fraction_annotated.mean(), p.lambda_out.mean()
+            lam = f"{lam:g}" if p.lambda_out.nunique() == 1 else f"{lam:.3g} (mean)"
             ref = paper_gain(source, column, "20%") if abs(f - 0.2) <= 0.1 else paper_gain(source, column, "almost all") if f >= 0.8 else None
             ok = p.dropna(subset=["acc"])
-            lines.append(f"| {lam:g} | {p.pool_size.mean():.0f} | {f:.2f} | {_fmt(*mean_std(ok.acc)) if len(ok) else 'not run (empty pool)'} | "
+            lines.append(f"| {lam} | {p.pool_size.mean():.0f} | {f:.2f} | {_fmt(*mean_std(ok.acc)) if len(ok) else 'not run (empty pool)'} | "
                          f"{_fmt(*mean_std(p.vanilla))} | {_fmt(*mean_std(ok.gain), sign=True) if len(ok) else '-'} | "
                          f"{'-' if ref is None else f'+{ref:g}'} |")
         lines += [f"| before fine-tuning | | | {_fmt(*mean_std(d.groupby('seed').before.first()))} | | | |", ""]

@@ -282,3 +282,23 @@ def test_smoke_keeps_every_table_s_rows_and_recipe():
         assert smoke.data.recipe == paper.data.recipe and smoke.data.dataset == "synthetic"
         assert (smoke.train.momentum, smoke.train.weight_decay, smoke.train.milestones, smoke.train.class_weighted) == \
                (paper.train.momentum, paper.train.weight_decay, paper.train.milestones, paper.train.class_weighted)
+
+
+# --- Figs. 8/9 at fixed shares: one row per share, whatever lambda each seed's model needed ---------------------
+def _fig_run(seed: int, lam: float, gain: float):
+    from msabn.report import RunRecord
+    points = [{"lambda_out": lam, "pool_size": 100, "fraction_annotated": 0.2, "acc": 10 + gain, "gain": gain},
+              {"lambda_out": 0.0, "pool_size": 500, "fraction_annotated": 1.0, "acc": 12 + gain, "gain": 2 + gain}]
+    curve = {"before": {"acc": 9.0}, "vanilla": {"acc": 10.0}, "points": points}
+    metrics = {"curves": [{"source": "table4", "figure": "Fig. 8", "column": "ResNet-50", "backbone": "resnet20",
+                           "split": "test", "curve": curve}]}
+    return RunRecord("fig8_9", "smoke", seed, Path("."), metrics)
+
+
+def test_copy_replace_points_group_by_share_when_lambda_is_chosen_per_model():
+    from msabn.report import markdown_curves
+    md = markdown_curves([_fig_run(0, 0.91, 1.0), _fig_run(1, 0.93, 3.0)])
+    rows = [l for l in md.splitlines() if l.startswith("| 0")]
+    assert len(rows) == 2, rows                       # one row per share (20%, 100%), not one per seed's lambda
+    share20 = next(r for r in rows if "| 0.20 |" in r)
+    assert "0.92 (mean)" in share20 and "+2.00 ± 1.41 |" in share20, share20   # gains 1 and 3: mean 2, sample std 1.41
