@@ -356,8 +356,8 @@ def _scaled(preset: str, sizes: dict) -> dict:
                                     eval_split="test"),
     }
 
-SMOKE_SIZES = dict(seeds=(0,), resnet="resnet20", effnet=None, n_train=600, n_test=300, epochs=5, batch=32, batch_fine=16,
-                   fine_size=32, n_train_fine=500, epochs_fine=5, fractions=(0.2, 1.0), finetune_epochs=2, finetune_seeds=(0,))
+SMOKE_SIZES = dict(seeds=(0,), resnet="resnet20", effnet=None, n_train=600, n_test=300, epochs=4, batch=32, batch_fine=16,
+                   fine_size=32, n_train_fine=400, epochs_fine=4, fractions=(0.2, 1.0), finetune_epochs=2, finetune_seeds=(0,))
 TINY_SIZES = dict(seeds=(0,), resnet="resnet20", effnet="tinynet_e", n_train=32, n_test=8, epochs=1, batch=16, batch_fine=16,
                   fine_size=32, n_train_fine=32, epochs_fine=1, fractions=(0.5, 1.0), finetune_epochs=1, finetune_seeds=(0,))
 
@@ -419,7 +419,10 @@ def _config_dict(exp) -> dict:
 
 def fingerprint(exp, seed: int) -> str:
     "A hash of what a run computes: the configuration (without runtime settings), the seed, the results version."
-    return _hash({"config": _config_dict(exp), "seed": int(seed), "version": RESULTS_VERSION}, 16)
+    what = {"config": _config_dict(exp), "seed": int(seed), "version": RESULTS_VERSION}
+    # a figure is made from the tables' trained models: when a source table changes, so does the figure
+    if getattr(exp, "sources", None): what["sources"] = {t: fingerprint(get_experiment(t, exp.preset), seed) for t in exp.sources}
+    return _hash(what, 16)
 
 def run_folder(runs_dir: str | Path, preset: str, name: str, seed: int) -> Path:
     "runs/<preset>/<experiment>/seed<k>"

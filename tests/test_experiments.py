@@ -302,3 +302,13 @@ def test_copy_replace_points_group_by_share_when_lambda_is_chosen_per_model():
     assert len(rows) == 2, rows                       # one row per share (20%, 100%), not one per seed's lambda
     share20 = next(r for r in rows if "| 0.20 |" in r)
     assert "0.92 (mean)" in share20 and "+2.00 ± 1.41 |" in share20, share20   # gains 1 and 3: mean 2, sample std 1.41
+
+
+def test_figure_runs_are_redone_when_a_source_table_changes(monkeypatch):
+    import msabn.experiments as E
+    before = {n: fingerprint(get_experiment(n, "tiny"), 0) for n in ("fig1", "fig8_9", "table1")}
+    t4 = get_experiment("table4", "tiny")
+    monkeypatch.setitem(E.EXPERIMENTS["tiny"], "table4", replace(t4, train=replace(t4.train, epochs=t4.train.epochs + 1)))
+    after = {n: fingerprint(get_experiment(n, "tiny"), 0) for n in before}
+    assert after["fig1"] != before["fig1"] and after["fig8_9"] != before["fig8_9"], "figures must follow their source tables"
+    assert after["table1"] == before["table1"]
