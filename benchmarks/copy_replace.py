@@ -134,7 +134,7 @@ def report(res: dict) -> str:
     curve, orders, st = res["curve"], res["orderings"], res["settings"]
     seeds, n_train, n_test, seconds, cmd = st["seeds"], res["n_train"], res["n_test"], res["timing"]["total_s"], res["command"]
     v, b = curve["vanilla"], curve["before"]
-    L = [f"# Copy-replace fine-tuning on the embedded benchmark", "",
+    L = ["# Copy-replace fine-tuning on the embedded benchmark", "",
          f"Produced by `{cmd}` ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))}; {seconds / 60:.0f} min on the "
          f"project's 2-core CPU shared with other work, {st['threads']} thread(s)). Mean ± standard deviation over seeds; one "
          f"trained model per seed ({n_train} training images). Accuracy and frac_attn_out are measured on the **shifted test split** ({n_test} images whose "
@@ -156,7 +156,7 @@ def report(res: dict) -> str:
           "![accuracy against the fraction of training images annotated](curve.png)", "",
           "Left: test accuracy (mean and spread over seeds; the seeds' models differ, so the spread is mostly theirs). "
           "Right: the gain over vanilla fine-tuning of the same model and seed (mean ± std of the paired differences).", "",
-          f"## Which images to box first: accuracy gained per box drawn", "",
+          "## Which images to box first: accuracy gained per box drawn", "",
           f"Each ordering shows the person (the simulated annotator: the dataset's true boxes) its first "
           f"{orders['table'][0]['budget'] if orders['table'] else '?'} training images ({100 * st['budget']:.0f}%); copy-replace "
           f"fine-tuning on those, minus vanilla fine-tuning of the same seed.", "",

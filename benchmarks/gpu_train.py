@@ -7,7 +7,6 @@ writes them to paper_figures/gpu_throughput.json for the experiments' cost estim
 usage (on a GPU machine): python benchmarks/gpu_train.py [--steps 30] [--warmup 10]
 """
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

@@ -100,8 +100,8 @@ def main():
         backbone, size, batch, k = SETTINGS[setting]
         rows = bench(setting, rounds, a.warmup)
         print(f"\n{setting} ({backbone}), {size} px, batch {batch}, {k} classes; median of {rounds} timed steps")
-        print(f"| model | params (M) | GMACs/image | train step (s) | step / ABN | GMACs / ABN |")
-        print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| model | params (M) | GMACs/image | train step (s) | step / ABN | GMACs / ABN |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             print(f"| {r['model']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['step']:.3f} | "
                   f"{r['step_ratio']:.2f} | {r['macs_ratio']:.2f} |")

@@ -57,3 +57,26 @@ def test_notebooks_have_no_execution_counts_or_stray_metadata():
         for c in nb.cells:
             assert set(c.metadata) <= {"tags", "hide_input"}, f"{f}: cell metadata {set(c.metadata)} (run nbdev_clean)"
             if c.cell_type == "code": assert c.execution_count is None, f"{f}: execution counts (run nbdev_clean)"
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
+
+
+def test_modules_and_functions_stay_small():
+    # the orchestration issue's rule: a module reads top-down, a function fits on a screen (msabn/_modidx.py is nbdev's index)
+    import ast
+    long = []
+    for f in sorted((ROOT / "msabn").glob("*.py")):
+        if f.name == "_modidx.py": continue
+        text = f.read_text(encoding="utf-8")
+        if len(text.splitlines()) > MAX_MODULE_LINES: long.append(f"{f.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES: long.append(f"{f.name}:{node.lineno} {node.name}: {n} lines")
+    assert not long, f"over {MAX_MODULE_LINES} lines per module / {MAX_FUNCTION_LINES} per function: {long}"
+
+
+def test_ci_runs_the_linter():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "ruff check" in ci

@@ -207,7 +207,7 @@ def check_readme() -> bool:
     cfg = get_config()
     proc = proc_nbs(cfg.nbs_path, force=True, n_workers=0, file_glob="index.ipynb")
     with tempfile.TemporaryDirectory() as tmp:
-        pages = render_pages(proc, Path(tmp), cfg.doc_host.rstrip("/") + cfg.doc_baseurl)
+        render_pages(proc, Path(tmp), cfg.doc_host.rstrip("/") + cfg.doc_baseurl)
         want = readme_text(Path(tmp) / "index.md")
     have = (cfg.config_path / "README.md").read_text(encoding="utf-8")
     return want == have
