@@ -23,7 +23,7 @@ from .core import atomic_torch_save
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RESUME_SAFE', 'RUN_FILES', 'LOCK_NAME', 'CheckpointError', 'model_signature', 'rng_states',
            'set_rng_states', 'load_checkpoint', 'write_checkpoint', 'ConfigChangedError', 'resume_changes',
-           'RunExistsError', 'RunInUseError', 'keep_aside', 'run_folder']
+           'RunExistsError', 'RunInUseError', 'keep_aside', 'claim_out_dir']
 
 # %% ../nbs/api/22a_checkpoints.ipynb #4fcd388c
 CHECKPOINT_FORMAT = "msabn-checkpoint-v1"
@@ -170,9 +170,9 @@ def _refuse(out: Path, resume: bool, overwrite: bool):
         raise RunExistsError(f"resume=True, but {out} has no checkpoint.pt to resume from, only {', '.join(found)}: "
                              f"starting fresh would replace them. Pass overwrite=True to start again {aside}")
 
-# %% ../nbs/api/22a_checkpoints.ipynb #8a85756f
+# %% ../nbs/api/22a_checkpoints.ipynb #06ae098a
 @contextmanager
-def run_folder(
+def claim_out_dir(
     out_dir: str | Path | None,  # where the run writes; None: nowhere, nothing to guard
     resume: bool = False,        # the run continues the one in out_dir
     overwrite: bool = False,     # the run starts again: what out_dir holds is moved aside first

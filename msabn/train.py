@@ -28,7 +28,7 @@ from .metrics import ConfusionMatrix
 from .puzzle import puzzle_loss
 from .checkpoints import (CHECKPOINT_FORMAT as CHECKPOINT_FORMAT, CheckpointError, ConfigChangedError as ConfigChangedError,
                                RunExistsError as RunExistsError, RunInUseError as RunInUseError, load_checkpoint,
-                               model_signature, resume_changes, rng_states, run_folder, set_rng_states, write_checkpoint, _say)
+                               model_signature, resume_changes, rng_states, claim_out_dir, set_rng_states, write_checkpoint, _say)
 from .attention_export import AttentionRecords as AttentionRecords, collect_attention as collect_attention
 from .recipe import TrainConfig
 from .batches import EpochBatches as EpochBatches, SeededSamples as SeededSamples, check_data, _check_labels, _targets
@@ -353,7 +353,7 @@ def fit(
     rank, world = _rank_world()
     _check_fit(model, train_data, valid_data, cfg, out_dir, resume, world)
     set_seed(cfg.seed, deterministic=cfg.deterministic)
-    with run_folder(out_dir, resume=resume, overwrite=overwrite, rank=rank) as out:
+    with claim_out_dir(out_dir, resume=resume, overwrite=overwrite, rank=rank) as out:
         run = _Run(model, train_data, valid_data, cfg, out)
         if resume: _resume(run)
         _begin(run, extra_config)
