@@ -151,7 +151,8 @@ def _lock(out: Path) -> FileLock:
         try: here = os.stat(path).st_ino
         except FileNotFoundError: here = None
         if os.fstat(fd).st_ino != here: raise _Stale()
-    return FileLock(path, timeout=0, on_acquired=same_file)
+    try: return FileLock(path, timeout=0, on_acquired=same_file)
+    except TypeError: return FileLock(path, timeout=0)  # a filelock without on_acquired: claim_out_dir's coarser check remains
 
 def _remove_stale_temporaries(out: Path, rank: int):
     "Remove the temporary files a run killed while writing left behind (safe: the folder's lock is held)."
@@ -186,7 +187,9 @@ def claim_out_dir(
     if rank != 0:
         _refuse(out, resume, overwrite); yield out; return
     lock = _lock(out)
-    try: out.mkdir(parents=True, exist_ok=True); lock.acquire()
+    try:
+        out.mkdir(parents=True, exist_ok=True); lock.acquire()
+        if not (out / LOCK_NAME).exists(): lock.release(); raise _Stale()   # locked a file its holder had just removed
     except (Timeout, _Stale):
         raise RunInUseError(f"{out} is in use: another fit is writing there (it holds {out / LOCK_NAME}); wait for it to "
                             "end, or choose another out_dir") from None

@@ -26,17 +26,24 @@ from .datasets import collate
 from .losses import class_weights, puzzle_alpha, total_loss
 from .metrics import ConfusionMatrix
 from .puzzle import puzzle_loss
-from .checkpoints import (CHECKPOINT_FORMAT as CHECKPOINT_FORMAT, CheckpointError, ConfigChangedError as ConfigChangedError,
-                               RunExistsError as RunExistsError, RunInUseError as RunInUseError, load_checkpoint,
-                               model_signature, resume_changes, rng_states, claim_out_dir, set_rng_states, write_checkpoint, _say)
-from .attention_export import AttentionRecords as AttentionRecords, collect_attention as collect_attention
+from .attention_export import AttentionRecords, collect_attention
+from .batches import EpochBatches, SeededSamples, _check_labels, _targets, check_data
+from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, ConfigChangedError, RunExistsError, RunInUseError, _say,
+    claim_out_dir, load_checkpoint, model_signature, resume_changes, rng_states, set_rng_states, write_checkpoint)
 from .recipe import TrainConfig
-from .batches import EpochBatches as EpochBatches, SeededSamples as SeededSamples, check_data, _check_labels, _targets
 
 # %% auto #0
-__all__ = ['TrainStep', 'evaluate', 'NonFiniteLossError', 'fit', 'distributed']
+__all__ = ['TrainStep', 'evaluate', 'NonFiniteLossError', 'fit', 'distributed', 'TrainConfig', 'EpochBatches', 'SeededSamples',
+           'check_data', 'CHECKPOINT_FORMAT', 'CheckpointError', 'ConfigChangedError', 'RunExistsError',
+           'RunInUseError', 'claim_out_dir', 'load_checkpoint', 'model_signature', 'resume_changes', 'rng_states',
+           'set_rng_states', 'write_checkpoint', 'AttentionRecords', 'collect_attention']
 
-# %% ../nbs/api/23_train.ipynb #69020158
+# %% ../nbs/api/23_train.ipynb #02125098
+_all_ = ["TrainConfig", "EpochBatches", "SeededSamples", "check_data", "CHECKPOINT_FORMAT", "CheckpointError", "ConfigChangedError",
+         "RunExistsError", "RunInUseError", "claim_out_dir", "load_checkpoint", "model_signature", "resume_changes", "rng_states",
+         "set_rng_states", "write_checkpoint", "AttentionRecords", "collect_attention"]
+
+# %% ../nbs/api/23_train.ipynb #a2beb199
 class TrainStep(nn.Module):
     "model(x) and the paper's loss in one forward: what DistributedDataParallel wraps."
     def __init__(self, model: nn.Module, cfg: TrainConfig, weight: torch.Tensor | None = None):
@@ -49,7 +56,7 @@ class TrainStep(nn.Module):
         l_re = puzzle_loss(self.model, x, labels, out, grid=self.cfg.puzzle_grid, mode=self.cfg.puzzle_mode) if self.cfg.puzzle else None
         return out, total_loss(out, labels, weight=self.weight, l_re=l_re, alpha=alpha)
 
-# %% ../nbs/api/23_train.ipynb #1c10a38e
+# %% ../nbs/api/23_train.ipynb #e75b98bf
 _HISTORY_FIELDS = ["epoch", "split", "loss", "cls", "attn", "re", "acc", "balanced_acc", "lr", "seconds", "images_per_s", "n"]
 _VALID_SPLITS = ("valid", "val", "validation")
 
@@ -112,12 +119,12 @@ class _Running:
         s = self.cm.summary()
         return {**row, "acc": s["acc"], "balanced_acc": s["balanced_acc"], "n": s["n"]}
 
-# %% ../nbs/api/23_train.ipynb #faa7add6
+# %% ../nbs/api/23_train.ipynb #62037352
 @torch.no_grad()
 def evaluate(
     model: nn.Module,                   # any msabn model
     data: Dataset,                      # samples as dicts (msabn.datasets)
-    cfg: TrainConfig = TrainConfig(),   # batch (eval_batch_size or batch_size), device, num_workers, amp, channels_last, progress
+    cfg: TrainConfig,                   # batch (eval_batch_size or batch_size), device, num_workers, amp, channels_last, progress
     weight: torch.Tensor | None = None, # class weights, for a loss comparable with training's
 ) -> dict:                              # {"loss", "cls", "attn", "acc", "balanced_acc", "n"}
     "Loss terms and accuracy of `model` on `data` (summed over every process under torchrun)."
@@ -141,7 +148,7 @@ def evaluate(
         run.add(total_loss(out, y, weight=weight), out.logits, y)
     return run.row()
 
-# %% ../nbs/api/23_train.ipynb #f4356e1d
+# %% ../nbs/api/23_train.ipynb #6f4b2de3
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite."
 
@@ -175,7 +182,7 @@ class _Run:
         if t is None: raise ValueError("class_weighted=True needs train_data.targets (all training labels)")
         return class_weights(torch.bincount(t, minlength=self.num_classes)).to(self.device)
 
-# %% ../nbs/api/23_train.ipynb #36bde52a
+# %% ../nbs/api/23_train.ipynb #4dc58def
 def _resume(run: _Run):
     "Continue from out/checkpoint.pt if there is one: weights, optimizer, schedule, generators, history, position."
     path = run.out / "checkpoint.pt"
@@ -203,7 +210,7 @@ def _resume(run: _Run):
         _say("changed on resume, without effect on the result: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in others.items()), run.rank)
     run.resumed = {"epoch": run.start_epoch, "step": run.start_step, "changes": {k: list(v) for k, v in changes.items()}}
 
-# %% ../nbs/api/23_train.ipynb #2195b097
+# %% ../nbs/api/23_train.ipynb #0b4b6a33
 def _begin(run: _Run, extra_config: dict | None):
     "Write config.json (rank 0) and start the clock."
     if run.out and run.rank == 0:
@@ -263,7 +270,7 @@ def _check_finite(run: _Run, loss: torch.Tensor, x: torch.Tensor, batch: dict, s
     raise NonFiniteLossError(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step {step + 1}: "
                              f"stopping; the last good checkpoint is kept: {last}{why}")
 
-# %% ../nbs/api/23_train.ipynb #f88378da
+# %% ../nbs/api/23_train.ipynb #09c62f48
 def _end_epoch(run: _Run, epoch: int):
     "The end of an epoch: step the schedule, then evaluate when due and checkpoint."
     run.sched.step()
@@ -327,7 +334,7 @@ def _finish(run: _Run) -> dict:
         save_json(metrics, run.out / "metrics.json")
     return metrics
 
-# %% ../nbs/api/23_train.ipynb #3d046539
+# %% ../nbs/api/23_train.ipynb #7cde76c3
 def _check_fit(model, train_data, valid_data, cfg, out_dir, resume: bool, world: int):
     if not isinstance(cfg, TrainConfig): raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if cfg.keep_best and getattr(valid_data, "split", None) not in _VALID_SPLITS:
@@ -367,7 +374,7 @@ def fit(
             raise
         return _finish(run)
 
-# %% ../nbs/api/23_train.ipynb #7d65451a
+# %% ../nbs/api/23_train.ipynb #7b4dd0c3
 @contextmanager
 def distributed(backend: str | None = None) -> Iterator[tuple[int, int]]:
     "Join the process group torchrun set up (a no-op without torchrun); yields (rank, world_size)."
