@@ -45,7 +45,8 @@ from threadpoolctl import threadpool_limits
 
 from msabn.core import provenance, save_json, set_seed
 from msabn.datasets import collate, get_dataset
-from msabn.explainers import Explainer, Explanation, create_explainer, evaluate_explainer, unit_maps
+from msabn.explainers import Explainer, Explanation, create_explainer, evaluate_explainer
+from msabn.localization import normalize_maps
 from msabn.models import count_params, create_model
 from msabn.synthetic import make_synthetic
 from msabn.train import TrainConfig, evaluate, fit, load_checkpoint
@@ -95,7 +96,7 @@ class CentreBaseline(Explainer):
         ys, xs = (torch.arange(H, device=x.device) + 0.5 - H / 2) / (H / 4), (torch.arange(W, device=x.device) + 0.5 - W / 2) / (W / 4)
         g = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / 2)
         t = logits.argmax(1) if targets is None else torch.as_tensor(targets, device=logits.device)
-        return Explanation(unit_maps(g.expand(len(x), 1, H, W).contiguous()), logits, t, (H, W))
+        return Explanation(normalize_maps(g.expand(len(x), 1, H, W).contiguous()), logits, t, (H, W))
 
 
 def make_explainer(name: str, model) -> Explainer:
@@ -176,7 +177,7 @@ def get_models(a, train, test) -> tuple[dict, dict]:
                 rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
             train_info = {"train_seconds": sum(float(r["seconds"]) for r in rows), "train_acc_last_epoch": float(rows[-1]["acc"])}
         model = model.to(a.device).eval()
-        ev = evaluate(model, test, batch_size=a.eval_batch, device=a.device, channels_last=False)
+        ev = evaluate(model, test, TrainConfig(eval_batch_size=a.eval_batch, device=a.device, channels_last=False, progress=False))
         facts[label] = {"source": source, "arch": model.config["arch"], "options": {k: model.config[k] for k in ("variant", "mechanism") if k in model.config},
                         "puzzle": puzzle, "params": count_params(model), "test_acc": ev["acc"], **train_info}
         print(f"{label}: {source}, test accuracy {ev['acc']:.1f}% ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -5,9 +5,7 @@
 # %% ../nbs/api/30_copy_replace.ipynb #7dcb60ea
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -307,8 +305,7 @@ def finetune(
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()
     extra = {"finetune": {"method": method, "pool_size": len(pool), "p": p, "label_policy": label_policy}}
-    with (contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()):
-        fit(tuned, data, None, cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)
+    fit(tuned, data, None, replace(cfg, progress=False) if quiet else cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)
     seconds = time.perf_counter() - t0
     sc = score_attention(tuned, test_data, batch_size=max(cfg.eval_batch_size or cfg.batch_size, 64), device=cfg.device)
     return FinetuneResult(method, len(pool), len(train_data), sc.acc, float(sc.frac_attn_out.mean()), seconds, cfg.seed,

@@ -19,27 +19,20 @@ from tqdm.auto import tqdm
 
 from .attention import upsample_map
 from .datasets import collate
-from .localization import localization_scores, summarize_localization
+from .localization import localization_scores, normalize_maps, summarize_localization
 from .models import ModelOutput
 
 # %% auto #0
-__all__ = ['SOURCES', 'POST_HOC', 'EXPLAINERS', 'Explanation', 'unit_maps', 'Explainer', 'IntrinsicExplainer', 'LogitsOnly',
-           'target_layer', 'GradCAMExplainer', 'create_explainer', 'evaluate_explainer']
+__all__ = ['SOURCES', 'POST_HOC', 'EXPLAINERS', 'Explanation', 'Explainer', 'IntrinsicExplainer', 'LogitsOnly', 'target_layer',
+           'GradCAMExplainer', 'create_explainer', 'evaluate_explainer']
 
 # %% ../nbs/api/33_explainers.ipynb #5cf57642
 class Explanation(NamedTuple):
     "What every explainer returns for a batch."
-    maps: torch.Tensor         # B x 1 x H x W at the input's size, each in [0, 1] (a constant map: zeros)
+    maps: torch.Tensor         # B x 1 x H x W at the input's size, each in [0, 1] (a constant map: all ones)
     logits: torch.Tensor       # B x K logits of the explained forward pass
     targets: torch.Tensor      # B classes the maps explain (for class-agnostic maps: the predicted class)
     native_size: tuple         # (h, w) of the map before upsampling
-
-def unit_maps(
-    maps: torch.Tensor,  # B x 1 x H x W
-) -> torch.Tensor:       # the same, each map min-max normalised to [0, 1]; constant maps become zeros
-    "Min-max normalise each map of a batch (a constant map, which shows no location, becomes all zeros)."
-    lo, hi = maps.amin((2, 3), keepdim=True), maps.amax((2, 3), keepdim=True)
-    return torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(maps))
 
 def _check_batch(x: torch.Tensor, who: str):
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
@@ -107,7 +100,7 @@ class IntrinsicExplainer(Explainer):
         t = _check_targets(targets, len(x), out.logits.shape[1], self.name)
         t = out.logits.argmax(1) if t is None else t.to(out.logits.device)
         m = out.attn_map if self.source == "attention" else out.class_maps[torch.arange(len(t), device=t.device), t][:, None]
-        return Explanation(unit_maps(upsample_map(m.float(), x)), out.logits.float(), t, tuple(m.shape[-2:]))
+        return Explanation(normalize_maps(upsample_map(m.float(), x)), out.logits.float(), t, tuple(m.shape[-2:]))
 
 # %% ../nbs/api/33_explainers.ipynb #3d9327d8
 class LogitsOnly(nn.Module):
@@ -172,7 +165,7 @@ class GradCAMExplainer(Explainer):
             self.model.zero_grad(set_to_none=True)
         t = logits.argmax(1) if t is None else t.to(logits.device)
         maps = torch.from_numpy(np.ascontiguousarray(maps)).to(logits.device)[:, None].float()
-        return Explanation(unit_maps(maps), logits, t, native)
+        return Explanation(normalize_maps(maps), logits, t, native)
 
 # %% ../nbs/api/33_explainers.ipynb #7404f271
 EXPLAINERS = SOURCES[1:] + tuple(POST_HOC)
