@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -170,7 +169,7 @@ def test_box_editor_in_jupyterlab():
         src = [f"WORK = {str(project)!r}\n" if ln.startswith("WORK =") else ln for ln in src]
         nb["cells"][params[0]]["source"] = src
         nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        k = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "".join(c["source"]).strip() == "#| notest\neditor")
+        k = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "".join(c["source"]).strip() == "#| notest\nBoxEditorWidget(editor)")
         (work / "box_editor.ipynb").write_text(json.dumps(nb))
         store = project / "boxes.json"
 
