@@ -247,3 +247,16 @@ def test_editor_finetuning_prints_no_progress_bar(data, tmp_path):
     assert res is not None and res.pool_size == 3, ed.message
     assert err.getvalue() == "", err.getvalue()[-500:]
     assert steps[-1] == (2, 2)
+
+
+def test_box_file_damaged_before_finetuning_is_said_not_raised(data, tmp_path):
+    "Another hand damaged the box file after the editor opened it: the button says so (before: boxes from memory, or a raw error)."
+    from msabn.train import TrainConfig
+    train, test = data
+    ed = BoxEditor(BoxStore(tmp_path / "b.json"), train, list(range(4)), model=_Tiny(), test_data=test,
+                   cfg=TrainConfig(epochs=1, batch_size=8, device="cpu"))
+    ed.simulate(2)
+    (tmp_path / "b.json").write_text("{")
+    assert ed.finetune_now() is None and ed.error
+    assert "b.json is not a valid box file: not valid JSON" in ed.message and ed.message.endswith("nothing was fine-tuned")
+    assert (tmp_path / "b.json").read_text() == "{"
