@@ -114,15 +114,16 @@ class _Writer(_BoxFile):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".probe", dir=self.path.parent)
             os.close(fd); os.unlink(probe)
-            with self._lock: pass
         except OSError as e: raise self._unwritable(e) from None
+        with self._locked(): pass            # the lock file can be made (and nobody holds it for ever)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         try: self._lock.acquire()
         except Timeout:
             raise BoxStoreError(f"{self.path}: another writer held {self.lock_path.name} for over {self._lock.timeout:g} s; "
-                                "this edit was not saved: try again (or close the other notebook on this project)") from None
+                                "this edit was not saved: try again, or close the other notebook on this project (with none open, "
+                                f"a lock file left by a crash on a file system without locks can be deleted)") from None
         except OSError as e: raise self._unwritable(e) from None
         try: yield
         finally: self._lock.release()

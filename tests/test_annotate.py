@@ -163,6 +163,7 @@ def test_lock_held_by_another_writer_times_out_with_a_message(tmp_path):
     with FileLock(s.lock_path):
         with pytest.raises(BoxStoreError, match=r"another writer held boxes.json.lock for over 0.2 s; this edit was not saved"):
             s.set(1, (0, 0, 2, 2), (8, 8))
+        with pytest.raises(BoxStoreError, match="another writer held"): BoxStore(s.path, timeout=0.2)   # opening, too: no raw Timeout
     s.set(1, (0, 0, 2, 2), (8, 8))
 
 
