@@ -289,7 +289,7 @@ def finetune(
     out_dir: str | Path | None = None,       # fit's files (config, history, checkpoint), if wanted
     on_step: Callable[[int, int], None] | None = None,  # fit's per-step callback, e.g. for a progress bar
     keep_model: bool = True,                 # keep the fine-tuned model in the result
-    quiet: bool = False,                     # silence fit's line per epoch (e.g. under a progress bar of one's own)
+    quiet: bool = False,                     # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
 ) -> FinetuneResult:
     "Fine-tune a copy of `model` with copy-replace on `pool` (or vanilla) and score it on `test_data`."
     if method not in FINETUNE_METHODS: raise ValueError(f"method must be one of {FINETUNE_METHODS}, got {method!r}")
@@ -305,7 +305,8 @@ def finetune(
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()
     extra = {"finetune": {"method": method, "pool_size": len(pool), "p": p, "label_policy": label_policy}}
-    fit(tuned, data, None, replace(cfg, progress=False) if quiet else cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)
+    if quiet: cfg = replace(cfg, progress=False)   # through the config: redirecting stdout leaves tqdm's bars (stderr, notebook widgets) on
+    fit(tuned, data, None, cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)
     seconds = time.perf_counter() - t0
     sc = score_attention(tuned, test_data, batch_size=max(cfg.eval_batch_size or cfg.batch_size, 64), device=cfg.device)
     return FinetuneResult(method, len(pool), len(train_data), sc.acc, float(sc.frac_attn_out.mean()), seconds, cfg.seed,

@@ -2,9 +2,11 @@
 input's size, reproducibility under fit's seeding, the empty pool, and the benchmark script end to end."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ import torch.nn as nn
 from torchvision.transforms.v2 import functional as TF
 
 from conftest import ROOT
-from msabn.annotate import BoxEditor, BoxStore
+from msabn.annotate import BoxStore
+from msabn.box_editor import BoxEditor
 from msabn.copy_replace import CopyReplace, EmptyPoolError, box_pixels, finetune, score_attention
 from msabn.datasets import ImageDataset, get_dataset
 from msabn.models import ModelOutput
@@ -130,6 +133,33 @@ def test_empty_pool_is_said_not_run(bench, tmp_path):
     assert ed.finetune_now() is None and "the annotated pool is empty" in ed.message
 
 
+class _Tiny(nn.Module):
+    "A ten-class model of the MSABN kind, small enough to fine-tune in a test."
+    def __init__(self):
+        super().__init__()
+        self.conv, self.config = nn.Conv2d(3, 10, 3, padding=1), {"num_classes": 10}
+    def forward(self, x):
+        f = self.conv(x)
+        return ModelOutput(f.mean((2, 3)), f.mean((2, 3)), torch.sigmoid(f[:, :1]), f)
+
+
+def test_quiet_finetune_switches_progress_off_through_the_config(bench, monkeypatch):
+    "finetune(quiet=True): no tqdm bar and no epoch line, because fit gets progress=False (redirecting stdout left the bar on stderr)."
+    ev = eval_transform("cifar", 32)
+    train, test = get_dataset("synthetic", bench, "train", transform=ev), get_dataset("synthetic", bench, "test", transform=ev)
+    model = _Tiny()
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=True, device="cpu")
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err): r = finetune(model, train, test, cfg, "copy_replace", [0, 1, 2], quiet=True)
+    assert (out.getvalue(), err.getvalue()) == ("", ""), (out.getvalue()[-300:], err.getvalue()[-300:])
+    assert r.pool_size == 3 and cfg.progress                   # the caller's config is left as it was
+    seen = []
+    import msabn.copy_replace as cr
+    monkeypatch.setattr(cr, "fit", lambda m, d, v, c, **k: seen.append(c.progress))
+    finetune(model, train, test, cfg, "vanilla", quiet=True); finetune(model, train, test, cfg, "vanilla")
+    assert seen == [False, True]
+
+
 def test_benchmark_script_quick(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "benchmarks/copy_replace.py", "--quick", "--data", str(tmp_path / "data"),
@@ -146,7 +176,7 @@ def test_benchmark_script_quick(tmp_path):
 
 def test_widget_front_end_is_bundled():
     "jupyter-bbox-widget's JavaScript ships inside the Python package (anywidget), whose lab extension is prebuilt."
-    import anywidget
+    import anywidget  # noqa: F401  (the loader of the widget's front end must be installed)
     from jupyter_bbox_widget import BBoxWidget
     assert "http" not in BBoxWidget._esm[:200] and len(BBoxWidget._esm) > 10_000       # inline code, not a URL
     ext = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "anywidget"
