@@ -91,6 +91,22 @@ class RunRecord:
     folder: Path
     metrics: dict      # its metrics.json
 
+_NEEDS = {"fig1": ("panels",), "fig8_9": ("curves",)}   # what a metrics.json must hold to be reported (a table: "cells", "splits")
+
+def _read_run(folder: Path, name: str, fp: str) -> tuple[str, dict | None]:
+    "A run folder's state in words a user can act on, and its metrics where it is complete and whole (else None)."
+    try: state = run_state(folder, fp)
+    except (AttributeError, TypeError): return "damaged (its status.json or metrics.json is JSON but not an object)", None
+    if state == "stale": return "stale (made with other settings or an older RESULTS_VERSION: its fingerprint is not today's)", None
+    if state == "half-written" and (folder / "metrics.json").is_file():
+        try: load_json(folder / "metrics.json")
+        except ValueError: return "half-written (its metrics.json is damaged: not valid JSON)", None
+    if state != "complete": return state, None
+    metrics = load_json(folder / "metrics.json")
+    missing = [k for k in _NEEDS.get(name, ("cells", "splits")) if k not in metrics]
+    if missing: return f"damaged (its metrics.json has no {', '.join(missing)})", None
+    return state, metrics
+
 def collect_runs(
     runs_dir: str | Path = "runs",         # where msabn_run wrote the run folders
     preset: str | None = None,             # only this preset (None: every preset found)
@@ -108,10 +124,10 @@ def collect_runs(
         try: seed = int(folder.name[4:])
         except ValueError: continue
         if seeds is not None and seed not in seeds: continue
-        state = run_state(folder, fingerprint(get_experiment(name, p), seed))
-        if state != "complete":
+        state, metrics = _read_run(folder, name, fingerprint(get_experiment(name, p), seed))
+        if metrics is None:
             left_out.append(f"{p}/{name}/seed{seed}: {state}, not reported"); continue
-        records.append(RunRecord(name, p, seed, folder, load_json(folder / "metrics.json")))
+        records.append(RunRecord(name, p, seed, folder, metrics))
     return records, left_out
 
 def _one_preset(records: Sequence[RunRecord], what: str) -> str:
