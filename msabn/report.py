@@ -247,7 +247,8 @@ def write_report(
     for l in left_out: log(f"[left out] {l}")
     if not records: raise FileNotFoundError(_no_runs(Path(runs_dir), preset, seeds) + (f"; {folder} is left as it was" if folder.exists() else ""))
     earlier = _check_same_report(folder, _earlier(folder), preset, seeds, log)
-    stale = _not_updated(earlier, records, left_out)
+    stale = {n: why for n, why in _not_updated(earlier, records, left_out).items()   # unless a user deleted its files: dropped
+             if any((folder / f).exists() for f in earlier["tables"][n]["files"])}
     for name, why in stale.items(): log(f"[not updated] {name}: reported before, {why}; its earlier files are kept as they were")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:

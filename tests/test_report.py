@@ -248,3 +248,39 @@ def test_a_missing_attention_picture_is_said_on_the_page_not_a_crash(tmp_path):
     folder = tmp_path / "pf" / "tiny_seeds-0"
     assert "Attention maps: none (`attention.png` is missing from the run folder of seed 0)." in (folder / "README.md").read_text()
     assert not (folder / "table4_cub_attention.png").exists() and (folder / "table5_cars_attention.png").is_file()
+
+
+def test_a_report_made_before_manifests_is_read_by_its_file_names(tmp_path, capsys):
+    _runs(tmp_path)
+    assert _report(tmp_path) == 0
+    folder = tmp_path / "pf" / "tiny_seeds-0"
+    (folder / MANIFEST).unlink()                       # as the committed paper_figures/ reports were made
+    (folder / "notes.md").write_text("mine")
+    t5 = (folder / "table5_cars.md").read_bytes()
+    shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table5", 0))
+    assert _report(tmp_path) == 0
+    assert "[not updated] table5: reported before, no complete runs now" in capsys.readouterr().out   # its seeds read from results.json
+    assert (folder / "notes.md").read_text() == "mine" and (folder / "table5_cars.md").read_bytes() == t5
+    assert (folder / MANIFEST).is_file()
+
+
+def test_cost_files_are_rewritten_only_where_msabn_report_made_them(tmp_path, capsys):
+    (tmp_path / "pf").mkdir()
+    (tmp_path / "pf" / "cost_to_reproduce.md").write_text("# My own cost notes\n")
+    _runs(tmp_path, ("table4",))
+    assert _report(tmp_path, "--cost") == 0            # the FLOP counting is skipped: the page in the way is not msabn_report's
+    assert (tmp_path / "pf" / "cost_to_reproduce.md").read_text() == "# My own cost notes\n"
+    assert "cost_to_reproduce.md was not made by msabn_report: left as it is" in capsys.readouterr().out
+
+
+def test_deleting_a_table_that_is_not_updated_drops_it(tmp_path, capsys):
+    _runs(tmp_path)
+    assert _report(tmp_path) == 0
+    folder = tmp_path / "pf" / "tiny_seeds-0"
+    shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table5", 0))
+    assert _report(tmp_path) == 0 and (folder / "table5_cars.md").is_file()
+    for f in folder.glob("table5_cars*"): f.unlink()    # the user drops the table
+    capsys.readouterr()
+    assert _report(tmp_path) == 0
+    assert "not updated" not in capsys.readouterr().out and "Not updated" not in (folder / "README.md").read_text()
+    assert "table5" not in json.loads((folder / MANIFEST).read_text())["tables"]
