@@ -191,3 +191,18 @@ def test_num_classes_below_two_is_refused_and_numpy_ints_are_taken():
         with pytest.raises(ValueError, match=r"num_classes must be an int >= 2"): create_model("abn", "resnet20", k)
     m = create_model("msabn", "resnet20", np.int64(4))
     assert m.config["num_classes"] == 4 and type(m.config["num_classes"]) is int
+
+
+def test_checkpoint_into_a_folder_that_is_not_writable_names_target_and_folder(tmp_path, monkeypatch):
+    "atomic_write raised a bare PermissionError naming its temporary file; now the target and the folder are named."
+    import errno
+    import os
+    import tempfile
+    ro = tmp_path/"ro"; ro.mkdir(); ro.chmod(0o555)
+    want = rf"ckpt.pt: cannot write it: the folder {ro} is not writable"
+    if os.geteuid() != 0:  # root may write anywhere; the simulated refusal below stands in for it there
+        with pytest.raises(PermissionError, match=want): atomic_torch_save({"w": torch.ones(1)}, ro/"ckpt.pt")
+    def refuse(*a, **k): raise PermissionError(errno.EACCES, "Permission denied", str(ro/".ckpt.pt.abc.tmp"))
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match=want): atomic_torch_save({"w": torch.ones(1)}, ro/"ckpt.pt")
+    assert list(ro.iterdir()) == []
