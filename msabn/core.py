@@ -5,6 +5,7 @@
 # %% ../nbs/api/00_core.ipynb #fce86248
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import importlib.util
 import json
@@ -12,7 +13,6 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -77,8 +77,13 @@ def atomic_write(
     "Write to a temporary file beside `path` and rename it over `path` only if the block succeeds."
     if mode not in ("w", "wb"): raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno not in _NOT_WRITABLE: raise
+        raise PermissionError(e.errno, f"{path}: cannot write it: the folder {path.parent} is not writable "
+                              f"({e.strerror}); write elsewhere or make the folder writable") from e
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the file the usual permissions
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
@@ -91,6 +96,8 @@ def atomic_write(
         raise
 
 # %% ../nbs/api/00_core.ipynb #b48fba78
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # a folder we may not write into
+
 def _umask() -> int:
     mask = os.umask(0); os.umask(mask)
     return mask

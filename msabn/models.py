@@ -5,6 +5,7 @@
 # %% ../nbs/api/12_models.ipynb #f862bcbb
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Sequence
 
 import torch
@@ -12,15 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import (MECHANISMS, AttentionBranch, MultiScaleFusion, TopDownFusion, apply_attention,
-                             resize_map, upsample_map)
-from .backbones import Backbone, create_backbone, init_weights, list_backbones
+from .attention import MECHANISMS, AttentionBranch, MultiScaleFusion, TopDownFusion, apply_attention, upsample_map
+from .backbones import Backbone, create_backbone, init_weights
 
 _all_ = ["init_weights", "upsample_map"]  # re-exported: the init function and the display helper live here too
 
 # %% auto #0
-__all__ = ['ARCHS', 'VARIANTS', 'ModelOutput', 'BaseNet', 'AttentionBranchNet', 'create_model', 'count_params', 'count_macs',
-           'init_weights', 'upsample_map']
+__all__ = ['ARCHS', 'VARIANTS', 'ModelOutput', 'check_batch', 'BaseNet', 'AttentionBranchNet', 'create_model', 'count_params',
+           'count_macs', 'init_weights', 'upsample_map']
 
 # %% ../nbs/api/12_models.ipynb #c4a07758
 class ModelOutput(NamedTuple):
@@ -29,6 +29,25 @@ class ModelOutput(NamedTuple):
     attn_logits: torch.Tensor | None    # B x K attention-branch logits (ABN/MSABN), else None
     attn_map: torch.Tensor | None       # B x 1 x h x w attention map in [0, 1] (ABN/MSABN), else None
     class_maps: torch.Tensor            # B x K x h x w: the branch's M (ABN/MSABN) or the CAM (Base)
+
+# %% ../nbs/api/12_models.ipynb #4776bc67
+_AUTOCAST_OK = (torch.float16, torch.bfloat16, torch.float32)  # what autocast casts (float64 it leaves alone)
+
+def _autocast_on(device_type: str) -> bool:
+    try: return torch.is_autocast_enabled(device_type)
+    except TypeError: return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()  # torch < 2.4
+
+def check_batch(
+    model: nn.Module,  # a BaseNet or AttentionBranchNet
+    x: torch.Tensor,   # what its forward was given
+):
+    "Raise a clear error unless `x` is a float batch B x C x H x W the model can take."
+    model.backbone.check_input(x)
+    want = model.fc.weight.dtype
+    if x.dtype == want or (x.dtype in _AUTOCAST_OK and _autocast_on(x.device.type)): return
+    hint = " (uint8 pixels: x.float() / 255, as msabn.datasets.collate does)" if x.dtype == torch.uint8 else ""
+    raise TypeError(f"{model.backbone.name}: input batch of dtype {x.dtype}, but the model's weights are {want}; "
+                    f"pass x.to({want}){hint}")
 
 # %% ../nbs/api/12_models.ipynb #1ba55652
 class BaseNet(nn.Module):
@@ -48,13 +67,13 @@ class BaseNet(nn.Module):
         return F.conv2d(f, self.fc.weight[:, :, None, None])
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        self.backbone.check_input(x)
+        check_batch(self, x)
         f = self.backbone.forward_features(x)
         return ModelOutput(self.fc(self.pool(f).flatten(1)), None, None, self.cam(f))
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         "The CAM of a batch of images (B x K x h x w)."
-        self.backbone.check_input(x)
+        check_batch(self, x)
         return self.cam(self.backbone.forward_features(x))
 
 # %% ../nbs/api/12_models.ipynb #2ff2c83e
@@ -76,7 +95,7 @@ class AttentionBranchNet(nn.Module):
         self.map_reduction = backbone.feature_info[self.levels[0]]["reduction"]  # attention/class maps' stride
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        self.backbone.check_input(x)
+        check_batch(self, x)
         feats = self.backbone.forward_levels(x, self.levels)
         attn_logits, attn_map, m = self.attention(feats)
         f = self.backbone.forward_rest(apply_attention(feats[-1], attn_map, self.mechanism))
@@ -84,7 +103,7 @@ class AttentionBranchNet(nn.Module):
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         "The attention branch's class maps M (B x K x h x w), running no further than the branch needs."
-        self.backbone.check_input(x)
+        check_batch(self, x)
         return self.attention.class_maps(self.backbone.forward_levels(x, self.levels))
 
 # %% ../nbs/api/12_models.ipynb #87e6608f
@@ -120,8 +139,9 @@ def create_model(
         raise TypeError(f"create_model: unknown option(s) {sorted(unknown)}; valid options: mechanism, variant, levels, "
                         "fuse_width, in_chans, block, backbone_kwargs")
     if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}: use one of {list(ARCHS)}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (a softmax classifier needs two classes at least), got {num_classes!r}")
+    num_classes = int(num_classes)  # numpy ints too; config.json holds plain numbers
     given = {k for k, v in dict(mechanism=mechanism, variant=variant, levels=levels, fuse_width=fuse_width).items() if v is not None}
     if given - _ARCH_OPTS[arch]:
         raise ValueError(f"option(s) {sorted(given - _ARCH_OPTS[arch])} do not apply to arch {arch!r} "

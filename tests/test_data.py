@@ -215,3 +215,147 @@ def test_bad_other_input_is_named(data_root, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"validation.csv: partition file not found"): get_dataset("diagset", d, "val")
     with pytest.raises(FileNotFoundError, match=r"cars_meta.mat: annotation file not found"): get_dataset("cars", tmp_path, "train")
     with pytest.raises(ValueError, match=r"diagset has no split 'dev'"): get_dataset("diagset", d, "dev")
+
+
+# --- issue 14: faults that used to be silent or unclear ---------------------------------------------------
+def _ramp16() -> np.ndarray:
+    return np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (32, 1))  # 32 x 64, 0..65535, mean 32767.5
+
+
+def test_16bit_images_are_scaled_not_saturated(tmp_path):
+    "convert('RGB') clipped 16-bit grayscale at 255 (98% white); now scaled by 255/65535, in read_image and a loader."
+    import cv2
+    from PIL import Image
+    from msabn.datasets import read_image
+    cv2.imwrite(str(tmp_path/"g16.png"), _ramp16())
+    assert Image.open(tmp_path/"g16.png").mode == "I;16"
+    im = read_image(tmp_path/"g16.png").float()
+    assert abs(im.mean().item() - 127.5) < 0.5 and (im == 255).float().mean() < 0.05
+    cv2.imwrite(str(tmp_path/"rgb16.png"), np.stack([_ramp16()] * 3, -1))
+    assert abs(read_image(tmp_path/"rgb16.png").float().mean().item() - 127.5) < 0.5
+    Image.fromarray(_ramp16().astype(np.int32)).save(tmp_path/"i32.tif")
+    assert abs(read_image(tmp_path/"i32.tif").float().mean().item() - 127.5) < 0.5
+    Image.fromarray((_ramp16() / 65535).astype(np.float32)).save(tmp_path/"f32.tif")
+    assert abs(read_image(tmp_path/"f32.tif").float().mean().item() - 127.5) < 0.5
+    Image.fromarray(np.full((4, 4), -5.0, np.float32)).save(tmp_path/"neg.tif")
+    with pytest.raises(DataError, match=r"neg.tif: a 32-bit float image with values -5..-5; expected values in \[0, 1\]"):
+        read_image(tmp_path/"neg.tif")
+    root = write_imagenet_fixture(tmp_path/"inet", wnids=("n1", "n2"), n_train=1, n_test=1)
+    cv2.imwrite(str(root/"train"/"n1"/"deep.png"), _ramp16())
+    ds = get_dataset("imagenet", root, "train")
+    item = ds[[f.name for f in ds.files].index("deep.png")]
+    assert abs(item["image"].float().mean().item() - 127.5) < 0.5
+
+
+def test_empty_annotations_and_empty_splits_are_named(data_root, tmp_path):
+    "Empty annotation files gave a CUB dataset of 0 items; every loader now refuses an empty split, naming where it looked."
+    from msabn.datasets import CUB_FILES
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"cub")
+    for f in CUB_FILES: (d/f).write_text("")
+    with pytest.raises(DataError, match=r"empty annotation file\(s\) images.txt, image_class_labels.txt, train_test_split.txt, "
+                       r"bounding_boxes.txt, classes.txt; expected images.txt: one line per image '<image_id> <image_name>'"):
+        get_dataset("cub", d, "train")
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"cub_all_train")
+    (d/"train_test_split.txt").write_text("".join(f"{k} 1\n" for k in range(1, 16)))
+    assert len(get_dataset("cub", d, "train")) == 15
+    with pytest.raises(DataError, match=r"train_test_split.txt: no image has is_training_image 0, so the test split is empty"):
+        get_dataset("cub", d, "test")
+    (tmp_path/"inet"/"train").mkdir(parents=True); (tmp_path/"inet"/"val").mkdir()
+    with pytest.raises(DataError, match=r"inet/train: no class folders; expected one folder of images per class"):
+        get_dataset("imagenet", tmp_path/"inet", "train")
+    write_cifar100_fixture(tmp_path/"cifar", n_train=0)
+    with pytest.raises(DataError, match=r"cifar-100-python/train: holds no images"):
+        get_dataset("cifar100", tmp_path/"cifar", "train", verify=False)
+    d = _copy(data_root/"diag_blobs", tmp_path/"diag"); (d/"partitions"/"DiagSet-A.2"/"test.csv").write_text("scan_id\n")
+    with pytest.raises(DataError, match=r"test.csv: lists no scans; expected a CSV with a column scan_id"):
+        get_dataset("diagset", d, "test")
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"cub_unreadable")
+    for p in (d/"images").rglob("*.jpg"): p.write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="skipped 9 of 9"), pytest.raises(DataError, match=r"the train split has no images: all 9 were skipped"):
+        get_dataset("cub", d, "train", on_bad="skip", check_images=True)
+
+
+def test_annotation_files_not_in_utf8_are_named_with_line_and_encoding(data_root, tmp_path):
+    "A Latin-1 images.txt raised a bare UnicodeDecodeError; now the file, the line, the byte and the encoding are named."
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"latin")
+    text = (d/"images.txt").read_text().replace("class_b_0001", "class_b_0001\xe9")
+    (d/"images.txt").write_bytes(text.encode("latin-1"))
+    line = next(n for n, s in enumerate(text.splitlines(), 1) if "\xe9" in s)
+    with pytest.raises(DataError, match=rf"images.txt:{line}: not UTF-8 text \(byte 0xe9\); expected UTF-8 \(or ASCII\) lines "
+                       r"'<image_id> <image_name>'; convert the file"):
+        get_dataset("cub", d, "train")
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"bom")  # a byte-order mark (Windows editors) is read as UTF-8
+    for f in ("images.txt", "bounding_boxes.txt"): (d/f).write_bytes(b"\xef\xbb\xbf" + (d/f).read_bytes().replace(b"\n", b"\r\n"))
+    assert len(get_dataset("cub", d, "train")) == 9
+
+
+def test_indices_work_like_a_sequence_and_bad_ones_are_named(data_root):
+    "ds[-1] is the last item (its 'index' non-negative); out of range names index and length; floats/strings/bools refused."
+    ds = get_dataset("cub", data_root/"cub", "test")
+    assert len(ds) == 6 and ds[-1]["index"] == 5 and ds[-6]["index"] == 0 and ds[np.int64(2)]["index"] == 2
+    for i in (6, -7):
+        with pytest.raises(IndexError, match=rf"index {i} out of range for a dataset of 6 items \(valid: 0..5, or -6..-1 from the end\)"):
+            ds[i]
+    for bad in (1.7, "1", True, slice(0, 2)):
+        with pytest.raises(TypeError, match=r"CUB indices must be integers"):
+            ds[bad]
+
+
+def test_fault_sweep_images(tmp_path):
+    "Faults of the sweep on image files: each read as expected or refused with the file named."
+    import struct
+    import warnings
+    import zlib
+    from PIL import Image
+    from msabn.datasets import read_image
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    (tmp_path/"bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                                      + chunk(b"IEND", b""))
+    with pytest.raises(DataError, match=r"bomb.png: refused \(Image size \(400000000 pixels\) exceeds limit.*raise PIL.Image.MAX_IMAGE_PIXELS"):
+        read_image(tmp_path/"bomb.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path/"a.jpg", quality=95)
+    (tmp_path/"cut.jpg").write_bytes((tmp_path/"a.jpg").read_bytes()[:1500])
+    with pytest.raises(DataError, match=r"cut.jpg: cannot read the image \(OSError: image file is truncated"): read_image(tmp_path/"cut.jpg")
+    Image.new("RGB", (1, 1), (9, 8, 7)).save(tmp_path/"dot.png")
+    assert read_image(tmp_path/"dot.png").flatten().tolist() == [9, 8, 7]
+    Image.new("RGB", (32, 32), (200, 30, 30)).convert("CMYK").save(tmp_path/"cmyk.jpg", quality=95)
+    assert (read_image(tmp_path/"cmyk.jpg").float().mean((1, 2)) - torch.tensor([200., 30, 30])).abs().max() < 3
+    p = Image.new("P", (8, 8), 1); p.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762); p.save(tmp_path/"pal.png", transparency=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path/"pal.png")[:, 0, 0].tolist() == [255, 0, 0]
+    Image.new("L", (5, 7), 80).save(tmp_path/"gray.png"); assert read_image(tmp_path/"gray.png")[:, 0, 0].tolist() == [80] * 3
+
+
+def test_fault_sweep_layouts(data_root, tmp_path):
+    "Faults of the sweep on layouts: boxes that are not numbers, unicode class folders, stray files, broken pickles."
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"nan"); _set_line(d/"bounding_boxes.txt", 0, "1 nan 2.0 10.0 10.0")
+    with pytest.raises(DataError, match=r"bounding_boxes.txt:1: the box of image 1 .* is not finite \(nan 2 10 10\)"):
+        get_dataset("cub", d, "train")
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"inf"); _set_line(d/"bounding_boxes.txt", 0, "1 1.0 2.0 inf 10.0")
+    with pytest.raises(DataError, match=r"bounding_boxes.txt:1: .* is not finite"): get_dataset("cub", d, "train")
+    root = write_imagenet_fixture(tmp_path/"inet", wnids=("n01440764", "caf\u00e9_\u9ce5"), n_train=2, n_test=1)
+    (root/"train"/"n01440764"/"LOC_notes.txt").write_text("x"); (root/"train"/"README").write_text("x")
+    ds = get_dataset("imagenet", root, "train")
+    assert ds.classes == ["caf\u00e9_\u9ce5", "n01440764"] and len(ds) == 4 and ds[0]["image"].shape[0] == 3
+    d = _copy(data_root/"cifar", tmp_path/"cifar")
+    f = d/"cifar-100-python"/"train"; f.write_bytes(f.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"train: not a CIFAR-100 python pickle"): get_dataset("cifar100", d, "train", verify=False)
+    e = pickle.loads((data_root/"cifar"/"cifar-100-python"/"test").read_bytes()); e["fine_labels"] = e["fine_labels"][:5]
+    (d/"cifar-100-python"/"test").write_bytes(pickle.dumps(e))
+    with pytest.raises(DataError, match=r"test: 12 images but 5 fine_labels"): get_dataset("cifar100", d, "test", verify=False)
+
+
+def test_data_layouts_and_data_present_agree_with_the_loaders(data_root, tmp_path):
+    "DATA_LAYOUTS (moved from msabn.experiments) keeps its texts; data_present finds every fixture the loaders read."
+    import msabn.experiments as ex
+    from msabn.datasets import DATA_LAYOUTS, DATASETS, data_present
+    assert DATA_LAYOUTS == ex.DATA_LAYOUTS
+    assert set(DATA_LAYOUTS) == set(DATASETS) - {"synthetic"}
+    for name, folder in (("cub", "cub"), ("cars", "cars"), ("cifar100", "cifar"), ("imagenet", "imagenet"),
+                         ("diagset", "diag_blobs"), ("diagset", "diag_folders"), ("synthetic", "syn")):
+        assert data_present(name, data_root/folder) and not data_present(name, tmp_path/"nowhere"), (name, folder)
+        if hasattr(ex, "_data_present") and name != "synthetic": assert ex._data_present(name, data_root/folder)
+    d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"no_classes"); (d/"classes.txt").unlink()
+    assert not data_present("cub", d), "every file the loader opens is a marker"
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"): data_present("mnist", tmp_path)

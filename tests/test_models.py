@@ -166,3 +166,43 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="does not divide into a 2x2 grid"):
         mm = create_model("msabn", "resnet20", 10)
         puzzle_loss(mm, torch.zeros(2, 3, 31, 32), torch.tensor([0, 1]), None)
+
+
+def test_batches_of_the_wrong_dtype_or_shape_are_named_at_the_door():
+    "float64/uint8 batches used to fail inside a conv with torch's 'expected scalar type'; now named at forward's entry."
+    x = torch.rand(2, 3, 32, 32)
+    for arch in ("base", "abn", "msabn"):
+        m = create_model(arch, "resnet20", 10)
+        with pytest.raises(TypeError, match=r"resnet20: input batch of dtype torch.float64, but the model's weights are torch.float32"):
+            m(x.double())
+        with pytest.raises(TypeError, match=r"dtype torch.uint8.*x.float\(\) / 255"): m((x * 255).to(torch.uint8))
+        with pytest.raises(TypeError, match=r"dtype torch.float16"): m.class_maps(x.half())
+        with pytest.raises(ValueError, match=r"expected an image batch B x 3 x H x W, got \(3, 32, 32\)"): m(x[0])
+        with pytest.raises(ValueError, match=r"expected 3 input channels"): m(x[:, :1])
+        assert m.double()(x.double()).logits.dtype == torch.float64, "a float64 model takes float64 batches"
+    m = create_model("abn", "resnet20", 10).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert m(x.bfloat16()).logits.shape == (2, 10) and m(x).logits.shape == (2, 10)
+
+
+def test_num_classes_below_two_is_refused_and_numpy_ints_are_taken():
+    import numpy as np
+    for k in (0, 1, -3, 2.0, True):
+        with pytest.raises(ValueError, match=r"num_classes must be an int >= 2"): create_model("abn", "resnet20", k)
+    m = create_model("msabn", "resnet20", np.int64(4))
+    assert m.config["num_classes"] == 4 and type(m.config["num_classes"]) is int
+
+
+def test_checkpoint_into_a_folder_that_is_not_writable_names_target_and_folder(tmp_path, monkeypatch):
+    "atomic_write raised a bare PermissionError naming its temporary file; now the target and the folder are named."
+    import errno
+    import os
+    import tempfile
+    ro = tmp_path/"ro"; ro.mkdir(); ro.chmod(0o555)
+    want = rf"ckpt.pt: cannot write it: the folder {ro} is not writable"
+    if os.geteuid() != 0:  # root may write anywhere; the simulated refusal below stands in for it there
+        with pytest.raises(PermissionError, match=want): atomic_torch_save({"w": torch.ones(1)}, ro/"ckpt.pt")
+    def refuse(*a, **k): raise PermissionError(errno.EACCES, "Permission denied", str(ro/".ckpt.pt.abc.tmp"))
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match=want): atomic_torch_save({"w": torch.ones(1)}, ro/"ckpt.pt")
+    assert list(ro.iterdir()) == []
