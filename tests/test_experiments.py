@@ -456,10 +456,12 @@ def test_bad_arguments_are_refused_before_anything_runs(case, tmp_path, monkeypa
 
 
 # --- the fault sweep: what else a user meets with msabn_run -----------------------------------------------------------
-def test_import_works_without_fcntl():
+def test_import_works_without_fcntl(tmp_path):
     "Before: `import fcntl` at the top made `import msabn.experiments` (and the report) fail on Windows."
+    import msabn
     code = "import sys; sys.modules['fcntl'] = None\nimport msabn.experiments, msabn.report\nprint('ok')"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(msabn.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
