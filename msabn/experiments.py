@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/api/40f_experiments.ipynb #70950fdd
+# %% ../nbs/api/40f_experiments.ipynb #9bba9719
 from .configs import (CATALOG, CIFAR_ROWS, DEPENDS, EXPERIMENTS, FINE_ROWS, IMAGENET_ROWS, INFO, PAPER_RECIPES, PRESETS,
                       SMOKE_SIZES, TABLES, TEMPLATES, TINY_SIZES, TITLES, TITLES_SHORT, AttentionFigure, Column,
                       CopyReplaceFigure, DataSpec, ExperimentInfo, Row, ScaledSizes, TableExperiment, describe,
@@ -20,7 +20,7 @@ from .run_tables import (attention_picture, cell_fingerprint, evaluate_split, re
 from .run_figures import run_attention_figure, run_copy_replace, run_experiment
 from .runner import check_args, check_templates, execute_template, main, plan, run_experiments, templates_dir
 
-# %% ../nbs/api/40f_experiments.ipynb #ecfb3908
+# %% ../nbs/api/40f_experiments.ipynb #11f818f2
 __all__ = ["CATALOG", "CIFAR_ROWS", "DEPENDS", "EXPERIMENTS", "FINE_ROWS", "IMAGENET_ROWS", "INFO", "PAPER_RECIPES", "PRESETS",
            "SMOKE_SIZES", "TABLES", "TEMPLATES", "TINY_SIZES", "TITLES", "TITLES_SHORT", "AttentionFigure", "Column",
            "CopyReplaceFigure", "DataSpec", "ExperimentInfo", "Row", "ScaledSizes", "TableExperiment", "describe",
