@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import ast
+import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +15,10 @@ import nbformat
 import pytest
 from conftest import ROOT
 
-from msabn.core import load_json
+from msabn.core import load_json, save_json
 from msabn.datasets import write_cub_fixture
 from msabn.experiments import (TEMPLATES, data_folder, fingerprint, get_experiment, main as run_main, run_experiments,
-                               run_folder, run_state)
+                               run_folder, run_state, write_status)
 from msabn.report import collect_runs, main as report_main, table_frame
 from msabn.transforms import train_transform
 
@@ -80,6 +80,8 @@ def test_every_template_runs_through_papermill(tiny_runs):
         assert {"versions", "git", "device", "time_utc"} <= set(cfg["provenance"])
         st = load_json(folder / "status.json")
         assert st["status"] == "complete" and st["notebook"] == f"{template}.ipynb" and st["wall_seconds"] > 0
+        assert "seconds" not in st, "status.json is the runner's: its time is wall_seconds; the template's is metrics.json's seconds"
+        assert load_json(folder / "metrics.json")["seconds"] > 0
         if name.startswith("table"):
             assert "history.csv" in files
             m = load_json(folder / "metrics.json")
@@ -312,3 +314,235 @@ def test_figure_runs_are_redone_when_a_source_table_changes(monkeypatch):
     after = {n: fingerprint(get_experiment(n, "tiny"), 0) for n in before}
     assert after["fig1"] != before["fig1"] and after["fig8_9"] != before["fig8_9"], "figures must follow their source tables"
     assert after["table1"] == before["table1"]
+
+
+# --- the runner's reliability (issue 14): every test below fails on the code before it ------------------------------
+RUNNER = sys.modules[run_experiments.__module__]        # where run_experiments looks up execute_template
+FOLDERS = sys.modules[write_status.__module__]          # where status.json is written
+
+def _stub_template(calls=None, fail=()):
+    "An execute_template that writes what a template writes (config.json, metrics.json), without a kernel or training."
+    def run(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None):
+        if calls is not None: calls.append(name)
+        if name in fail: raise RuntimeError(f"{name} broke")
+        folder, fp = run_folder(runs_dir, preset, name, seed), fingerprint(get_experiment(name, preset), seed)
+        save_json({"fingerprint": fp}, folder / "config.json")
+        save_json({"fingerprint": fp, "made": "now"}, folder / "metrics.json")
+        return folder / f"{TEMPLATES[name]}.ipynb"
+    return run
+
+def _in_process(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None):
+    "An execute_template that runs the template's work in this process (no kernel start): real training."
+    from msabn.experiments import run_experiment
+    run_experiment(name, preset=preset, seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=QUIET)
+    return run_folder(runs_dir, preset, name, seed) / f"{TEMPLATES[name]}.ipynb"
+
+def _aside(folder: Path) -> list[Path]:
+    return sorted(folder.parent.glob(f"{folder.name}.old-*"))
+
+
+def test_damaged_status_is_redone_keeping_the_old_files_aside(tmp_path, monkeypatch):
+    "Before: msabn_run deleted metrics.json, then failed to parse the damaged status and aborted, on every rerun."
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template())
+    runs, fp = tmp_path / "runs", fingerprint(get_experiment("table1", "tiny"), 0)
+    folder = run_folder(runs, "tiny", "table1", 0)
+    folder.mkdir(parents=True)
+    save_json({"fingerprint": fp, "cells": "the old results"}, folder / "metrics.json")
+    (folder / "status.json").write_text('{"status": "compl')
+    log = []
+    rep = run_experiments(["table1", "table2"], "tiny", runs_dir=runs, data_root=tmp_path / "data", log=log.append)
+    assert [(r["experiment"], r["found"], r["result"]) for r in rep] == [("table1", "damaged", "complete"), ("table2", "new", "complete")]
+    old = _aside(folder)
+    assert len(old) == 1 and load_json(old[0] / "metrics.json")["cells"] == "the old results"
+    assert (old[0] / "status.json").read_text() == '{"status": "compl'
+    assert any("cannot be read" in l and f"kept in {old[0].name}" in l for l in log), log
+    assert run_state(folder, fp) == "complete"
+    assert [r["result"] for r in run_experiments(["table1"], "tiny", runs_dir=runs, data_root=tmp_path / "data", log=QUIET)] == ["skipped"]
+
+
+def test_force_retrains_and_keeps_the_old_results_aside(tmp_path, monkeypatch):
+    "Before: --force re-executed the template, whose cells returned their cached done.json: old numbers reported as fresh."
+    import msabn.experiments as E
+    t1 = get_experiment("table1", "tiny")
+    monkeypatch.setitem(E.EXPERIMENTS["tiny"], "table1", replace(t1, rows=t1.rows[:1]))
+    monkeypatch.setattr(RUNNER, "execute_template", _in_process)
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    folder = run_folder(runs, "tiny", "table1", 0)
+    ckpt = folder / "cells" / "resnet20" / "base" / "checkpoint.pt"
+    assert run_experiments(["table1"], "tiny", runs_dir=runs, data_root=data, log=QUIET)[0]["result"] == "complete"
+    before = ckpt.stat().st_mtime_ns
+    log = []
+    rep = run_experiments(["table1"], "tiny", runs_dir=runs, data_root=data, force=True, log=log.append)
+    assert rep[0]["found"] == "complete" and rep[0]["result"] == "complete"
+    assert ckpt.stat().st_mtime_ns != before, "--force must retrain, not reuse the cached cells"
+    old = _aside(folder)
+    assert len(old) == 1 and (old[0] / "cells" / "resnet20" / "base" / "checkpoint.pt").stat().st_mtime_ns == before
+    assert (old[0] / "metrics.json").is_file() and any("--force" in l and f"kept in {old[0].name}" in l for l in log), log
+
+
+def test_stale_run_folder_is_kept_aside_not_deleted(tmp_path, monkeypatch):
+    "Before: a run made with other settings (e.g. an older results version) lost its metrics.json to the rerun."
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template())
+    runs = tmp_path / "runs"
+    folder = run_folder(runs, "tiny", "table1", 0)
+    folder.mkdir(parents=True)
+    write_status(folder, "complete", "an-older-version")
+    save_json({"fingerprint": "an-older-version", "cells": "old"}, folder / "metrics.json")
+    (folder / "my_notes.txt").write_text("what I wanted to keep")
+    log = []
+    rep = run_experiments(["table1"], "tiny", runs_dir=runs, data_root=tmp_path / "data", log=log.append)
+    assert rep[0]["found"] == "stale" and rep[0]["result"] == "complete"
+    old = _aside(folder)
+    assert len(old) == 1 and (old[0] / "my_notes.txt").read_text() == "what I wanted to keep"
+    assert load_json(old[0] / "metrics.json")["cells"] == "old" and not (folder / "my_notes.txt").exists()
+    assert any("other settings" in l and f"kept in {old[0].name}" in l for l in log), log
+
+
+def test_stale_cell_folder_is_kept_aside_not_deleted(tmp_path):
+    "Before: train_cell shutil.rmtree'd a cell folder made with other settings."
+    from msabn.experiments import load_splits, train_cell
+    exp = get_experiment("table1", "tiny")
+    (column, row), data = exp.cells()[0], load_splits(exp.data, tmp_path / "data")
+    out = tmp_path / "cells" / column.backbone / row.slug
+    out.mkdir(parents=True)
+    save_json({"cell": {"fingerprint": "other"}}, out / "config.json")
+    (out / "notes.txt").write_text("keep me")
+    log = []
+    rec = train_cell(exp, column, row, 0, data, out, log=log.append)
+    old = _aside(out)
+    assert len(old) == 1 and (old[0] / "notes.txt").read_text() == "keep me" and (out / "done.json").is_file()
+    assert 0 <= rec["acc@test"] <= 100 and any(f"kept aside in {old[0].name}" in l for l in log), log
+
+
+def test_damaged_cell_record_resumes_instead_of_crashing(tmp_path):
+    "Before: a truncated done.json (disk full, a hand edit) made train_cell raise on every rerun."
+    from msabn.experiments import load_splits, train_cell
+    exp = get_experiment("table1", "tiny")
+    (column, row), data = exp.cells()[0], load_splits(exp.data, tmp_path / "data")
+    out = tmp_path / "cell"
+    rec = train_cell(exp, column, row, 0, data, out, log=QUIET)
+    (out / "done.json").write_text('{"row": "Ba')
+    again = train_cell(exp, column, row, 0, data, out, log=QUIET)
+    assert again["acc@test"] == rec["acc@test"] and load_json(out / "done.json")["fingerprint"] == rec["fingerprint"]
+
+
+BAD_ARGS = {
+    "negative seed": (["--seeds", "0", "-1"], "--seeds -1: a seed is a whole number, 0 or more"),
+    "negative workers": (["--workers", "-3"], "--workers -3: expected 0"),
+    "negative threads": (["--threads", "-1"], "--threads -1: expected 1 or more"),
+    "zero threads": (["--threads", "0"], "--threads 0: expected 1 or more"),
+    "nonsense device": (["--device", "gpu"], "--device gpu: not a device name; expected auto, cpu, cuda, cuda:N or mps"),
+    "cuda without a GPU": (["--device", "cuda"], "--device cuda: device 'cuda' was asked for, but PyTorch sees no CUDA GPU"),
+    "cuda index beyond the GPUs": (["--device", "cuda:3"], "--device cuda:3: device 'cuda:3' was asked for, but only 1 GPU(s) exist"),
+    "runs dir is a file": (["--runs-dir", "{file}"], "is a file; expected a folder for the run folders"),
+    "data root is a file": (["--data-root", "{file}"], "is a file; expected the folder holding one folder per dataset"),
+}
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGS))
+def test_bad_arguments_are_refused_before_anything_runs(case, tmp_path, monkeypatch, capsys):
+    "Before: found only after a kernel started (about 20 s per run), or a raw traceback (--runs-dir FILE)."
+    import torch
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template(fail=list(TEMPLATES)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: case == "cuda index beyond the GPUs")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    (tmp_path / "afile").write_text("")
+    args, msg = BAD_ARGS[case]
+    args = [a.replace("{file}", str(tmp_path / "afile")) for a in args]
+    argv = ["table1", "--preset", "tiny", "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), *args]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("msabn_run: ") and msg in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), "nothing may start before the arguments are checked"
+
+
+# --- the fault sweep: what else a user meets with msabn_run -----------------------------------------------------------
+def test_import_works_without_fcntl(tmp_path):
+    "Before: `import fcntl` at the top made `import msabn.experiments` (and the report) fail on Windows."
+    import msabn
+    code = "import sys; sys.modules['fcntl'] = None\nimport msabn.experiments, msabn.report\nprint('ok')"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(msabn.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_missing_templates_are_named_before_anything_runs(tmp_path, capsys):
+    "Before: every run started, failed on its missing template, and the batch exited 1."
+    (tmp_path / "templates").mkdir()
+    assert run_main(["fig1", "--preset", "tiny", "--templates", str(tmp_path / "templates"), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "lacks table4_cub.ipynb, table5_cars.ipynb, fig1_attention_maps.ipynb" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unwritable_runs_dir_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    "Before: a PermissionError traceback from the first mkdir (simulated: the tests may run as root)."
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template(fail=list(TEMPLATES)))
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else real(p, mode, **kw))
+    assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert f"--runs-dir {tmp_path / 'runs'}: cannot write in {tmp_path} (permission denied)" in err, err
+
+
+def test_second_msabn_run_on_the_same_runs_dir_is_refused(tmp_path, capsys):
+    from filelock import FileLock
+    (tmp_path / "runs").mkdir()
+    with FileLock(str(tmp_path / "runs" / ".msabn_run.lock")):
+        assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 2
+    assert "another msabn_run is using" in capsys.readouterr().err
+
+
+def test_disk_full_stops_cleanly_and_deletes_nothing(tmp_path, monkeypatch, capsys):
+    "Before: an OSError traceback (ENOSPC is not caught); now one line, and the complete runs untouched."
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template())
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    run_experiments(["table1"], "tiny", runs_dir=runs, data_root=data, log=QUIET)
+    before = {p.name: p.read_bytes() for p in run_folder(runs, "tiny", "table1", 0).iterdir()}
+    def full(*a, **k): raise OSError(errno.ENOSPC, "No space left on device", str(runs / "x"))
+    monkeypatch.setattr(FOLDERS, "save_json", full)
+    assert run_main(["table1", "table2", "--preset", "tiny", "--runs-dir", str(runs), "--data-root", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "nothing was deleted" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in run_folder(runs, "tiny", "table1", 0).iterdir()} == before
+
+
+def test_ctrl_c_exits_130_and_the_run_is_redone(tmp_path, monkeypatch, capsys):
+    "Before: a KeyboardInterrupt traceback; now one line saying the run is redone by the same command."
+    def interrupted(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(RUNNER, "execute_template", interrupted)
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    argv = ["table1", "--preset", "tiny", "--runs-dir", str(runs), "--data-root", str(data)]
+    assert run_main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    folder, fp = run_folder(runs, "tiny", "table1", 0), fingerprint(get_experiment("table1", "tiny"), 0)
+    assert run_state(folder, fp) == "half-written"
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template())
+    rep = run_experiments(["table1"], "tiny", runs_dir=runs, data_root=data, log=QUIET)
+    assert rep[0]["found"] == "half-written" and rep[0]["result"] == "complete"
+
+
+def test_figure_is_not_started_when_its_source_table_failed(tmp_path, monkeypatch):
+    "Before: the figure's kernel started only to fail on the missing table."
+    calls = []
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template(calls, fail=("table4",)))
+    rep = run_experiments(["fig1"], "tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=QUIET)
+    assert [(r["experiment"], r["result"]) for r in rep] == [("table4", "failed"), ("table5", "complete"), ("fig1", "failed")]
+    assert calls == ["table4", "table5"] and rep[2]["error"] == "not run: table4 seed 0 failed in this batch"
+
+
+def test_a_seed_given_twice_runs_once():
+    from msabn.experiments import plan
+    assert plan(["table1"], "tiny", [0, 0]) == [("table1", 0)]
+
+
+def test_a_run_made_from_python_counts_as_complete(tmp_path, monkeypatch):
+    "run_table called directly leaves no status.json: its metrics.json, written last with the fingerprint, decides."
+    monkeypatch.setattr(RUNNER, "execute_template", _stub_template(fail=list(TEMPLATES)))
+    folder, fp = run_folder(tmp_path / "runs", "tiny", "table1", 0), fingerprint(get_experiment("table1", "tiny"), 0)
+    folder.mkdir(parents=True)
+    save_json({"fingerprint": fp}, folder / "metrics.json")
+    assert run_state(folder, fp) == "complete"
+    rep = run_experiments(["table1"], "tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=QUIET)
+    assert rep[0]["result"] == "skipped"
+    recs, _ = collect_runs(tmp_path / "runs", "tiny")
+    assert [r.name for r in recs] == ["table1"]
