@@ -327,10 +327,8 @@ def get_experiment(
 def describe(exp) -> pd.DataFrame:
     "One line per trained cell (tables) or the figure's settings, as a DataFrame."
     if exp.kind != "table":
-        d = {k: (v if not isinstance(v, TrainConfig) else f"{v.epochs} epochs, batch {v.batch_size}, lr {v.lr}, milestones {v.milestones}, wd {v.weight_decay}")
-             for k, v in asdict(exp).items() if k not in ("template",)}
-        if isinstance(exp, CopyReplaceFigure):
-            t = exp.finetune; d["finetune"] = f"{t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, milestones {t.milestones}, wd {t.weight_decay}"
+        d = {k: v for k, v in asdict(exp).items() if k != "template"}   # asdict turns the TrainConfig into a dict
+        if isinstance(exp, CopyReplaceFigure): d["finetune"] = exp.finetune.summary()
         return pd.DataFrame({"setting": list(d), "value": [str(v) for v in d.values()]})
     rows = []
     for c, r in exp.cells():

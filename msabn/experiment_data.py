@@ -12,44 +12,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .configs import DataSpec, short_hash
-from .datasets import get_dataset
+from .datasets import DATA_LAYOUTS, data_present, get_dataset
 from .synthetic import SyntheticConfig, make_synthetic
 from .transforms import eval_transform, train_transform
 
 # %% auto #0
-__all__ = ['DATA_LAYOUTS', 'DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'ClassSubset',
-           'load_splits']
-
-# %% ../nbs/api/40a_experiment_data.ipynb #a09a3cf2
-DATA_LAYOUTS = {
-    "cifar100": "cifar100/cifar-100-python/{train,test,meta}: the extracted cifar-100-python.tar.gz (python pickles)",
-    "imagenet": "imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG: ILSVRC-2012 as class-per-folder trees "
-                "(the 50,000 validation images sorted into their wnid folders)",
-    "diagset": "diagset/ holding DiagSet-A's blobs/S/10x/<scan>/<class>/*.npy and partitions/DiagSet-A.2/{train,validation,test}.csv, "
-               "or class-per-folder trees diagset/{train,validation,test}/<class>/*.png with the classes T N A R1 R2 R3 R4 R5 "
-               "(BG, the background, is left out)",
-    "cub": "cub/CUB_200_2011/ (or cub/ itself) with images.txt, image_class_labels.txt, train_test_split.txt, "
-           "bounding_boxes.txt, classes.txt and images/<class>/*.jpg",
-    "cars": "cars/ (or cars/stanford_cars/) with devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
-            "cars_test_annos_withlabels.mat, cars_train/*.jpg and cars_test/*.jpg",
-}
-
-def _has_any(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
-
-def _data_present(dataset: str, root: Path) -> bool:
-    "A cheap check of a dataset's marker files in its standard layout (the loader checks the rest)."
-    if dataset == "cifar100": return all((root/"cifar-100-python"/f).is_file() for f in ("train", "test", "meta"))
-    if dataset == "imagenet": return _has_any(root/"train") and _has_any(root/"val")
-    if dataset == "diagset":
-        return ((root/"blobs").is_dir() and (root/"partitions"/"DiagSet-A.2"/"train.csv").is_file()) or _has_any(root/"train")
-    if dataset == "cub":
-        base = root/"CUB_200_2011" if (root/"CUB_200_2011").is_dir() else root
-        return all((base/f).is_file() for f in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"))
-    if dataset == "cars":
-        base = root/"stanford_cars" if (root/"stanford_cars").is_dir() else root
-        return (base/"devkit"/"cars_meta.mat").is_file() and (base/"devkit"/"cars_train_annos.mat").is_file()
-    raise ValueError(f"unknown dataset {dataset!r}")
+__all__ = ['DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'ClassSubset', 'load_splits']
 
 # %% ../nbs/api/40a_experiment_data.ipynb #14066885
 class DataMissingError(FileNotFoundError):
@@ -65,7 +33,7 @@ def missing_data(
         if s.synthetic is not None or s.dataset in seen: continue
         seen.add(s.dataset)
         where = "no --data-root was given" if data_root is None else f"not found in {Path(data_root) / s.subdir}"
-        if data_root is None or not _data_present(s.dataset, Path(data_root) / s.subdir):
+        if data_root is None or not data_present(s.dataset, Path(data_root) / s.subdir):
             out.append(f"{s.dataset}: {where}; expected <data-root>/{DATA_LAYOUTS[s.dataset]}")
     return out
 
@@ -120,7 +88,7 @@ def load_splits(
     "The datasets of a table: made (embedded data) or read (real data), transformed by the table's recipe."
     root = data_folder(spec, data_root)
     if spec.synthetic is not None: make_synthetic(root, SyntheticConfig(**dict(spec.synthetic)))
-    elif not _data_present(spec.dataset, root): check_data([spec], data_root)
+    elif not data_present(spec.dataset, root): check_data([spec], data_root)
     tt = train_transform(spec.recipe, spec.size) if train_augment else eval_transform(spec.recipe, spec.size)
     et = eval_transform(spec.recipe, spec.size)
     out = {"train": get_dataset(spec.dataset, root, "train", transform=tt)}

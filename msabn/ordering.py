@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,9 +19,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .core import load_json, provenance, save_json
-from .copy_replace import (PAPER_FINETUNE, AttentionScores, EmptyPoolError, finetune, model_from_checkpoint,
+from .copy_replace import (PAPER_FINETUNE, AttentionScores, finetune, model_from_checkpoint,
                                 score_attention)
-from .train import AttentionRecords, TrainConfig
+from .train import TrainConfig
 
 # %% auto #0
 __all__ = ['PAPER_LAMBDAS', 'ORDERINGS', 'annotated_pool', 'lambda_for_fraction', 'order_images', 'finetune_pools',

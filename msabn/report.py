@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .core import atomic_write, load_json, save_json
-from .experiments import PRESETS, TABLES, TEMPLATES, get_experiment, templates_dir
+from .experiments import PRESETS, TABLES, TEMPLATES, TITLES_SHORT, get_experiment, templates_dir
 from .report_cost import write_cost
 from .report_pages import curve_figure, markdown_curves, markdown_fig1, markdown_table, table_figure
 from .report_runs import PAPER_FIG8_9, RunRecord, collect_runs
 
 # %% auto #0
-__all__ = ['MANIFEST', 'TITLES_SHORT', 'report_folder', 'write_report', 'write_index', 'main']
+__all__ = ['MANIFEST', 'report_folder', 'write_report', 'write_index', 'main']
 
 # %% ../nbs/api/41c_report.ipynb #e697763c
 from .report_runs import (
@@ -300,9 +300,6 @@ def _describe_file(name: str) -> str:
     if ".edited" in name: return f"a copy of {re.sub(r'[.]edited(-[0-9]+)?', '', name)} with your edits (kept aside, not overwritten)"
     return {"README": "every table and figure of this folder on one page", "results": "every number collected, as JSON"}.get(
         stem, "not made by msabn_report (kept as it was)")
-
-TITLES_SHORT = {"table1": "Table 1 (CIFAR-100)", "table2": "Table 2 (ImageNet)", "table3": "Table 3 (DiagSet-10x)", "table4": "Table 4 (CUB)",
-                "table5": "Table 5 (Stanford Cars)", "fig1": "Fig. 1", "fig8_9": "Figs. 8/9"}
 
 def _short_title(name: str) -> str:
     "An experiment's short title ('Table 4 (CUB)'): the one place that reads TITLES_SHORT."

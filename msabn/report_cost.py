@@ -116,14 +116,15 @@ def markdown_cost(df: pd.DataFrame, basis: dict, smoke_seconds: Mapping[str, flo
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/api/41b_report_cost.ipynb #0df0cf45
-def _run_seconds(folder: Path) -> float:
-    "A run's wall seconds from its status.json (the runner writes `wall_seconds`, the library `seconds`: the one place that knows)."
-    st = load_json(Path(folder) / "status.json")
-    return st.get("wall_seconds") or st.get("seconds") or 0.0
+def _run_seconds(folder: Path) -> float | None:
+    "A run's wall seconds as msabn_run recorded them in status.json (None for a run made without the runner)."
+    path = Path(folder) / "status.json"
+    return load_json(path).get("wall_seconds") if path.exists() else None
 
 def smoke_seconds(runs_dir: str | Path = "runs") -> dict[str, float]:
     "Measured wall seconds of each complete smoke run of seed 0, per experiment (the cost table's last column)."
-    return {r.name: _run_seconds(r.folder) for r in collect_runs(runs_dir, "smoke", seeds=[0])[0]}
+    runs = collect_runs(runs_dir, "smoke", seeds=[0])[0]
+    return {r.name: s for r in runs if (s := _run_seconds(r.folder)) is not None}
 
 def write_cost(
     out_dir: str | Path = "paper_figures",   # cost_to_reproduce.md and .json go here (gpu_throughput.json is read from here)

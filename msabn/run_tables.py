@@ -57,7 +57,7 @@ def write_results(folder: Path, fp: str, exp, seed: int, results: dict, t0: floa
 # %% ../nbs/api/40c_run_tables.ipynb #b2d19be8
 def evaluate_split(model: torch.nn.Module, data: Dataset, cfg: TrainConfig) -> dict:
     "msabn.train.evaluate with a cell's TrainConfig (its evaluation batch, device, workers, precision, memory format)."
-    return evaluate(model, data, cfg.eval_batch_size or cfg.batch_size, cfg.device, cfg.num_workers, cfg.amp, cfg.channels_last)
+    return evaluate(model, data, cfg)
 
 def cell_fingerprint(exp: TableExperiment, column: Column, row: Row, seed: int) -> str:
     "A hash of what one cell computes: its table's fingerprint, its column and its row."

@@ -88,7 +88,10 @@ def _relink(text: str, site_url: str, here: Path) -> str:
         target, anchor = m.group(1), m.group(2) or ""
         rel = Path(target).with_suffix(".md")
         return _relative(rel, here) + (("#" + _slug(anchor[1:])) if anchor else "")
-    return re.sub(re.escape(site_url.rstrip("/")) + r"/([\w./-]+?)\.html(#[\w.-]+)?", sub, text)
+    base = re.escape(site_url.rstrip("/"))
+    # a private name (`_resume`) has no entry on its page: keep it as code, not as a link to a missing anchor
+    text = re.sub(r"\[(`_[^`]*`)\]\(" + base + r"/[\w./-]+?\.html#_[\w.-]*\)", r"\1", text)
+    return re.sub(base + r"/([\w./-]+?)\.html(#[\w.-]+)?", sub, text)
 
 
 def _slug(text: str) -> str:
