@@ -95,12 +95,12 @@ _NEEDS = {"fig1": ("panels",), "fig8_9": ("curves",)}   # what a metrics.json mu
 
 def _read_run(folder: Path, name: str, fp: str) -> tuple[str, dict | None]:
     "A run folder's state in words a user can act on, and its metrics where it is complete and whole (else None)."
-    try: state = run_state(folder, fp)
-    except (AttributeError, TypeError): return "damaged (its status.json or metrics.json is JSON but not an object)", None
+    state = run_state(folder, fp)   # an unreadable status.json is "damaged"
     if state == "stale": return "stale (made with other settings or an older RESULTS_VERSION: its fingerprint is not today's)", None
     if state == "half-written" and (folder / "metrics.json").is_file():
-        try: load_json(folder / "metrics.json")
+        try: m = load_json(folder / "metrics.json")
         except ValueError: return "half-written (its metrics.json is damaged: not valid JSON)", None
+        if not isinstance(m, dict): return "damaged (its metrics.json is JSON but not an object)", None
     if state != "complete": return state, None
     metrics = load_json(folder / "metrics.json")
     missing = [k for k in _NEEDS.get(name, ("cells", "splits")) if k not in metrics]

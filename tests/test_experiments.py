@@ -19,7 +19,7 @@ from msabn.core import load_json, save_json
 from msabn.datasets import write_cub_fixture
 from msabn.experiments import (TEMPLATES, data_folder, fingerprint, get_experiment, main as run_main, run_experiments,
                                run_folder, run_state, write_status)
-from msabn.report import collect_runs, main as report_main, table_frame
+from msabn.report import collect_runs, main as report_main, table_frame, write_table_run
 from msabn.transforms import train_transform
 
 TEMPLATE_DIR = ROOT / "nbs" / "experiments"
@@ -538,9 +538,9 @@ def test_a_seed_given_twice_runs_once():
 def test_a_run_made_from_python_counts_as_complete(tmp_path, monkeypatch):
     "run_table called directly leaves no status.json: its metrics.json, written last with the fingerprint, decides."
     monkeypatch.setattr(RUNNER, "execute_template", _stub_template(fail=list(TEMPLATES)))
-    folder, fp = run_folder(tmp_path / "runs", "tiny", "table1", 0), fingerprint(get_experiment("table1", "tiny"), 0)
-    folder.mkdir(parents=True)
-    save_json({"fingerprint": fp}, folder / "metrics.json")
+    exp = get_experiment("table1", "tiny")
+    folder, fp = write_table_run(tmp_path / "runs", "table1", 0, {r.name: [50.0] for r in exp.rows}), fingerprint(exp, 0)
+    (folder / "status.json").unlink()   # as run_table leaves a run made from Python: results only
     assert run_state(folder, fp) == "complete"
     rep = run_experiments(["table1"], "tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=QUIET)
     assert rep[0]["result"] == "skipped"

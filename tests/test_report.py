@@ -180,7 +180,7 @@ def test_a_metrics_json_without_its_numbers_is_left_out_not_a_crash(tmp_path, ca
     assert "[left out] tiny/table4/seed0: damaged (its metrics.json has no cells), not reported" in capsys.readouterr().out
     (folder / "metrics.json").write_text("[1, 2]")               # JSON, but not an object
     assert collect_runs(tmp_path / "runs", "tiny")[1] == [
-        "tiny/table4/seed0: damaged (its status.json or metrics.json is JSON but not an object), not reported"]
+        "tiny/table4/seed0: damaged (its metrics.json is JSON but not an object), not reported"]
 
 
 def test_a_run_of_an_older_results_version_is_named_stale(tmp_path, monkeypatch):
