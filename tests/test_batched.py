@@ -194,3 +194,16 @@ def test_evaluate_on_the_decoded_data_equals_the_file_backed_evaluation(roots):
     a, b = evaluate(model, mem, cfg), evaluate(model, files, cfg)
     assert a["n"] == b["n"] == len(files) and a["acc"] == b["acc"]
     assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(b["loss"])), (a, b)
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "fine_grained"])
+def test_each_image_is_augmented_alike_whatever_the_number_of_processes(roots, recipe):
+    mem = decode(get_dataset("synthetic", roots[recipe], "train"), recipe, 32)
+    def epoch(rank, world):
+        b = EpochBatches(len(mem), 8, seed=5, rank=rank, world_size=world); b.set_epoch(2)
+        return list(memory_batches(mem, b, train=True))
+    one, r0, r1 = epoch(0, 1), epoch(0, 2), epoch(1, 2)
+    for a, b0, b1 in zip(one, r0, r1):
+        assert torch.equal(a["index"][0::2], b0["index"]) and torch.equal(a["index"][1::2], b1["index"])
+        assert torch.equal(a["image"][0::2], b0["image"]) and torch.equal(a["image"][1::2], b1["image"])
+        assert torch.equal(a["box"][1::2], b1["box"])
