@@ -27,6 +27,7 @@ from .losses import class_weights, puzzle_alpha, total_loss
 from .metrics import ConfusionMatrix
 from .puzzle import puzzle_loss
 from .attention_export import AttentionRecords, collect_attention
+from .batched import MemoryImages, memory_batches
 from .batches import EpochBatches, SeededSamples, _check_labels, _targets, check_data
 from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, ConfigChangedError, RunExistsError, RunInUseError, _say,
     claim_out_dir, load_checkpoint, model_signature, resume_changes, rng_states, set_rng_states, write_checkpoint)
@@ -70,6 +71,12 @@ def _autocast(device: torch.device, amp: str):
 def _loader(data, batches: EpochBatches, num_workers: int, device: torch.device) -> DataLoader:
     return DataLoader(data, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=device.type == "cuda")
+
+def _batches(data, batches: EpochBatches, cfg: TrainConfig, device: torch.device, train: bool = False):
+    "Where a loop's batches come from, chosen here alone: a decoded `MemoryImages` from its tensors, batch-wise; any other dataset through a DataLoader."
+    if isinstance(data, SeededSamples) and isinstance(data.dataset, MemoryImages): data = data.dataset
+    if isinstance(data, MemoryImages): return memory_batches(data, batches, train=train, device=device)
+    return _loader(data, batches, cfg.num_workers, device)
 
 def _write_history(rows: list[dict], path: Path):
     buf = io.StringIO()
@@ -139,7 +146,7 @@ def evaluate(
     num_classes = _num_classes(model, data)
     run = _Running(num_classes, device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for batch in tqdm(_loader(data, batches, cfg.num_workers, device), desc="eval", leave=False, disable=not cfg.progress or rank > 0):
+    for batch in tqdm(_batches(data, batches, cfg, device), desc="eval", leave=False, disable=not cfg.progress or rank > 0):
         _check_labels(batch["label"], num_classes, "evaluate")
         x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
         y = batch["label"].to(device, non_blocking=True)
@@ -235,7 +242,7 @@ def _train_epoch(run: _Run, epoch: int, on_step: Callable[[int, int], None] | No
     alpha = puzzle_alpha(epoch / cfg.epochs, cfg.alpha, cfg.alpha_ramp) if cfg.puzzle else 0.0
     t_epoch = t_wait = time.perf_counter()
     n_epoch = 0
-    bar = tqdm(_loader(run.samples, run.batches, cfg.num_workers, device), total=len(run.batches),
+    bar = tqdm(_batches(run.samples, run.batches, cfg, device, train=True), total=len(run.batches),
                desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress or rank > 0)
     for step, batch in enumerate(bar, start=step0):
         t0 = time.perf_counter(); run.timing["data_s"] += t0 - t_wait
