@@ -94,6 +94,7 @@ class TableExperiment:
     metrics: tuple[str, ...] = ("acc",)   # reported: "acc" and, for DiagSet, "balanced_acc"
     n_attention: int = 6              # test images whose attention maps every run keeps
     kind: str = "table"
+    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.overrides); () for the preset as it is
 
     def cells(self) -> list[tuple[Column, Row]]:
         "The (column, row) pairs that are trained: every row on every column it does not skip."
@@ -119,6 +120,7 @@ class AttentionFigure:
     seeds: tuple[int, ...]            # one figure per seed of the source runs
     n_images: int = 6
     kind: str = "attention_figure"
+    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.overrides); () for the preset as it is
 
 @dataclass(frozen=True)
 class CopyReplaceFigure:
@@ -138,6 +140,7 @@ class CopyReplaceFigure:
     p: float = 1.0                    # copy-replace probability per annotated image
     label_policy: str = "donor"       # the pasted object keeps its label (paper Fig. 4)
     kind: str = "copy_replace_figure"
+    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.overrides); () for the preset as it is
 
 # %% ../nbs/api/40_configs.ipynb #c3e20bd9
 @dataclass(frozen=True)
