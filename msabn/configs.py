@@ -73,6 +73,7 @@ class DataSpec:
     synthetic: Mapping[str, Any] | None = None       # SyntheticConfig fields of the embedded stand-in
     keep_fractions: tuple[float, ...] | None = None  # per class: the share of its images kept (imbalance)
     stands_for: str | None = None         # the paper's dataset this stand-in replaces, for the labels
+    loader_kwargs: Mapping[str, Any] | None = None   # more options of the dataset's loader (e.g. CIFAR-100's verify=False)
 
 def geometric_fractions(num_classes: int, smallest: float = 0.1) -> tuple[float, ...]:
     "Shares 1 ... `smallest` in geometric steps: a class-imbalanced stand-in."

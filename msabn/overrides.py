@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
 from .backbones import create_backbone
-from .configs import DataSpec, get_experiment, short_hash
+from .configs import TABLES, DataSpec, get_experiment, short_hash
 from .datasets import DATA_LAYOUTS
 
 # %% auto #0
@@ -51,6 +50,10 @@ def _dataset(s: str) -> str:
     if s not in DATA_LAYOUTS: raise ValueError
     return s
 
+def _bool(s: str) -> bool:
+    if s.lower() not in ("true", "false"): raise ValueError
+    return s.lower() == "true"
+
 def _folder(s: str) -> str:
     if not s.strip(): raise ValueError
     return s.strip()
@@ -71,10 +74,12 @@ OVERRIDES = (
     Override("batch_size", "the batch size of every cell (Table 2/3's per-backbone batches too) and of the fine-tuning", "a whole number >= 1", _T + _CR, _whole()),
     Override("lr", "the initial learning rate (training and fine-tuning)", "a number > 0", _T + _CR, _positive),
     Override("size", "the network's input side in pixels", "a whole number >= the backbone's total stride (32 for the paper's backbones)", _T, _whole()),
-    Override("backbones", "which columns are trained", "a comma-separated subset of the table's backbones (e.g. resnet50) or its column names", _T, _names),
-    Override("rows", "which models (rows) are trained", "a comma-separated subset of the table's row names (e.g. Base,MSABN)", _T, _names),
+    Override("backbones", "which columns are trained", "comma-separated backbones (e.g. resnet50) or column names of the tables; each table keeps those it has (at least one)", _T, _names),
+    Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)", _T, _names),
     Override("dataset", "which loader reads the data: the layout of the folder", f"one of {', '.join(DATA_LAYOUTS)}", _T, _dataset),
     Override("data", "the dataset's folder", "a folder, relative to --data-root or absolute", _T, _folder),
+    Override("verify", "CIFAR-100 only: check the official files' md5 sums (false: files in the same format that are not the official ones)",
+             "true or false", _T, _bool),
     Override("finetune_epochs", "Figs. 8/9: fine-tuning epochs", "a whole number >= 1", _CR, _whole()),
     Override("finetune_seeds", "Figs. 8/9: fine-tuning repeats per trained model", "comma-separated whole numbers >= 0", _CR, _seeds),
     Override("lambdas", "Figs. 8/9: the lambda_out values (the paper's way)", "comma-separated numbers in [0, 1]", _CR, _shares(False)),
@@ -129,11 +134,15 @@ def backbone_stride(name: str) -> int:
     "A backbone's total stride: the largest reduction of its feature_info."
     return create_backbone(name).reduction
 
-def _pick(items, wanted, names, what: str, choices):
-    out = [x for x in items if any(w in names(x) for w in wanted)]
-    unknown = [w for w in wanted if not any(w in names(x) for x in items)]
-    if unknown: raise ValueError(f"override {what}: {', '.join(map(repr, unknown))} not in this table; expected a subset of {', '.join(choices)}")
-    return tuple(out)
+def _pick(exp, what: str, wanted: tuple[str, ...], items: Callable, names: Callable):
+    "The columns or rows of `exp` that `wanted` names; a name must be one of some table of the preset (a batch of several tables)."
+    known = {n for t in TABLES for x in items(get_experiment(t, exp.preset)) for n in names(x)}
+    unknown = [w for w in wanted if w not in known]
+    out = tuple(x for x in items(exp) if any(w in names(x) for w in wanted))
+    if unknown or not out:
+        raise ValueError(f"override {what}={','.join(wanted)}: " + (f"{', '.join(map(repr, unknown))} is in no table" if unknown else
+                         f"leaves {exp.name} nothing to train") + f"; {exp.name}'s {what}: {', '.join(names(x)[0] for x in items(exp))}")
+    return out
 
 def _data(d: DataSpec, v: dict) -> DataSpec:
     name = v.get("dataset", d.dataset)
@@ -156,9 +165,9 @@ def _table(exp, v: dict):
     columns, rows, data = exp.columns, exp.rows, exp.data
     if "batch_size" in v: columns = tuple(replace(c, batch_size=None) for c in columns)
     if "backbones" in v:
-        columns = _pick(columns, v["backbones"], lambda c: (c.backbone, c.paper), "backbones", [c.backbone for c in exp.columns])
+        columns = _pick(replace(exp, columns=columns), "backbones", v["backbones"], lambda e: e.columns, lambda c: (c.backbone, c.paper))
     if "rows" in v:
-        rows = _pick(rows, v["rows"], lambda r: (r.name, r.slug), "rows", [r.name for r in exp.rows])
+        rows = _pick(exp, "rows", v["rows"], lambda e: e.rows, lambda r: (r.name, r.slug))
         for r in rows:
             if all(c.paper in r.skip for c in columns):
                 raise ValueError(f"override rows: {r.name} is trained on none of {', '.join(c.paper for c in columns)} (the paper has no "
@@ -170,6 +179,7 @@ def _table(exp, v: dict):
                 raise ValueError(f"override size={v['size']}: below the total stride {backbone_stride(c.backbone)} of {c.backbone} "
                                  f"(its feature_info's largest reduction), so its last stage has no pixel; expected size >= {backbone_stride(c.backbone)}")
         data = replace(data, size=v["size"])
+    if "verify" in v and data.dataset == "cifar100": data = replace(data, loader_kwargs={"verify": v["verify"]})
     return replace(exp, columns=columns, rows=rows, data=data, train=replace(exp.train, **_train_kw(v, "epochs")))
 
 def _copy_replace(fig, v: dict):
