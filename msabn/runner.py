@@ -149,7 +149,8 @@ def _run_one(b: _Batch, name: str, seed: int) -> dict:
     t0 = time.perf_counter()
     try:
         execute_template(name=name, preset=b.preset, seed=seed, runs_dir=b.runs_dir, data_root=b.data_root, device=b.device,
-                         num_workers=b.num_workers, templates=b.templates, threads=b.threads, overrides=b.overrides)
+                         num_workers=b.num_workers, templates=b.templates, threads=b.threads,
+                         **({"overrides": dict(b.overrides)} if b.overrides else {}))
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
     except Exception as e:
         err = _short_error(e)
