@@ -35,7 +35,9 @@ def _data_line(exp: TableExperiment, metrics: Mapping) -> str:
     d = exp.data
     sizes = ", ".join(f"{k} {v}" for k, v in metrics.get("data", {}).items())
     if d.dataset != "synthetic":
-        return f"{PAPER_TABLES[exp.name].dataset} ({sizes}), {d.size} px, recipe `{d.recipe}`"
+        own = {"dataset", "data"} & {k for k, _ in exp.overrides}   # the user's own data, not the paper's dataset
+        what = f"your data `{d.subdir}` (read in the {d.dataset} layout)" if own else PAPER_TABLES[exp.name].dataset
+        return f"{what} ({sizes}), {d.size} px, recipe `{d.recipe}`"
     s = dict(d.synthetic)
     kind = "fine-grained birds (classes differ in small parts)" if s.get("fine_grained") else "CIFAR-like silhouettes"
     extra = f", classes kept at shares {d.keep_fractions[0]:g} ... {d.keep_fractions[-1]:g} (imbalanced)" if d.keep_fractions else ""
