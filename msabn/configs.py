@@ -73,6 +73,7 @@ class DataSpec:
     synthetic: Mapping[str, Any] | None = None       # SyntheticConfig fields of the embedded stand-in
     keep_fractions: tuple[float, ...] | None = None  # per class: the share of its images kept (imbalance)
     stands_for: str | None = None         # the paper's dataset this stand-in replaces, for the labels
+    loader_kwargs: Mapping[str, Any] | None = None   # more options of the dataset's loader (e.g. CIFAR-100's verify=False)
 
 def geometric_fractions(num_classes: int, smallest: float = 0.1) -> tuple[float, ...]:
     "Shares 1 ... `smallest` in geometric steps: a class-imbalanced stand-in."
@@ -94,6 +95,7 @@ class TableExperiment:
     metrics: tuple[str, ...] = ("acc",)   # reported: "acc" and, for DiagSet, "balanced_acc"
     n_attention: int = 6              # test images whose attention maps every run keeps
     kind: str = "table"
+    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.overrides); () for the preset as it is
 
     def cells(self) -> list[tuple[Column, Row]]:
         "The (column, row) pairs that are trained: every row on every column it does not skip."
@@ -119,6 +121,7 @@ class AttentionFigure:
     seeds: tuple[int, ...]            # one figure per seed of the source runs
     n_images: int = 6
     kind: str = "attention_figure"
+    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.overrides); () for the preset as it is
 
 @dataclass(frozen=True)
 class CopyReplaceFigure:
@@ -138,6 +141,7 @@ class CopyReplaceFigure:
     p: float = 1.0                    # copy-replace probability per annotated image
     label_policy: str = "donor"       # the pasted object keeps its label (paper Fig. 4)
     kind: str = "copy_replace_figure"
+    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.overrides); () for the preset as it is
 
 # %% ../nbs/api/40_configs.ipynb #c3e20bd9
 @dataclass(frozen=True)

@@ -91,8 +91,9 @@ def load_splits(
     elif not data_present(spec.dataset, root): check_data([spec], data_root)
     tt = train_transform(spec.recipe, spec.size) if train_augment else eval_transform(spec.recipe, spec.size)
     et = eval_transform(spec.recipe, spec.size)
-    out = {"train": get_dataset(spec.dataset, root, "train", transform=tt)}
-    for s in spec.eval_splits: out[s] = get_dataset(spec.dataset, root, s, transform=et)
+    kw = dict(spec.loader_kwargs or {})
+    out = {"train": get_dataset(spec.dataset, root, "train", transform=tt, **kw)}
+    for s in spec.eval_splits: out[s] = get_dataset(spec.dataset, root, s, transform=et, **kw)
     if spec.keep_fractions is not None:
         if len(spec.keep_fractions) != out["train"].num_classes:
             raise ValueError(f"keep_fractions has {len(spec.keep_fractions)} entries; the dataset has {out['train'].num_classes} classes")

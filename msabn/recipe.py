@@ -40,6 +40,8 @@ _CHECKS = {  # field: (test, what is expected)
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, f"{_WHOLE} in [0, 2**32)"),
     "eval_every": (_at_least(1), f"{_WHOLE} >= 1"),
     "eval_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), f"None (batch_size) or {_WHOLE} >= 1"),
+    "limit_train_batches": (lambda v: v is None or (_is_int(v) and v >= 1), f"None (every batch) or {_WHOLE} >= 1"),
+    "limit_eval_batches": (lambda v: v is None or (_is_int(v) and v >= 1), f"None (every batch) or {_WHOLE} >= 1"),
 }
 
 # %% ../nbs/api/22c_recipe.ipynb #bd66bd59
@@ -70,6 +72,8 @@ class TrainConfig:
     eval_every: int = 1                        # evaluate on valid_data every this many epochs (and at the end)
     eval_batch_size: int | None = None         # defaults to batch_size
     progress: bool = True                      # progress bars and a line per epoch (terminal or Jupyter); False: silent
+    limit_train_batches: int | None = None     # a dry run: stop each epoch after this many batches (None: every batch)
+    limit_eval_batches: int | None = None      # a dry run: evaluate this many batches only (None: the whole split)
 
     def __post_init__(self):
         "Refuse a value that cannot train, naming the field, the value and what is expected."

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .core import atomic_write, load_json, save_json
-from .experiments import PRESETS, TABLES, TEMPLATES, TITLES_SHORT, get_experiment, templates_dir
+from .experiments import PRESETS, TABLES, TEMPLATES, TITLES_SHORT, base_preset, get_experiment, overrides_label, templates_dir
 from .report_cost import write_cost
 from .report_pages import curve_figure, markdown_curves, markdown_fig1, markdown_table, table_figure
-from .report_runs import PAPER_FIG8_9, RunRecord, collect_runs
+from .report_runs import PAPER_FIG8_9, RunRecord, collect_runs, record_experiment
 
 # %% auto #0
 __all__ = ['MANIFEST', 'report_folder', 'write_report', 'write_index', 'main']
@@ -216,13 +216,18 @@ def _out_folder(out_dir: str | Path) -> Path:
     return out
 
 # %% ../nbs/api/41c_report.ipynb #b30f18fe
-def _index_page(preset: str, seeds: Sequence[int], left_out: Sequence[str], stale: dict, earlier: dict, index: list[str]) -> str:
-    "The report folder's README.md: how it was made, what was left out or not updated, then every page."
+def _index_page(preset: str, seeds: Sequence[int], left_out: Sequence[str], stale: dict, earlier: dict, index: list[str],
+                label: str | None = None) -> str:
+    "The report folder's README.md: how it was made (and, for modified runs, what was changed), what was left out or not updated, then every page."
     s = " ".join(map(str, seeds))
     lines = [f"# Results: preset `{preset}`, seeds {', '.join(map(str, seeds))}", "",
-             f"Made by `msabn_report --preset {preset} --seeds {s}` from the complete runs of `msabn_run all --preset {preset} --seeds {s}`." +
+             f"Made by `msabn_report --preset {preset} --seeds {s}` from the complete runs of `msabn_run all --preset {base_preset(preset)} --seeds {s}"
+             + (" --set ...` (the settings named above)." if "+" in preset else "`.") +
              (" Every number here is on the embedded synthetic data (labelled as such in each table): comparable with the paper's "
-              "in ordering only." if preset != "paper" else ""), ""]
+              "in ordering only." if base_preset(preset) != "paper" else ""), ""]
+    if label: lines[2:2] = [f"**{label}**" + (": these pages check that the pipeline runs end to end; their numbers are not results and "
+                                              "never belong beside the paper's." if label.startswith("DRY RUN") else
+                                              "; never mixed with the unmodified runs of the preset."), ""]
     if left_out: lines += ["Run folders left out (not complete): " + "; ".join(left_out), ""]
     for name, why in stale.items():
         files = earlier["tables"][name]["files"]
@@ -239,8 +244,9 @@ def write_report(
     log: Callable[[str], None] = print,
 ) -> Path:                                    # the report's folder
     "Collect the complete runs of one preset and seed set into tables and figures beside the paper's; swap them in only when complete."
-    if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
-    seeds = sorted(set(seeds if seeds is not None else get_experiment("table1", preset).seeds))
+    if base_preset(preset) not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}, or a modified run's folder name under runs/ ('paper+1a2b3c4d')")
+    seeds = sorted(set(seeds if seeds is not None else get_experiment("table1", base_preset(preset)).seeds))
     folder = report_folder(_out_folder(out_dir), preset, seeds)
     _recover(folder, log)
     records, left_out = collect_runs(runs_dir, preset, seeds=seeds)
@@ -254,7 +260,8 @@ def write_report(
     try:
         tables, index = _write_pages(tmp, [r for r in records if r.name not in stale], seeds, log)
         tables |= {n: {**earlier["tables"][n], "not_updated": why} for n, why in stale.items()}
-        (tmp / "README.md").write_text(_index_page(preset, seeds, left_out, stale, earlier, index))
+        label = overrides_label(record_experiment(records[0])) if records[0].overrides else None
+        (tmp / "README.md").write_text(_index_page(preset, seeds, left_out, stale, earlier, index, label))
         runs = [{"experiment": r.name, "seed": r.seed, **{k: v for k, v in r.metrics.items() if k != "fingerprint"}}
                 for r in sorted(records, key=lambda r: (list(TEMPLATES).index(r.name), r.seed)) if r.name not in stale]
         save_json({"preset": preset, "seeds": seeds, "runs": runs, **({"not_updated": stale} if stale else {})}, tmp / "results.json")
@@ -323,8 +330,9 @@ def write_index(
         names = [n for n, t in TEMPLATES.items() if (folder / f"{t}.md").exists()]   # what this folder reports
         which = "all" if len(names) == len(TEMPLATES) else " ".join(names)
         lines += [f"## `{folder.name}/`: preset `{preset}`, seeds {seeds}", "",
-                  f"Made by: `msabn_run {which} --preset {preset} --seeds {seeds}" + (" --data-root DATA" if preset == "paper" else "") +
-                  f" && msabn_report --preset {preset} --seeds {seeds}`", "",
+                  f"Made by: `msabn_run {which} --preset {base_preset(preset)} --seeds {seeds}" + (" --data-root DATA" if base_preset(preset) == "paper" else "") +
+                  (" --set ..." if "+" in preset else "") + f" && msabn_report --preset {preset} --seeds {seeds}`" +
+                  (" (a modified run: its README names what was changed; never mixed with the preset's own runs)" if "+" in preset else ""), "",
                   "| file | what |", "| --- | --- |"]
         stale = load_json(folder / MANIFEST).get("tables", {}) if (folder / MANIFEST).is_file() else {}
         stale = {f for t in stale.values() if t.get("not_updated") for f in t["files"]}
@@ -353,7 +361,7 @@ def write_index(
 def main(argv: Sequence[str] | None = None) -> int:
     "The `msabn_report` console command."
     ap = argparse.ArgumentParser(prog="msabn_report", description="Collect run folders into paper_figures/: ours beside the paper's.")
-    ap.add_argument("--preset", default="smoke", choices=PRESETS)
+    ap.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)}, or a modified run's folder under runs/ (e.g. paper+dry-1a2b3c4d)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="which seeds (default: the preset's)")
     ap.add_argument("--runs-dir", default="runs"); ap.add_argument("--out", default="paper_figures")
     ap.add_argument("--cost", action="store_true", help="also recompute the cost-to-reproduce table (FLOP counting, about a minute)")

@@ -11,9 +11,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .experiments import TableExperiment, get_experiment
+from .experiments import TableExperiment, base_preset, overrides_label
 from .metrics import mean_std
-from .report_runs import PAPER_FIG8_9, PAPER_TABLES, RunRecord, _fmt, _one_preset, orderings, paper_gain, summarize, table_frame
+from .report_runs import (PAPER_FIG8_9, PAPER_TABLES, RunRecord, _fmt, _one_preset, orderings, paper_gain, record_experiment, summarize,
+                               table_frame)
 
 # %% auto #0
 __all__ = ['SHORT_SPLITS', 'markdown_table', 'table_figure', 'curve_frame', 'curve_figure', 'markdown_curves', 'markdown_fig1']
@@ -34,7 +35,9 @@ def _data_line(exp: TableExperiment, metrics: Mapping) -> str:
     d = exp.data
     sizes = ", ".join(f"{k} {v}" for k, v in metrics.get("data", {}).items())
     if d.dataset != "synthetic":
-        return f"{PAPER_TABLES[exp.name].dataset} ({sizes}), {d.size} px, recipe `{d.recipe}`"
+        own = {"dataset", "data"} & {k for k, _ in exp.overrides}   # the user's own data, not the paper's dataset
+        what = f"your data `{d.subdir}` (read in the {d.dataset} layout)" if own else PAPER_TABLES[exp.name].dataset
+        return f"{what} ({sizes}), {d.size} px, recipe `{d.recipe}`"
     s = dict(d.synthetic)
     kind = "fine-grained birds (classes differ in small parts)" if s.get("fine_grained") else "CIFAR-like silhouettes"
     extra = f", classes kept at shares {d.keep_fractions[0]:g} ... {d.keep_fractions[-1]:g} (imbalanced)" if d.keep_fractions else ""
@@ -52,7 +55,9 @@ def _table_intro(exp: TableExperiment, preset: str, seeds: Sequence[int], missin
                  f"mean ± sample std over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; one seed has no spread).")
     if missing: lines.append(f"Seeds asked for but not complete: {', '.join(map(str, missing))} (run `msabn_run {name} --preset {preset} --seeds "
                              f"{' '.join(map(str, missing))}`).")
-    if preset != "paper":
+    if exp.overrides: lines.append(f"**{overrides_label(exp)}**" + (" Its numbers only show that the pipeline runs; never compare them "
+                                   "with the paper's." if "DRY RUN" in overrides_label(exp) else ""))
+    if base_preset(preset) != "paper":
         stand = "; ".join(f"`{c.backbone}` stands for {c.paper}" for c in exp.columns)
         lines.append(f"Backbones: {stand}. Numbers on the embedded data are not comparable with the paper's in value, only in "
                      f"ordering (which model beats which).")
@@ -68,7 +73,7 @@ def markdown_table(
     "One table: ours (mean ± std, n seeds, preset named) beside the paper's, then the orderings."
     runs = [r for r in records if r.name == name]
     preset = _one_preset(runs, name)
-    exp, paper = get_experiment(name, preset), PAPER_TABLES[name]
+    exp, paper = record_experiment(runs[0]), PAPER_TABLES[name]
     df = table_frame(runs, name)
     summ = summarize(df)
     seeds = sorted({r.seed for r in runs})
@@ -79,7 +84,8 @@ def markdown_table(
     lines.append("")
     for metric in paper.metrics:
         mname = {"acc": "accuracy (%)", "balanced_acc": "balanced accuracy (%)"}[metric]
-        head = ["model"] + [f"ours: {c.backbone}, {_split_label(exp, s)}" for c in exp.columns for s in splits] \
+        ours = "DRY RUN, not a result" if "+dry-" in preset else "ours"
+        head = ["model"] + [f"{ours}: {c.backbone}, {_split_label(exp, s)}" for c in exp.columns for s in splits] \
                + [f"paper: {c}" for c in paper.columns]
         lines += [f"## {mname.capitalize()}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for row in [r.name for r in exp.rows]:
@@ -113,7 +119,7 @@ def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.F
     import seaborn as sns
     runs = [r for r in records if r.name == name]
     preset = _one_preset(runs, name)
-    exp, paper = get_experiment(name, preset), PAPER_TABLES[name]
+    exp, paper = record_experiment(runs[0]), PAPER_TABLES[name]
     df = table_frame(runs, name)
     df = df[df.metric == "acc"].copy()
     df["split"] = [_split_label(exp, s).split(",")[0].split(" (")[0] for s in df.split]
@@ -131,7 +137,7 @@ def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.F
     axes[1].set_xlim(max(0, lo - 10), pdf.value.max() + 2)
     axes[1].set_title(f"paper: {paper.dataset}", fontsize=9); axes[1].set_xlabel("accuracy (%)"); axes[1].set_ylabel("")
     axes[1].legend(fontsize=7, loc="best"); axes[1].set_yticklabels([])
-    fig.suptitle(exp.title, fontsize=10)
+    fig.suptitle(exp.title + (f"\n{overrides_label(exp)}" if exp.overrides else ""), fontsize=10)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -150,7 +156,7 @@ def curve_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
                               "fraction_annotated": p["fraction_annotated"], "acc": p.get("acc"), "vanilla": cur["vanilla"]["acc"],
                               "gain": p.get("gain"), "before": cur["before"]["acc"]})
     df = pd.DataFrame(lines)
-    fig = get_experiment("fig8_9", runs[0].preset) if runs else None
+    fig = record_experiment(runs[0]) if runs else None
     if fig is not None and fig.fractions and len(df):
         # lambda_out was picked per model for a share of images: the points of one share go together across seeds
         df["point"] = df.fraction_annotated.map(lambda x: min(fig.fractions, key=lambda f: abs(f - x)))
@@ -175,7 +181,8 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
             if pg is not None: ax.plot([x], [pg], mk, color=colours[k], mfc="none", ms=7, label=f"paper {column}, {at}")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("fraction of training images annotated (copy-replace pool)"); ax.set_ylabel("accuracy gain over vanilla (points)")
-    ax.set_title(f"{PAPER_FIG8_9[table]['figure']}: {PAPER_FIG8_9[table]['dataset']} (ours: preset {preset}, n={df.seed.nunique()} seed(s))", fontsize=9)
+    ax.set_title(f"{PAPER_FIG8_9[table]['figure']}: {PAPER_FIG8_9[table]['dataset']} (ours: preset {preset}, n={df.seed.nunique()} seed(s))"
+                 + ("\nDRY RUN: not a result" if "+dry-" in preset else ""), fontsize=9)
     ax.set_xlim(0, 1.05); ax.grid(alpha=0.3); ax.legend(fontsize=7)
     fig.tight_layout()
     plt.close(fig)
@@ -184,8 +191,9 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
 def markdown_curves(records: Sequence[RunRecord]) -> str:
     "Figs. 8/9 as markdown: per source table and backbone, accuracy and gain per lambda_out (mean ± std over seeds)."
     df = curve_frame(records)
-    preset = _one_preset([r for r in records if r.name == "fig8_9"], "fig8_9")
-    fig = get_experiment("fig8_9", preset)
+    runs = [r for r in records if r.name == "fig8_9"]
+    preset = _one_preset(runs, "fig8_9")
+    fig = record_experiment(runs[0])
     seeds = sorted(df.seed.unique())
     t = fig.finetune
     lines = [f"# {fig.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", "",
@@ -197,8 +205,9 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
              f"fine-tuning seeds {list(fig.finetune_seeds)} per model; accuracy on the split named below; mean ± std over the runs' seeds.",
              "**Paper**: gain over vanilla of about " + "; ".join(f"{v['dataset']} {v['20%']} points with 20% of the images annotated and "
              f"{v['almost all']} with almost all (ResNet-50 / ResNeXt-50 / EfficientNet-B3)" for v in PAPER_FIG8_9.values()) + ".", ""]
+    if fig.overrides: lines[2:2] = [f"**{overrides_label(fig)}**", ""]
     for (source, column, backbone, split), d in df.groupby(["source", "column", "backbone", "split"], sort=False):
-        src = get_experiment(source, preset)
+        src = record_experiment(runs[0], source)
         lines += [f"## {PAPER_FIG8_9[source]['figure']} ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}, "
                   f"accuracy on {_split_label(src, split)}", "",
                   "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain (points) | paper gain |",
@@ -219,14 +228,16 @@ def markdown_fig1(records: Sequence[RunRecord]) -> str:
     runs = [r for r in records if r.name == "fig1"]
     preset = _one_preset(runs, "fig1")
     seeds = sorted(r.seed for r in runs)
-    lines = [f"# {get_experiment('fig1', preset).title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", "",
+    fig = record_experiment(runs[0])
+    lines = [f"# {fig.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", "",
+             *([f"**{overrides_label(fig)}**", ""] if fig.overrides else []),
              "Each model's attention map on the headline test split: its resolution, and the share of its binarised (at 0.2) "
              "attention outside the object box (`frac_attn_out`, lower is better localised). The pictures show the first seed.", ""]
     rows = [{"source": p["source"], "backbone": p["backbone"], "column": p["column"], "seed": r.seed, **v}
             for r in runs for p in r.metrics["panels"] for v in p["models"]]
     df = pd.DataFrame(rows)
     for (source, column, backbone), d in df.groupby(["source", "column", "backbone"], sort=False):
-        src = get_experiment(source, preset)
+        src = record_experiment(runs[0], source)
         lines += [f"## {src.title.split(':')[0]} models ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}", "",
                   "| model | map (h x w) | accuracy (%) | frac_attn_out |", "| --- | --- | --- | --- |"]
         for m, x in d.groupby("model", sort=False):

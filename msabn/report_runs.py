@@ -6,19 +6,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 
 from .core import load_json, save_json
-from .experiments import PRESETS, TEMPLATES, fingerprint, get_experiment, resolve_name, run_folder, run_state, write_status
+from .experiments import (PRESETS, TEMPLATES, base_preset, fingerprint, get_experiment, resolve_name, run_folder, run_state, variant,
+                               with_overrides, write_status)
 from .metrics import mean_std
 
 # %% auto #0
-__all__ = ['PAPER_TABLES', 'PAPER_FIG8_9', 'COMPARISONS', 'PaperTable', 'paper_gain', 'RunRecord', 'collect_runs', 'table_frame',
-           'write_table_run', 'summarize', 'verdict', 'orderings']
+__all__ = ['PAPER_TABLES', 'PAPER_FIG8_9', 'COMPARISONS', 'PaperTable', 'paper_gain', 'RunRecord', 'record_experiment',
+           'collect_runs', 'table_frame', 'write_table_run', 'summarize', 'verdict', 'orderings']
 
 # %% ../nbs/api/41_report_runs.ipynb #92807b72
 @dataclass(frozen=True)
@@ -90,6 +91,18 @@ class RunRecord:
     seed: int
     folder: Path
     metrics: dict      # its metrics.json
+    overrides: Mapping[str, str] = field(default_factory=dict)   # the settings its run changed (msabn.overrides); {}: the preset's
+
+def record_experiment(rec: RunRecord, name: str | None = None):
+    "The configuration a record was run with (or that of its source table `name`): its preset's, with its overrides."
+    return with_overrides(get_experiment(name or rec.name, base_preset(rec.preset)), rec.overrides)
+
+def _run_overrides(folder: Path) -> dict:
+    "The overrides a run folder's results (or, before them, its config.json) record; {} where none."
+    for f in ("metrics.json", "config.json"):
+        try: return dict(load_json(folder / f).get("overrides") or {})
+        except (FileNotFoundError, ValueError, AttributeError, TypeError): continue
+    return {}
 
 _NEEDS = {"fig1": ("panels",), "fig8_9": ("curves",)}   # what a metrics.json must hold to be reported (a table: "cells", "splits")
 
@@ -109,7 +122,7 @@ def _read_run(folder: Path, name: str, fp: str) -> tuple[str, dict | None]:
 
 def collect_runs(
     runs_dir: str | Path = "runs",         # where msabn_run wrote the run folders
-    preset: str | None = None,             # only this preset (None: every preset found)
+    preset: str | None = None,             # only this preset or variant, e.g. "paper" or "paper+dry-1a2b3c4d" (None: every one found)
     names: Sequence[str] | None = None,    # only these experiments
     seeds: Sequence[int] | None = None,    # only these seeds
 ) -> tuple[list[RunRecord], list[str]]:    # the complete runs, and one line per run folder left out (and why)
@@ -119,15 +132,19 @@ def collect_runs(
     records, left_out = [], []
     for folder in sorted(runs_dir.glob("*/*/seed*")):
         p, name = folder.parent.parent.name, folder.parent.name
-        if p not in PRESETS or name not in TEMPLATES or not folder.is_dir(): continue
+        if base_preset(p) not in PRESETS or name not in TEMPLATES or not folder.is_dir(): continue
         if (preset is not None and p != preset) or (names is not None and name not in names): continue
         try: seed = int(folder.name[4:])
         except ValueError: continue
         if seeds is not None and seed not in seeds: continue
-        state, metrics = _read_run(folder, name, fingerprint(get_experiment(name, p), seed))
+        ov = _run_overrides(folder) if p != base_preset(p) else {}   # a variant's runs: the preset's experiment with their overrides
+        try: exp = with_overrides(get_experiment(name, base_preset(p)), ov)
+        except ValueError as e: left_out.append(f"{p}/{name}/seed{seed}: its overrides cannot be applied ({e}), not reported"); continue
+        if variant(exp) != p: left_out.append(f"{p}/{name}/seed{seed}: its overrides do not match its folder's name, not reported"); continue
+        state, metrics = _read_run(folder, name, fingerprint(exp, seed))
         if metrics is None:
             left_out.append(f"{p}/{name}/seed{seed}: {state}, not reported"); continue
-        records.append(RunRecord(name, p, seed, folder, metrics))
+        records.append(RunRecord(name, p, seed, folder, metrics, ov))
     return records, left_out
 
 def _one_preset(records: Sequence[RunRecord], what: str) -> str:

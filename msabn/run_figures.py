@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,8 +20,9 @@ from .copy_replace import model_from_checkpoint, score_attention
 from .datasets import collate
 from .experiment_data import load_splits
 from .ordering import copy_replace_curve, lambda_for_fraction, plot_curve
-from .run_folders import cell_folder, fingerprint, run_folder, run_state
-from .run_tables import run_table, start_results, write_results
+from .overrides import source_experiment, variant, with_overrides
+from .run_folders import cell_folder, experiment_folder, fingerprint, run_state
+from .run_tables import dry_tag, run_table, start_results, write_results
 from .viz import attention_grid
 
 # %% auto #0
@@ -29,12 +30,13 @@ __all__ = ['run_attention_figure', 'run_copy_replace', 'run_experiment']
 
 # %% ../nbs/api/40d_run_figures.ipynb #cf8a569b
 def _source_folder(fig, table: str, seed: int, runs_dir) -> Path:
-    src = get_experiment(table, fig.preset)
-    folder = run_folder(runs_dir, fig.preset, table, seed)
+    src = source_experiment(fig, table)
+    folder = experiment_folder(runs_dir, src, seed)
     state = run_state(folder, fingerprint(src, seed))
     if state != "complete":
-        raise FileNotFoundError(f"{fig.name} needs the trained models of {table} (preset {fig.preset}, seed {seed}) in {folder}, "
-                                f"but that run is {state}: run `msabn_run {table} --preset {fig.preset} --seeds {seed}` first")
+        sets = "".join(f" --set {k}={v}" for k, v in fig.overrides)
+        raise FileNotFoundError(f"{fig.name} needs the trained models of {table} (preset {variant(src)}, seed {seed}) in {folder}, "
+                                f"but that run is {state}: run `msabn_run {table} --preset {fig.preset} --seeds {seed}{sets}` first")
     return folder
 
 def _model(folder: Path, column: Column, row: str):
@@ -44,7 +46,7 @@ def _model(folder: Path, column: Column, row: str):
 # %% ../nbs/api/40d_run_figures.ipynb #faffdac0
 def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: int, folder: Path, data_root, device, log) -> dict:
     "One source table's panel of Fig. 1: every shown model's map on the same images, and its scores on the whole split."
-    src = get_experiment(table, fig.preset)
+    src = source_experiment(fig, table)
     column, split = src.columns[0], src.data.eval_splits[0]
     data = load_splits(src.data, data_root)[split]
     rows = [r for r in fig.rows if any(x.name == r and column.paper not in x.skip for x in src.rows)]
@@ -57,7 +59,7 @@ def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: i
         preds[label] = torch.from_numpy(sc.pred[:fig.n_images])
         scores.append({"model": r, "acc": sc.acc, "frac_attn_out": float(sc.frac_attn_out.mean()),
                        "map_size": list(sc.records.attn_map.shape[-2:])})
-        log(f"fig1 seed {seed}: {table} {column.paper} {r}: acc {sc.acc:.1f}, map {scores[-1]['map_size']}, "
+        log(f"{dry_tag(fig)}fig1 seed {seed}: {table} {column.paper} {r}: acc {sc.acc:.1f}, map {scores[-1]['map_size']}, "
             f"frac_attn_out {scores[-1]['frac_attn_out']:.3f}")
     g = attention_grid(batch["image"], maps, boxes=batch.get("box"), labels=batch["label"], preds=preds,
                        classes=[c[:12] for c in (data.classes or [])] or None, stats=src.data.recipe, threshold=0.2, size=1.1)
@@ -96,7 +98,7 @@ def _curve(fig: CopyReplaceFigure, table: str, column: Column, src_folder: Path,
 
 def _curve_line(fig, table: str, column: Column, seed: int, res: dict, seconds: float) -> str:
     pts = ", ".join(f"λ={p['lambda_out']:g}: {p['acc']:.1f}" if p.get("acc") is not None else f"λ={p['lambda_out']:g}: -" for p in res["points"])
-    return f"{fig.name} seed {seed}: {table} {column.paper}: vanilla {res['vanilla']['acc']:.1f}, copy-replace {pts} ({seconds:.0f} s)"
+    return f"{dry_tag(fig)}{fig.name} seed {seed}: {table} {column.paper}: vanilla {res['vanilla']['acc']:.1f}, copy-replace {pts} ({seconds:.0f} s)"
 
 # %% ../nbs/api/40d_run_figures.ipynb #43176a88
 def run_copy_replace(
@@ -117,7 +119,7 @@ def run_copy_replace(
     cfg = replace(fig.finetune, device=device, progress=False, **({} if num_workers is None else {"num_workers": num_workers}))
     curves, pictures = [], {}
     for table, src_folder in sources.items():
-        src = get_experiment(table, fig.preset)
+        src = source_experiment(fig, table)
         split = fig.eval_split or src.data.eval_splits[0]
         data = load_splits(replace(src.data, eval_splits=tuple(dict.fromkeys((split,) + src.data.eval_splits))), data_root, train_augment=False)
         by_label, row = {}, next(r for r in src.rows if r.name == fig.row)
@@ -144,9 +146,10 @@ def run_experiment(
     device: str = "auto",
     num_workers: int | None = None,  # DataLoader workers (default: the preset's)
     log: Callable[[str], None] = print,
+    overrides: Mapping[str, Any] | None = None,  # settings changed from the preset's (msabn.overrides), e.g. {"epochs": 60}
 ) -> dict:                           # the run's metrics.json
     "Run one experiment (table or figure) for one seed: what every template calls."
-    exp = get_experiment(name, preset)
+    exp = with_overrides(get_experiment(name, preset), overrides)
     kw = dict(seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=log)
     if exp.kind == "table": return run_table(exp, num_workers=num_workers, **kw)
     if exp.kind == "attention_figure": return run_attention_figure(exp, **kw)

@@ -10,22 +10,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .configs import get_experiment, short_hash, slugify
+from .configs import short_hash, slugify
 from .core import load_json, save_json
+from .overrides import source_experiment, variant
 
 # %% auto #0
-__all__ = ['RUNTIME_FIELDS', 'LABEL_FIELDS', 'RESULTS_VERSION', 'STATUSES', 'fingerprint', 'run_folder', 'cell_folder',
-           'keep_aside', 'write_status', 'metrics_fingerprint', 'run_state', 'other_run']
+__all__ = ['RUNTIME_FIELDS', 'LABEL_FIELDS', 'RESULTS_VERSION', 'UNSET_FIELDS', 'STATUSES', 'fingerprint', 'run_folder',
+           'experiment_folder', 'cell_folder', 'keep_aside', 'write_status', 'metrics_fingerprint', 'run_state',
+           'other_run']
 
 # %% ../nbs/api/40b_run_folders.ipynb #dc7c1a74
 RUNTIME_FIELDS = ("device", "num_workers", "progress", "eval_batch_size")  # where and how fast, not what
 LABEL_FIELDS = ("title", "template")  # how it is called, not what it computes
 RESULTS_VERSION = 1  # bump when the meaning of a run's files changes
+UNSET_FIELDS = ("overrides", "limit_train_batches", "limit_eval_batches", "loader_kwargs")  # left out while empty: older fingerprints stay valid
 
 def _config_dict(exp) -> dict:
     d = asdict(exp)
     def strip(o):
-        if isinstance(o, dict): return {k: strip(v) for k, v in o.items() if k not in RUNTIME_FIELDS + LABEL_FIELDS}
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k not in RUNTIME_FIELDS + LABEL_FIELDS and not (k in UNSET_FIELDS and not v)}
         if isinstance(o, (list, tuple)): return [strip(v) for v in o]
         return o
     return strip(d)
@@ -34,13 +38,17 @@ def fingerprint(exp, seed: int) -> str:
     "A hash of what a run computes: the configuration (without runtime settings), the seed, the results version."
     what = {"config": _config_dict(exp), "seed": int(seed), "version": RESULTS_VERSION}
     # a figure is made from the tables' trained models: when a source table changes, so does the figure
-    if getattr(exp, "sources", None): what["sources"] = {t: fingerprint(get_experiment(t, exp.preset), seed) for t in exp.sources}
+    if getattr(exp, "sources", None): what["sources"] = {t: fingerprint(source_experiment(exp, t), seed) for t in exp.sources}
     return short_hash(what, 16)
 
 # %% ../nbs/api/40b_run_folders.ipynb #f7f4716a
 def run_folder(runs_dir: str | Path, preset: str, name: str, seed: int) -> Path:
     "runs/<preset>/<experiment>/seed<k>"
     return Path(runs_dir) / preset / name / f"seed{int(seed)}"
+
+def experiment_folder(runs_dir: str | Path, exp, seed: int) -> Path:
+    "An experiment's run folder: runs/<preset>/..., or runs/<preset>+<hash>/... when it carries overrides (msabn.overrides.variant)."
+    return run_folder(runs_dir, variant(exp), exp.name, seed)
 
 def cell_folder(
     folder: str | Path,   # a table's run folder

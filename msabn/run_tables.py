@@ -21,15 +21,26 @@ from .core import atomic_write, load_json, provenance, save_json, set_seed
 from .datasets import collate
 from .experiment_data import load_splits
 from .models import count_params, create_model
-from .run_folders import cell_folder, fingerprint, keep_aside, other_run, run_folder
+from .overrides import is_dry_run, overrides_label
+from .run_folders import cell_folder, experiment_folder, fingerprint, keep_aside, other_run
 from .train import TrainConfig, collect_attention, evaluate, fit
 from .viz import attention_grid
 
 # %% auto #0
-__all__ = ['start_results', 'write_results', 'evaluate_split', 'cell_fingerprint', 'train_cell', 'attention_picture', 'run_table',
-           'results_frame']
+__all__ = ['labels', 'dry_tag', 'start_results', 'write_results', 'evaluate_split', 'cell_fingerprint', 'train_cell',
+           'attention_picture', 'run_table', 'results_frame']
 
 # %% ../nbs/api/40c_run_tables.ipynb #0e182a9a
+def labels(exp) -> dict:
+    "What a run's config.json and metrics.json say first: whether it is a dry run, and its overrides and label when it has any."
+    out = {"dry_run": is_dry_run(exp)}
+    if exp.overrides: out |= {"label": overrides_label(exp), "overrides": dict(exp.overrides)}
+    return out
+
+def dry_tag(exp) -> str:
+    "The prefix of a dry run's log lines ('' for a real run)."
+    return "[DRY RUN] " if is_dry_run(exp) else ""
+
 def start_results(
     exp,                           # the experiment (table or figure)
     seed: int,                     # the repeat
@@ -38,18 +49,19 @@ def start_results(
     log: Callable[[str], None] = print,
 ) -> tuple[Path, str]:             # the run folder and the run's fingerprint
     "A template's first step: its run folder cleared of another run's files (kept aside), and its config.json."
-    folder, fp = run_folder(runs_dir, exp.preset, exp.name, seed), fingerprint(exp, seed)
+    folder, fp = experiment_folder(runs_dir, exp, seed), fingerprint(exp, seed)
     why = other_run(folder, fp)
     if why: log(f"{exp.name} seed {seed}: {folder} held another run ({why}): kept aside in {keep_aside(folder).name}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").unlink(missing_ok=True)   # this run's own results, recomputed now: never read half-way
-    save_json({"experiment": asdict(exp) | {"kind": exp.kind}, "seed": int(seed), "fingerprint": fp,
+    save_json({**labels(exp), "experiment": asdict(exp) | {"kind": exp.kind}, "seed": int(seed), "fingerprint": fp,
                "provenance": provenance(device)}, folder / "config.json")
+    if is_dry_run(exp): log(f"{dry_tag(exp)}{exp.name} seed {seed}: {overrides_label(exp)}")
     return folder, fp
 
 def write_results(folder: Path, fp: str, exp, seed: int, results: dict, t0: float) -> dict:
     "A template's last step: metrics.json, with the fingerprint and the template's own time in `seconds`."
-    metrics = {"experiment": exp.name, "kind": exp.kind, "preset": exp.preset, "seed": int(seed), "fingerprint": fp,
+    metrics = {**labels(exp), "experiment": exp.name, "kind": exp.kind, "preset": exp.preset, "seed": int(seed), "fingerprint": fp,
                "title": exp.title, "seconds": round(time.perf_counter() - t0, 1), **results}
     save_json(metrics, folder / "metrics.json")
     return metrics
@@ -114,7 +126,7 @@ def train_cell(
     set_seed(seed)
     model = create_model(row.arch, column.backbone, data["train"].num_classes, **row.model_kwargs())
     headline = exp.data.eval_splits[0]
-    extra = {"cell": {"experiment": exp.name, "preset": exp.preset, "column": column.paper, "row": row.name, "seed": int(seed), "fingerprint": fp}}
+    extra = {**labels(exp), "cell": {"experiment": exp.name, "preset": exp.preset, "column": column.paper, "row": row.name, "seed": int(seed), "fingerprint": fp}}
     ours = out.is_dir() and any(out.iterdir())   # this cell's own files (another's were moved aside): resume from its checkpoint
     metrics = fit(model, data["train"], data[headline], cfg, out, resume=ours, extra_config=extra)
     evals = {headline: metrics["final"][headline]}
@@ -158,7 +170,7 @@ def attention_picture(
 def run_table(
     exp: TableExperiment | str,      # the table (or its name, with `preset`)
     seed: int = 0,                   # the repeat
-    runs_dir: str | Path = "runs",   # the run folder goes to runs_dir/<preset>/<table>/seed<k>
+    runs_dir: str | Path = "runs",   # the run folder goes to runs_dir/<preset>/<table>/seed<k> (experiment_folder)
     data_root: str | Path = "data",  # the datasets (the embedded data are made there)
     device: str = "auto",
     num_workers: int | None = None,  # DataLoader workers (default: the preset's)
@@ -176,7 +188,7 @@ def run_table(
         t = time.perf_counter()
         rec = train_cell(exp, column, row, seed, data, cell_folder(folder, column.backbone, row.name), device, num_workers, log)
         records.append(rec)
-        log(f"{exp.name} seed {seed}: {column.paper} ({column.backbone}) {row.name}: acc@{head} {rec[f'acc@{head}']:.2f} "
+        log(f"{dry_tag(exp)}{exp.name} seed {seed}: {column.paper} ({column.backbone}) {row.name}: acc@{head} {rec[f'acc@{head}']:.2f} "
             f"({time.perf_counter() - t:.0f} s)")
     _write_history(records, folder)
     fig = attention_picture(folder, exp, data[head])

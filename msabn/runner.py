@@ -11,9 +11,9 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import papermill as pm
 import torch
@@ -22,10 +22,12 @@ from filelock import FileLock, Timeout
 from .configs import DEPENDS, PRESETS, TEMPLATES, get_experiment, resolve_name
 from .core import get_device
 from .experiment_data import check_data
-from .run_folders import fingerprint, keep_aside, metrics_fingerprint, run_folder, run_state, write_status
+from .overrides import BY_KEY, DRY_RUN_KEYS, overrides_label, parse_overrides, with_overrides
+from .run_folders import experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state, write_status
 
 # %% auto #0
-__all__ = ['templates_dir', 'check_templates', 'plan', 'execute_template', 'run_experiments', 'check_args', 'main']
+__all__ = ['templates_dir', 'check_templates', 'plan', 'execute_template', 'check_used', 'run_experiments', 'cli_overrides',
+           'check_args', 'main']
 
 # %% ../nbs/api/40e_runner.ipynb #43a62268
 def templates_dir() -> Path:
@@ -86,14 +88,15 @@ def execute_template(
     num_workers: int | None = None,
     templates: Path | None = None,   # the templates' folder (default: templates_dir())
     threads: int | None = None,      # torch CPU threads in the kernel
+    overrides: Mapping[str, Any] | None = None,  # settings changed from the preset's (msabn.overrides): the template's `overrides`
 ) -> Path:                           # the executed notebook
     "Run one template with papermill into its run folder."
     template = (templates or templates_dir()) / f"{TEMPLATES[name]}.ipynb"
-    folder = run_folder(runs_dir, preset, name, seed)
+    folder = experiment_folder(runs_dir, with_overrides(get_experiment(name, preset), overrides), seed)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / template.name
     params = dict(preset=preset, seed=int(seed), runs_dir=str(runs_dir), data_root=str(data_root), device=device,
-                  num_workers=None if num_workers is None else int(num_workers), threads=threads)
+                  num_workers=None if num_workers is None else int(num_workers), threads=threads, overrides=dict(overrides or {}) or None)
     pm.execute_notebook(str(template), str(out), parameters=params, kernel_name="python3", cwd=str(folder),
                         progress_bar=False, log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     return out
@@ -128,34 +131,49 @@ class _Batch:
     threads: int | None
     force: bool
     log: Callable[[str], None]
+    overrides: Mapping[str, str] = field(default_factory=dict)   # parse_overrides' (the same for every run of the batch)
 
 def _run_one(b: _Batch, name: str, seed: int) -> dict:
     "One (experiment, seed): skipped when complete, else made room for, executed and recorded in status.json."
-    folder, fp, nb = run_folder(b.runs_dir, b.preset, name, seed), fingerprint(get_experiment(name, b.preset), seed), f"{TEMPLATES[name]}.ipynb"
+    exp = with_overrides(get_experiment(name, b.preset), b.overrides)
+    folder, fp, nb = experiment_folder(b.runs_dir, exp, seed), fingerprint(exp, seed), f"{TEMPLATES[name]}.ipynb"
+    what = f"{name} seed {seed}" + (f" [{overrides_label(exp)}]" if exp.overrides else "")
     state = run_state(folder, fp)
     entry = {"experiment": name, "seed": seed, "found": state, "folder": folder}
     if state == "complete" and not b.force:
-        b.log(f"[skip] {name} seed {seed}: complete in {folder.relative_to(b.runs_dir.parent)}")
+        b.log(f"[skip] {what}: complete in {folder.relative_to(b.runs_dir.parent)}")
         return {**entry, "result": "skipped", "seconds": 0.0}
-    b.log(f"[run] {name} seed {seed}{_make_room(folder, state, b.force)}")
+    b.log(f"[run] {what}{_make_room(folder, state, b.force)}")
     folder.mkdir(parents=True, exist_ok=True)
     write_status(folder, "running", fp, notebook=nb)
     t0 = time.perf_counter()
     try:
         execute_template(name=name, preset=b.preset, seed=seed, runs_dir=b.runs_dir, data_root=b.data_root, device=b.device,
-                         num_workers=b.num_workers, templates=b.templates, threads=b.threads)
+                         num_workers=b.num_workers, templates=b.templates, threads=b.threads,
+                         **({"overrides": dict(b.overrides)} if b.overrides else {}))
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
     except Exception as e:
         err = _short_error(e)
         write_status(folder, "failed", fp, error=err)
-        b.log(f"[FAILED] {name} seed {seed}: {err}\n         see {folder / nb}; going on")
+        b.log(f"[FAILED] {what}: {err}\n         see {folder / nb}; going on")
         return {**entry, "result": "failed", "seconds": time.perf_counter() - t0, "error": err}
     wall = time.perf_counter() - t0
     write_status(folder, "complete", fp, wall_seconds=round(wall, 1))
-    b.log(f"[done] {name} seed {seed} in {wall:.0f} s")
+    b.log(f"[done] {what} in {wall:.0f} s")
     return {**entry, "result": "complete", "seconds": wall}
 
 # %% ../nbs/api/40e_runner.ipynb #19bb3e5d
+def check_used(
+    overrides: Mapping[str, str],   # parse_overrides' result
+    exps,                           # the experiments about to run
+):
+    "Refuse an override that changes none of the experiments about to run (a typo'd intent is not silently ignored)."
+    kinds = {e.kind for e in exps}
+    unused = [k for k in overrides if not kinds & set(BY_KEY[k].kinds)]
+    if unused:
+        raise ValueError(f"override {', '.join(unused)} changes none of {', '.join(e.name for e in exps)}: "
+                         + "; ".join(f"{k} applies to {' and '.join(BY_KEY[k].kinds)} experiments" for k in unused))
+
 def run_experiments(
     names: Sequence[str],                 # experiment names, template names or "all"
     preset: str = "smoke",
@@ -168,16 +186,18 @@ def run_experiments(
     force: bool = False,                  # redo complete runs too (their old files kept aside)
     threads: int | None = None,           # torch CPU threads in each run (None: torch's default)
     log: Callable[[str], None] = print,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,  # settings changed from the preset's (msabn.overrides)
 ) -> list[dict]:                          # per run: experiment, seed, state found, what happened, seconds, error
     "Execute the templates of the given experiments for every seed, skipping complete runs, going on after failures."
-    todo = plan(names, preset, seeds)
+    todo, ov = plan(names, preset, seeds), parse_overrides(overrides)
     if data_root is None and preset != "paper": data_root = "data"
-    exps = {n: get_experiment(n, preset) for n, _ in todo}
+    exps = {n: with_overrides(get_experiment(n, preset), ov) for n, _ in todo}   # refuses what cannot be honoured, before any run
+    check_used(ov, exps.values())
     check_data([e.data for e in exps.values() if e.kind == "table"], data_root)
     tdir = Path(templates).resolve() if templates else templates_dir()
     check_templates(tdir, list(exps))
     b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,
-               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log)
+               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov)
     report = []
     with _lock(b.runs_dir):
         for name, seed in todo:
@@ -185,7 +205,7 @@ def run_experiments(
             if not failed: report.append(_run_one(b, name, seed)); continue
             err = f"not run: {', '.join(failed)} seed {seed} failed in this batch"
             log(f"[FAILED] {name} seed {seed}: {err}")
-            report.append({"experiment": name, "seed": seed, "found": None, "folder": run_folder(b.runs_dir, preset, name, seed),
+            report.append({"experiment": name, "seed": seed, "found": None, "folder": experiment_folder(b.runs_dir, exps[name], seed),
                            "result": "failed", "seconds": 0.0, "error": err})
     return report
 
@@ -202,7 +222,18 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--templates", default=None, help="the templates' folder (default: the clone's nbs/experiments)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's; 1 helps on a busy machine)")
     ap.add_argument("--force", action="store_true", help="redo complete runs too (their old files are kept aside, not deleted)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"change a setting of the preset (repeatable); keys: {', '.join(BY_KEY)} (docs: Running on a GPU / on your data)")
+    ap.add_argument("--fast-dev-run", type=int, default=None, metavar="N",
+                    help="a dry run: one epoch of N batches, N evaluation batches, every file written, labelled DRY RUN (not a result)")
+    ap.add_argument("--limit-train-batches", type=int, default=None, metavar="N", help="a dry run: N batches per epoch")
+    ap.add_argument("--limit-eval-batches", type=int, default=None, metavar="N", help="a dry run: N batches per evaluation")
     return ap
+
+def cli_overrides(a: argparse.Namespace) -> list[str]:
+    "The overrides of msabn_run's command line: every --set, then the dry-run flags as their keys."
+    flags = {"fast_dev_run": a.fast_dev_run, "limit_train_batches": a.limit_train_batches, "limit_eval_batches": a.limit_eval_batches}
+    return list(a.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
 
 def _device_problem(device: str) -> str | None:
     "What is wrong with a --device value on this machine (None: nothing)."
@@ -267,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad: return 2
     try:
         rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
-                              device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads)
+                              device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads,
+                              overrides=cli_overrides(a))
     except KeyboardInterrupt:
         print("msabn_run: interrupted; the run in progress is half-written: the same command redoes it, keeping its finished cells",
               file=sys.stderr)
@@ -275,4 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as e:
         print(f"msabn_run: {_error_line(e)}", file=sys.stderr)
         return 2
-    return _summary(rep)
+    code = _summary(rep)
+    if any(k in DRY_RUN_KEYS for k in parse_overrides(cli_overrides(a))):
+        print(f"msabn_run: DRY RUN: a few batches per run, to check the data, the settings and the report; its numbers are not results "
+              f"(in {Path(a.runs_dir) / (a.preset + '+dry-*')})")
+    return code

@@ -146,7 +146,8 @@ def evaluate(
     num_classes = _num_classes(model, data)
     run = _Running(num_classes, device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for batch in tqdm(_batches(data, batches, cfg, device), desc="eval", leave=False, disable=not cfg.progress or rank > 0):
+    for i, batch in enumerate(tqdm(_batches(data, batches, cfg, device), desc="eval", leave=False, disable=not cfg.progress or rank > 0)):
+        if cfg.limit_eval_batches is not None and i >= cfg.limit_eval_batches: break   # a dry run
         _check_labels(batch["label"], num_classes, "evaluate")
         x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
         y = batch["label"].to(device, non_blocking=True)
@@ -260,6 +261,7 @@ def _train_epoch(run: _Run, epoch: int, on_step: Callable[[int, int], None] | No
         t_wait = time.perf_counter(); run.timing["model_s"] += t_wait - t0
         if rank == 0 and cfg.progress: bar.set_postfix(loss=f"{terms['loss'].item():.3f}", refresh=False)
         if on_step: on_step(epoch, step)
+        if cfg.limit_train_batches is not None and step + 1 >= cfg.limit_train_batches: break   # a dry run
     seconds = time.perf_counter() - t_epoch
     run.history.append({"epoch": epoch + 1, "split": "train", "lr": run.opt.param_groups[0]["lr"], "seconds": seconds,
                          "images_per_s": n_epoch * run.world / seconds if seconds else math.nan, **run.running.row()})

@@ -1,0 +1,112 @@
+"""Overrides (msabn_run --set, papermill's `overrides`), the fast dev run on the real-format fixtures, and the user's own data."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from msabn.core import load_json
+from msabn.experiments import (TEMPLATES, cell_folder, experiment_folder, fingerprint, get_experiment, main, run_table,
+                               variant, with_overrides)
+from msabn.formats import (write_cars_fixture, write_cifar100_fixture, write_cub_fixture, write_diagset_fixture,
+                           write_imagenet_fixture)
+from msabn.report import main as report_main
+
+
+def _fixtures(root: Path) -> Path:
+    "Every paper dataset in its real on-disk format, a few images each, under one data root."
+    write_cub_fixture(root / "cub"); write_cars_fixture(root / "cars"); write_cifar100_fixture(root / "cifar100")
+    write_imagenet_fixture(root / "imagenet"); write_diagset_fixture(root / "diagset")
+    return root
+
+
+def test_an_override_changes_the_trained_config_and_the_fingerprint(tmp_path):
+    base = get_experiment("table1", "tiny")
+    exp = with_overrides(base, {"epochs": 2, "rows": "Base", "lr": 0.05})
+    assert fingerprint(exp, 0) != fingerprint(base, 0)
+    assert fingerprint(with_overrides(base, {"epochs": 3}), 0) != fingerprint(exp, 0)
+    assert experiment_folder(tmp_path, exp, 0) != experiment_folder(tmp_path, base, 0)   # never the preset's folder
+    run_table(exp, 0, tmp_path / "runs", tmp_path / "data", log=lambda s: None)
+    folder = experiment_folder(tmp_path / "runs", exp, 0)
+    assert folder.parent.parent.name == variant(exp) and variant(exp).startswith("tiny+")
+    cfg = load_json(cell_folder(folder, "resnet20", "Base") / "config.json")
+    assert (cfg["train"]["epochs"], cfg["train"]["lr"]) == (2, 0.05)
+    run = load_json(folder / "config.json")
+    assert run["overrides"] == {"epochs": "2", "lr": "0.05", "rows": "Base"} and run["label"] == "preset tiny, modified: epochs=2, lr=0.05, rows=Base"
+    assert load_json(folder / "metrics.json")["fingerprint"] == fingerprint(exp, 0) and not run["dry_run"]
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+@pytest.mark.parametrize("sets, says", [
+    (["epoch=60"], "unknown override 'epoch'; valid keys: epochs, batch_size, lr, size, backbones, rows"),
+    (["epochs=0"], "epochs='0': expected a whole number >= 1"),
+    (["dataset=mnist"], "expected one of cifar100, imagenet, diagset, cub, cars"),
+    (["rows=Puzzle"], "'Puzzle' is in no table; table4's rows: Base, ABN, MSABN, MSABN+Puzzle"),
+    (["size=30"], "size=30: below the total stride 32 of resnet50"),
+    (["rows=ABN", "backbones=efficientnet_b3"], "ABN is trained on none of EfficientNet-B3"),
+    (["lambdas=0.5"], "override lambdas changes none of table4"),
+])
+def test_bad_overrides_are_refused_before_anything_trains(sets, says, tmp_path, capsys):
+    data = _fixtures(tmp_path / "data")
+    argv = ["table4", "--preset", "paper", "--data-root", str(data), "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv + [x for s in sets for x in ("--set", s)]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_figures_need_boxes_and_the_row_they_fine_tune(tmp_path, capsys):
+    argv = ["fig8_9", "--preset", "paper", "--data-root", str(_fixtures(tmp_path / "data")), "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv + ["--set", "dataset=imagenet", "--set", "data=imagenet"]) == 2
+    assert "fig8_9 needs an object box per image, but table4 would read imagenet" in capsys.readouterr().err
+    assert main(argv + ["--set", "rows=Base"]) == 2
+    assert "expected rows to include MSABN" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+# the cost of the fast dev run below on 2 CPU cores: the real models, loaders and pipeline, one cell per table and model kind
+CHEAP = ["--set", "batch_size=2", "--set", "size=64", "--set", "backbones=resnet20,efficientnet_b1,efficientnet_b3",
+         "--set", "rows=Base,MSABN g·(1+A),MSABN", "--set", "finetune_seeds=0", "--set", "lambdas=0.5", "--set", "verify=false", "--threads", "2"]
+
+
+def test_fast_dev_run_of_every_template_on_the_fixtures_is_labelled_a_dry_run(tmp_path, capsys):
+    data, runs, out = _fixtures(tmp_path / "data"), tmp_path / "runs", tmp_path / "paper_figures"
+    t0 = time.perf_counter()
+    assert main(["all", "--preset", "paper", "--fast-dev-run", "1", "--data-root", str(data), "--runs-dir", str(runs), "--seeds", "0"] + CHEAP) == 0
+    said = capsys.readouterr().out
+    assert "msabn_run: 7 run(s) done" in said and "DRY RUN: a few batches per run" in said, said
+    (var,) = [p.name for p in runs.iterdir() if p.is_dir()]
+    assert var.startswith("paper+dry-"), var
+    for name, template in TEMPLATES.items():
+        folder = runs / var / name / "seed0"
+        for f in ("config.json", "metrics.json"):
+            rec = load_json(folder / f)
+            assert rec["dry_run"] is True and rec["label"].startswith("DRY RUN"), (name, f)
+        nb = nbformat.read(folder / f"{template}.ipynb", as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert "overrides = {" in injected[0].source and "fast_dev_run" in injected[0].source, name   # papermill's -p overrides
+    cell = load_json(cell_folder(runs / var / "table4" / "seed0", "efficientnet_b3", "MSABN") / "config.json")
+    assert cell["dry_run"] is True and cell["train"]["limit_train_batches"] == 1 and cell["train"]["epochs"] == 1
+    assert report_main(["--preset", "paper", "--seeds", "0", "--runs-dir", str(runs), "--out", str(out)]) == 2   # never the paper's
+    assert "no complete runs of preset 'paper'" in capsys.readouterr().err
+    assert report_main(["--preset", var, "--seeds", "0", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    page = out / f"{var}_seeds-0"
+    assert "DRY RUN" in (page / "README.md").read_text() and "their numbers are not results" in (page / "README.md").read_text()
+    for md in ("table1_cifar100.md", "table4_cub.md", "fig1_attention_maps.md", "fig8_9_copy_replace.md"):
+        assert "DRY RUN" in (page / md).read_text(), md
+    print(f"fast dev run of every template: {time.perf_counter() - t0:.0f} s")
+
+
+def test_own_cub_layout_dataset_with_ten_classes(tmp_path, capsys):
+    write_cub_fixture(tmp_path / "data" / "birds", num_classes=10, n_train=1, n_test=1)
+    argv = ["table4", "--preset", "paper", "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), "--seeds", "0",
+            "--set", "dataset=cub", "--set", "data=birds", "--fast-dev-run", "1", "--set", "batch_size=2", "--set", "size=64",
+            "--set", "backbones=efficientnet_b3", "--set", "rows=Base", "--threads", "2"]
+    assert main(argv) == 0, capsys.readouterr()
+    exp = with_overrides(get_experiment("table4", "paper"), {"dataset": "cub", "data": "birds", "fast_dev_run": 1, "batch_size": 2,
+                                                             "size": 64, "backbones": "efficientnet_b3", "rows": "Base"})
+    m = load_json(experiment_folder(tmp_path / "runs", exp, 0) / "metrics.json")
+    assert m["data"] == {"train": 10, "test": 10} and m["overrides"]["data"] == "birds"
+    ck = load_json(cell_folder(experiment_folder(tmp_path / "runs", exp, 0), "efficientnet_b3", "Base") / "config.json")
+    assert ck["model"]["num_classes"] == 10, ck["model"]
