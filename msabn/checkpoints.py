@@ -23,7 +23,7 @@ from .core import atomic_torch_save
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RESUME_SAFE', 'RUN_FILES', 'LOCK_NAME', 'CheckpointError', 'model_signature', 'rng_states',
            'set_rng_states', 'load_checkpoint', 'write_checkpoint', 'ConfigChangedError', 'resume_changes',
-           'RunExistsError', 'RunInUseError', 'keep_aside', 'claim_out_dir']
+           'RunExistsError', 'RunInUseError', 'aside_path', 'keep_aside', 'claim_out_dir']
 
 # %% ../nbs/api/22a_checkpoints.ipynb #4fcd388c
 CHECKPOINT_FORMAT = "msabn-checkpoint-v1"
@@ -133,13 +133,21 @@ class _Stale(Exception): pass
 def _say(msg: str, rank: int = 0):
     if rank == 0: tqdm.write(f"[msabn] {msg}")
 
+def aside_path(
+    folder: Path,  # a folder about to be kept out of the way
+) -> Path:         # a free sibling path `<name>.old-<UTC time>` (with `-1`, `-2`, ... when taken)
+    "Where a folder's old contents go instead of being deleted: a sibling named after the time (UTC)."
+    folder = Path(folder)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dest, i = folder.with_name(f"{folder.name}.old-{stamp}"), 1
+    while dest.exists(): dest, i = folder.with_name(f"{folder.name}.old-{stamp}-{i}"), i + 1
+    return dest
+
 def keep_aside(
     folder: Path,  # a run folder whose contents are to be kept out of the way
 ) -> Path:         # the new sibling folder `<name>.old-<UTC time>` that now holds them
     "Move everything in `folder` but its lock into a new sibling folder named after the time (UTC)."
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    dest, i = folder.with_name(f"{folder.name}.old-{stamp}"), 1
-    while dest.exists(): dest, i = folder.with_name(f"{folder.name}.old-{stamp}-{i}"), i + 1
+    dest = aside_path(folder)
     dest.mkdir()
     for p in folder.iterdir():
         if p.name != LOCK_NAME: os.replace(p, dest / p.name)   # a sibling: the same file system, a rename

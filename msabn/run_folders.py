@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import aside_path
 from .configs import short_hash, slugify
 from .core import load_json, save_json
 from .overrides import source_experiment, variant
@@ -63,11 +64,8 @@ def keep_aside(
     folder: str | Path,   # a run or cell folder to move out of the way
 ) -> Path:                # where it went: a sibling named <name>.old-<UTC time>
     "Move a folder aside (a sibling named by the time) instead of deleting it."
-    folder = Path(folder)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    dest, k = folder.with_name(f"{folder.name}.old-{stamp}"), 1
-    while dest.exists(): dest, k = folder.with_name(f"{folder.name}.old-{stamp}-{k}"), k + 1
-    folder.rename(dest)
+    dest = aside_path(folder)   # the name the training engine gives an overwritten run's files
+    Path(folder).rename(dest)
     return dest
 
 # %% ../nbs/api/40b_run_folders.ipynb #05d8fe39
