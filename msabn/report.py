@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from .core import atomic_write, load_json, save_json
 from .experiments import PRESETS, TABLES, TEMPLATES, TITLES_SHORT, base_preset, get_experiment, overrides_label, templates_dir
 from .report_cost import write_cost
-from .report_pages import curve_figure, markdown_curves, markdown_fig1, markdown_table, table_figure
+from .report_pages import curve_figure, markdown_curves, markdown_fig1, markdown_table, table_figure, verdict_summary
 from .report_runs import PAPER_FIG8_9, RunRecord, collect_runs, record_experiment
 
 # %% auto #0
@@ -172,7 +172,7 @@ def _write_pages(folder: Path, records: Sequence[RunRecord], seeds: Sequence[int
         tables[name] = {"files": files, "seeds": [r.seed for r in runs]}
         index += lines
         log(f"[report] {name}: seeds {[r.seed for r in runs]} -> {folder.name.split('.new-')[0].lstrip('.')}/{TEMPLATES[name]}.md")
-    return tables, index
+    return tables, verdict_summary(records) + index   # the count first, by the pages' own rule
 
 # %% ../nbs/api/41c_report.ipynb #87e29e2d
 def _not_updated(earlier: dict, records: Sequence[RunRecord], left_out: Sequence[str]) -> dict[str, str]:

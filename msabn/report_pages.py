@@ -13,14 +13,16 @@ import pandas as pd
 
 from .experiments import TableExperiment, base_preset, overrides_label
 from .metrics import mean_std
-from .report_runs import (PAPER_FIG8_9, PAPER_TABLES, RunRecord, _fmt, _one_preset, orderings, paper_gain, record_experiment, summarize,
-                               table_frame)
+from .report_runs import (PAPER_FIG8_9, PAPER_TABLES, VERDICT_RULE, RunRecord, _fmt, _one_preset, orderings, paired, paper_gain,
+                               record_experiment, summarize, table_frame, verdict_counts)
 
 # %% auto #0
-__all__ = ['SHORT_SPLITS', 'markdown_table', 'table_figure', 'curve_frame', 'curve_figure', 'markdown_curves', 'markdown_fig1']
+__all__ = ['SHORT_SPLITS', 'METRIC_NAMES', 'markdown_table', 'table_figure', 'curve_frame', 'curve_figure', 'curve_verdicts',
+           'markdown_curves', 'verdict_summary', 'markdown_fig1']
 
 # %% ../nbs/api/41a_report_pages.ipynb #886ca8c7
 SHORT_SPLITS = {"test": "test", "val": "validation", "test_iid": "test_iid"}
+METRIC_NAMES = {"acc": "accuracy (%)", "balanced_acc": "balanced accuracy (%)"}
 
 def _split_label(exp: TableExperiment, split: str) -> str:
     "A split's short name in table headers: 'test (shifted)' for the synthetic data's shifted test split."
@@ -65,6 +67,17 @@ def _table_intro(exp: TableExperiment, preset: str, seeds: Sequence[int], missin
     lines.append(f"**Paper**: {paper.dataset}, as published ({'mean ± std of 3 seeds' if three else 'one run'}).")
     return lines
 
+def _ordering_lines(exp: TableExperiment, od: pd.DataFrame, mname: str) -> list[str]:
+    "The orderings of one metric as a markdown table (n, mean ± std, MDE, verdict per pair), their count, and the rule."
+    if od.empty: return []
+    lines = [f"### Orderings ({mname}, ours paired by seed: the difference of the two rows on the same seed)", "",
+             "| pair | ours: backbone (stands for) | split | paper (points) | ours: mean ± std (points) | n | MDE (points) | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for _, o in od.iterrows():
+        lines.append(f"| {o.pair} | {o.backbone} ({o.column}) | {_split_label(exp, o.split)} | {_fmt(o.paper, sign=True)} | "
+                     f"{_fmt(o.ours_mean, o.ours_std, sign=True)} | {o.n} | {_fmt(o.mde)} | {o.verdict} |")
+    return lines + ["", f"Counted ({mname}): {verdict_counts(list(od.verdict))}.", "", VERDICT_RULE, ""]
+
 def markdown_table(
     records: Sequence[RunRecord],           # complete runs (one preset)
     name: str,                              # "table1" ... "table5"
@@ -83,7 +96,7 @@ def markdown_table(
     if _split_note(exp, splits): lines.append(_split_note(exp, splits))
     lines.append("")
     for metric in paper.metrics:
-        mname = {"acc": "accuracy (%)", "balanced_acc": "balanced accuracy (%)"}[metric]
+        mname = METRIC_NAMES[metric]
         ours = "DRY RUN, not a result" if "+dry-" in preset else "ours"
         head = ["model"] + [f"{ours}: {c.backbone}, {_split_label(exp, s)}" for c in exp.columns for s in splits] \
                + [f"paper: {c}" for c in paper.columns]
@@ -100,17 +113,7 @@ def markdown_table(
                 cells.append((t.replace("±", " ± ") if t else "-") if row in paper.rows else "not in the paper")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        od = orderings(runs, name, metric)
-        if not od.empty:
-            lines += [f"### Orderings ({mname}, ours paired by seed: the difference of the two rows on the same seed)", "",
-                      "| pair | ours: backbone (stands for) | split | paper (points) | ours (points) | n | verdict |",
-                      "| --- | --- | --- | --- | --- | --- | --- |"]
-            for _, o in od.iterrows():
-                lines.append(f"| {o.pair} | {o.backbone} ({o.column}) | {_split_label(exp, o.split)} | {_fmt(o.paper, sign=True)} | "
-                             f"{_fmt(o.ours_mean, o.ours_std, sign=True)} | {o.n} | {o.verdict} |")
-            lines.append("")
-    lines += ["Verdicts: *as in the paper*: same sign as the paper's difference and |mean| > std over seeds; *within noise*: "
-              "|mean| <= std; *reversed*: opposite sign beyond the std; with one seed only the sign is given.", ""]
+        lines += _ordering_lines(exp, orderings(runs, name, metric), mname)
     return "\n".join(lines)
 
 # %% ../nbs/api/41a_report_pages.ipynb #cb13f867
@@ -188,9 +191,24 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
     plt.close(fig)
     return fig
 
+def curve_verdicts(records: Sequence[RunRecord]) -> pd.DataFrame:
+    "One line per Figs. 8/9 point: accuracies, and the gain over vanilla paired by seed (n, mean ± std, MDE) with its verdict."
+    df, lines = curve_frame(records), []
+    for (source, column, backbone, split), d in df.groupby(["source", "column", "backbone", "split"], sort=False):
+        for point, p in d.groupby("point"):
+            f, ok = p.fraction_annotated.mean(), p.dropna(subset=["acc"])
+            ref = paper_gain(source, column, "20%") if abs(f - 0.2) <= 0.1 else paper_gain(source, column, "almost all") if f >= 0.8 else None
+            g = paired(ref, ok.gain)   # gain = copy-replace - vanilla of the same seed's model: a paired difference
+            lam = f"{p.lambda_out.mean():g}" if p.lambda_out.nunique() == 1 else f"{p.lambda_out.mean():.3g} (mean)"
+            lines.append({"source": source, "column": column, "backbone": backbone, "split": split, "point": point, "lambda_out": lam,
+                          "pool_size": p.pool_size.mean(), "fraction": f, "acc": _fmt(*mean_std(ok.acc)) if len(ok) else None,
+                          "vanilla": _fmt(*mean_std(p.vanilla)), "paper": ref, "n": g.n, "gain_mean": g.mean, "gain_std": g.std,
+                          "mde": g.mde, "verdict": g.verdict if len(ok) else "not run (empty pool)"})
+    return pd.DataFrame(lines)
+
 def markdown_curves(records: Sequence[RunRecord]) -> str:
-    "Figs. 8/9 as markdown: per source table and backbone, accuracy and gain per lambda_out (mean ± std over seeds)."
-    df = curve_frame(records)
+    "Figs. 8/9 as markdown: per source table and backbone, accuracy and gain per share annotated (n, mean ± std, MDE, verdict)."
+    df, cv = curve_frame(records), curve_verdicts(records)
     runs = [r for r in records if r.name == "fig8_9"]
     preset = _one_preset(runs, "fig8_9")
     fig = record_experiment(runs[0])
@@ -202,26 +220,39 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
              f"with copy-replace on the images whose frac_attn_out exceeds lambda_out" +
              (f" (lambda_out chosen per model so that the pool holds {', '.join(f'{100 * f:g}%' for f in fig.fractions)} of the training images)"
               if fig.fractions else "") + ", against vanilla fine-tuning with the same schedule; "
-             f"fine-tuning seeds {list(fig.finetune_seeds)} per model; accuracy on the split named below; mean ± std over the runs' seeds.",
+             f"fine-tuning seeds {list(fig.finetune_seeds)} per model; accuracy on the split named below; mean ± std over the runs' seeds; "
+             "the gain is copy-replace minus vanilla of the same seed's model, judged against the paper's gain where it gives one.",
              "**Paper**: gain over vanilla of about " + "; ".join(f"{v['dataset']} {v['20%']} points with 20% of the images annotated and "
              f"{v['almost all']} with almost all (ResNet-50 / ResNeXt-50 / EfficientNet-B3)" for v in PAPER_FIG8_9.values()) + ".", ""]
     if fig.overrides: lines[2:2] = [f"**{overrides_label(fig)}**", ""]
-    for (source, column, backbone, split), d in df.groupby(["source", "column", "backbone", "split"], sort=False):
+    for (source, column, backbone, split), d in cv.groupby(["source", "column", "backbone", "split"], sort=False):
         src = record_experiment(runs[0], source)
         lines += [f"## {PAPER_FIG8_9[source]['figure']} ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}, "
                   f"accuracy on {_split_label(src, split)}", "",
-                  "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain (points) | paper gain |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for _, p in d.groupby("point"):
-            f, lam = p.fraction_annotated.mean(), p.lambda_out.mean()
-            lam = f"{lam:g}" if p.lambda_out.nunique() == 1 else f"{lam:.3g} (mean)"
-            ref = paper_gain(source, column, "20%") if abs(f - 0.2) <= 0.1 else paper_gain(source, column, "almost all") if f >= 0.8 else None
-            ok = p.dropna(subset=["acc"])
-            lines.append(f"| {lam} | {p.pool_size.mean():.0f} | {f:.2f} | {_fmt(*mean_std(ok.acc)) if len(ok) else 'not run (empty pool)'} | "
-                         f"{_fmt(*mean_std(p.vanilla))} | {_fmt(*mean_std(ok.gain), sign=True) if len(ok) else '-'} | "
-                         f"{'-' if ref is None else f'+{ref:g}'} |")
-        lines += [f"| before fine-tuning | | | {_fmt(*mean_std(d.groupby('seed').before.first()))} | | | |", ""]
-    return "\n".join(lines)
+                  "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean ± std (points) | n | "
+                  "MDE (points) | paper gain | verdict |", "|" + " --- |" * 10]
+        for _, p in d.iterrows():
+            lines.append(f"| {p.lambda_out} | {p.pool_size:.0f} | {p.fraction:.2f} | {p.acc or 'not run (empty pool)'} | {p.vanilla} | "
+                         f"{_fmt(p.gain_mean, p.gain_std, sign=True)} | {p.n} | {_fmt(p.mde)} | {_fmt(p.paper, digits=1, sign=True)} | {p.verdict} |")
+        before = df[(df.source == source) & (df.column == column) & (df.backbone == backbone) & (df.split == split)]
+        lines += [f"| before fine-tuning | | | {_fmt(*mean_std(before.groupby('seed').before.first()))} | | | | | | |", "",
+                  f"Counted: {verdict_counts(list(d.verdict))}.", ""]
+    return "\n".join(lines + [VERDICT_RULE.replace("of the two on the same seed", "copy-replace minus vanilla on the same seed"), ""])
+
+def verdict_summary(records: Sequence[RunRecord]) -> list[str]:
+    "The verdicts of every table's orderings and Figs. 8/9's gains in `records`, counted (markdown lines; [] where there are none)."
+    lines = []
+    for name, paper in PAPER_TABLES.items():
+        runs = [r for r in records if r.name == name]
+        for metric in paper.metrics if runs else ():
+            od = orderings(runs, name, metric)
+            if len(od): lines.append(f"- {record_experiment(runs[0]).title.split(':')[0]} ({paper.dataset}), {METRIC_NAMES[metric]}: "
+                                     f"{verdict_counts(list(od.verdict))}")
+    if any(r.name == "fig8_9" for r in records):
+        lines.append(f"- Figs. 8/9, copy-replace gain over vanilla: {verdict_counts(list(curve_verdicts(records).verdict))}")
+    if not lines: return []
+    return ["## Verdicts, counted", "", "Over every ordering on the pages below; each page shows n, mean ± std, the MDE and the verdict "
+            f"per ordering. {VERDICT_RULE}", "", *lines, ""]
 
 def markdown_fig1(records: Sequence[RunRecord]) -> str:
     "Fig. 1: per source table, each model's map size, accuracy and frac_attn_out (mean ± std over seeds)."

@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import pandas as pd
+from scipy import stats
 
 from .core import load_json, save_json
 from .experiments import (PRESETS, TEMPLATES, base_preset, fingerprint, get_experiment, resolve_name, run_folder, run_state, variant,
@@ -18,8 +19,9 @@ from .experiments import (PRESETS, TEMPLATES, base_preset, fingerprint, get_expe
 from .metrics import mean_std
 
 # %% auto #0
-__all__ = ['PAPER_TABLES', 'PAPER_FIG8_9', 'COMPARISONS', 'PaperTable', 'paper_gain', 'RunRecord', 'record_experiment',
-           'collect_runs', 'table_frame', 'write_table_run', 'summarize', 'verdict', 'orderings']
+__all__ = ['PAPER_TABLES', 'PAPER_FIG8_9', 'ALPHA', 'POWER', 'VERDICTS', 'VERDICT_RULE', 'COMPARISONS', 'PaperTable',
+           'paper_gain', 'RunRecord', 'record_experiment', 'collect_runs', 'table_frame', 'write_table_run',
+           't_quantile', 'mde', 'Paired', 'paired', 'verdict', 'verdict_counts', 'summarize', 'orderings']
 
 # %% ../nbs/api/41_report_runs.ipynb #92807b72
 @dataclass(frozen=True)
@@ -195,6 +197,72 @@ def write_table_run(
     write_status(folder, "complete", fp)
     return folder
 
+# %% ../nbs/api/41_report_runs.ipynb #a1c0ffe2
+ALPHA = 0.05   # the verdicts' test is two-sided at this level ...
+POWER = 0.8    # ... and the MDE is the effect it finds with this probability (80%)
+
+def t_quantile(q: float, df: int) -> float:
+    "The q-quantile of Student's t distribution with `df` degrees of freedom (scipy.stats.t)."
+    if not 0 < q < 1: raise ValueError(f"t_quantile: q={q} is not a probability in (0, 1)")
+    if int(df) != df or df < 1: raise ValueError(f"t_quantile: df={df}; expected a whole number >= 1 (n - 1 for n >= 2 seeds)")
+    return float(stats.t.ppf(q, df))
+
+def mde(
+    std: float,             # sample std (ddof=1) of the paired differences, points
+    n: int,                 # number of pairs (seeds)
+    alpha: float = ALPHA,   # two-sided significance level
+    power: float = POWER,   # probability of detecting a true effect of the MDE's size
+) -> float:                 # points; NaN for n < 2 (no spread, nothing detectable)
+    "Minimum detectable effect of a mean paired difference: (t_{1-alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)."
+    if n < 2: return math.nan
+    if not std >= 0: raise ValueError(f"mde: std={std} with n={n}; expected a finite std >= 0 (the sample std of n >= 2 differences)")
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n)
+
+# %% ../nbs/api/41_report_runs.ipynb #a1c0ffe5
+class Paired(NamedTuple):
+    "Our paired difference over seeds, its power and its verdict."
+    n: int          # pairs (seeds) with both numbers
+    mean: float     # points (NaN for n = 0)
+    std: float      # sample std, points (NaN for n < 2)
+    mde: float      # minimum detectable effect at this n, points (NaN for n < 2)
+    verdict: str
+
+def _verdict(paper_diff: float | None, n: int, m: float, e: float) -> str:
+    if n == 0: return "not run"
+    if paper_diff is None: return "no paper number"
+    if paper_diff == 0: return "no paper claim"
+    if n < 2: return "one seed: not judged"
+    if m == 0 or abs(m) < e: return f"not detectable (MDE {e:.1f})"
+    return "as in the paper" if m * paper_diff > 0 else "opposite to the paper"
+
+def paired(
+    paper_diff: float | None,   # the paper's difference (better - worse), None where the paper has no number
+    ours: Sequence[float],      # ours, one difference per seed (NaN: a seed without both numbers, dropped)
+) -> Paired:
+    "n, mean ± std and MDE of our paired difference, and its verdict against the paper's sign: the one place verdicts are made."
+    d = [float(x) for x in ours if not math.isnan(float(x))]
+    m, s = mean_std(d) if d else (math.nan, math.nan)
+    e = mde(s, len(d))
+    return Paired(len(d), m, s, e, _verdict(paper_diff, len(d), m, e))
+
+def verdict(paper_diff: float | None, ours: Sequence[float]) -> str:
+    "The verdict alone (see `paired`)."
+    return paired(paper_diff, ours).verdict
+
+VERDICTS = ("as in the paper", "opposite to the paper", "not detectable", "one seed: not judged", "no paper number", "no paper claim", "not run")
+
+def verdict_counts(verdicts: Sequence[str]) -> str:
+    "One summary line: how many verdicts of each kind (the first three always, the others where there are any)."
+    kinds = [next(k for k in VERDICTS if v.startswith(k)) for v in verdicts]
+    parts = [f"{kinds.count(k)} {k}" for k in VERDICTS if k in VERDICTS[:3] or k in kinds]
+    return f"{len(kinds)} ordering{'s' if len(kinds) != 1 else ''}: " + ", ".join(parts)
+
+VERDICT_RULE = (f"Verdicts: ours is the difference of the two on the same seed (n seeds, mean ± sample std); its minimum detectable effect is "
+                f"MDE = (t(1 - {ALPHA:g}/2, n - 1) + t({POWER:g}, n - 1)) × std / √n (two-sided at {ALPHA:g}, power {POWER:g}: "
+                f"{mde(1, 3):.2f} × std for n = 3, {mde(1, 5):.2f} × std for n = 5). *as in the paper*: the mean has the paper's sign and "
+                f"|mean| ≥ MDE; *opposite to the paper*: the other sign and |mean| ≥ MDE; *not detectable*: |mean| < MDE (or a mean of 0); "
+                f"one seed has no spread and is not judged.")
+
 # %% ../nbs/api/41_report_runs.ipynb #60c20968
 COMPARISONS = {  # (better, worse) as the paper claims, per table; our extra row compared with the literal MSABN
     "table1": (("ABN", "Base"), ("MSABN g·(1+A)", "ABN"), ("MSABN g·A", "ABN"), ("MSABN g·(1+A)", "MSABN g·A")),
@@ -216,21 +284,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = g.apply(lambda v: tuple(sorted(df.loc[v.index, "seed"]))).values
     return out
 
-def verdict(paper_diff: float | None, ours: Sequence[float]) -> str:
-    "as in the paper / within noise / reversed, for a paired difference over seeds."
-    if not len(ours): return "not run"
-    m, s = mean_std(ours)
-    if paper_diff is None or paper_diff == 0: return "no paper claim"
-    if math.isnan(s):  # one seed: only the sign
-        return "tie, one seed" if m == 0 else "same sign, one seed" if m * paper_diff > 0 else "opposite sign, one seed"
-    if abs(m) <= s: return "within noise"
-    return "as in the paper" if m * paper_diff > 0 else "reversed"
-
 def orderings(
     records: Sequence[RunRecord],  # complete runs
     name: str,                     # which table
     metric: str = "acc",
-) -> pd.DataFrame:                 # one line per (pair, column, split): paper's difference, ours (mean ± std), verdict
+) -> pd.DataFrame:                 # one line per (pair, column, split): paper's difference, ours (n, mean ± std, MDE), verdict
     "The paper's pairwise orderings (e.g. MSABN > ABN) checked on our runs, paired by seed."
     df = table_frame(records, name)
     df = df[df.metric == metric]
@@ -244,9 +302,7 @@ def orderings(
             pa, pb = paper.cell(metric, better, column) if better in paper.rows else None, paper.cell(metric, worse, column)
             pdiff = None if pa is None or pb is None else round(pa[0] - pb[0], 3)
             for split in dict.fromkeys(d.split):
-                diff = (a.loc[split] - b.loc[split]).dropna()
-                m, s = mean_std(diff.values) if len(diff) else (math.nan, math.nan)
+                p = paired(pdiff, (a.loc[split] - b.loc[split]).dropna().values)
                 lines.append({"pair": f"{better} vs {worse}", "column": column, "backbone": backbone, "split": split,
-                              "paper": pdiff, "ours_mean": m, "ours_std": s, "n": len(diff),
-                              "verdict": verdict(pdiff, diff.values) if pdiff is not None else "no paper number"})
+                              "paper": pdiff, "ours_mean": p.mean, "ours_std": p.std, "n": p.n, "mde": p.mde, "verdict": p.verdict})
     return pd.DataFrame(lines)

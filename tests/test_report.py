@@ -1,8 +1,10 @@
 """msabn_report never loses a report: written aside and swapped in whole, user files kept, tables it can no longer update named;
-and the faults of its input and output (damaged or stale runs, a wrong preset, an output it cannot write) end in clear messages."""
+and the faults of its input and output (damaged or stale runs, a wrong preset, an output it cannot write) end in clear messages;
+its verdicts carry their power (n, mean ± std, the minimum detectable effect) and are made, and counted, by one rule."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import stat
@@ -13,7 +15,8 @@ import pytest
 import msabn.report as report
 from msabn.experiments import RESULTS_VERSION, fingerprint, get_experiment, run_folder, write_status
 from msabn.report import MANIFEST, main, write_report
-from msabn.report_runs import collect_runs, write_table_run
+from msabn.report_pages import markdown_curves
+from msabn.report_runs import ALPHA, POWER, RunRecord, collect_runs, mde, orderings, paired, t_quantile, verdict, write_table_run
 
 ACC = {"Base": [50, 52, 54], "ABN": [55, 55, 58], "MSABN": [54, 56, 58], "MSABN+Puzzle": [51, 52, 56], "MSABN (efficient)": [60, 60, 60]}
 QUIET = lambda s: None
@@ -284,3 +287,85 @@ def test_deleting_a_table_that_is_not_updated_drops_it(tmp_path, capsys):
     assert _report(tmp_path) == 0
     assert "not updated" not in capsys.readouterr().out and "Not updated" not in (folder / "README.md").read_text()
     assert "table5" not in json.loads((folder / MANIFEST).read_text())["tables"]
+
+
+# --- issue 11: verdicts with their power ----------------------------------------------------------------------
+def test_the_mde_is_the_hand_computed_one():
+    assert (ALPHA, POWER) == (0.05, 0.8)
+    assert mde(1.0, 3) == pytest.approx((4.303 + 1.061) / math.sqrt(3), abs=1e-3) == pytest.approx(3.097, abs=1e-3)
+    assert t_quantile(0.975, 4) == pytest.approx(2.776, abs=5e-4) and t_quantile(0.8, 4) == pytest.approx(0.941, abs=5e-4)
+    assert mde(2.5, 5) == pytest.approx((2.776 + 0.941) * 2.5 / math.sqrt(5), abs=2e-3)
+    assert math.isnan(mde(math.nan, 1)) and mde(0.0, 3) == 0.0
+    with pytest.raises(ValueError, match="expected a finite std >= 0"): mde(-1.0, 3)
+
+
+@pytest.mark.parametrize("paper, ours, expected", [
+    (4.0, [5.0, 3.0, 4.0], "as in the paper"),                # 4 ± 1, n = 3: 4 >= MDE 3.10
+    (-4.0, [5.0, 3.0, 4.0], "opposite to the paper"),
+    (4.0, [-2.0, -4.0, -3.0], "not detectable (MDE 3.1)"),    # |-3| < 3.10: no sign verdict either way
+    (4.0, [3.0, 1.0, 2.0, 2.0, 2.0], "as in the paper"),      # 2 ± 0.71, n = 5: MDE 1.17
+    (4.0, [2.0], "one seed: not judged"), (-4.0, [-9.0], "one seed: not judged"), (4.0, [0.0], "one seed: not judged"),
+    (4.0, [1.5, 1.5, 1.5], "as in the paper"),                # std 0, n >= 2: MDE 0, a nonzero mean is detectable
+    (-4.0, [1.5, 1.5], "opposite to the paper"),
+    (4.0, [0.0, 0.0, 0.0], "not detectable (MDE 0.0)"),       # ... a zero one is not
+    (None, [5.0, 3.0, 4.0], "no paper number"), (0.0, [5.0, 3.0, 4.0], "no paper claim"), (4.0, [], "not run"),
+])
+def test_each_verdict_branch(paper, ours, expected):
+    assert verdict(paper, ours) == expected
+
+
+def test_paired_reports_n_mean_std_and_mde():
+    p = paired(4.0, [5.0, 3.0, 4.0, math.nan])                # a seed without both numbers is dropped
+    assert (p.n, p.mean, p.std, p.verdict) == (3, 4.0, 1.0, "as in the paper") and p.mde == pytest.approx(3.097, abs=1e-3)
+    one = paired(4.0, [7.0])
+    assert one.n == 1 and one.mean == 7.0 and math.isnan(one.std) and math.isnan(one.mde)
+
+
+def test_one_seed_is_not_judged_on_any_page(tmp_path):
+    _runs(tmp_path, ("table4",), seeds=(0,))
+    assert _report(tmp_path) == 0
+    page = (tmp_path / "pf" / "tiny_seeds-0" / "table4_cub.md").read_text()
+    rows = [l for l in page.splitlines() if " vs " in l and l.startswith("| ")]
+    assert rows and all(l.endswith("| 1 | - | one seed: not judged |") or l.endswith("no paper number |") for l in rows), rows
+    assert "as in the paper |" not in page and "opposite to the paper |" not in page
+
+
+ACC_OPP = {**ACC, "MSABN+Puzzle": [50, 51, 55]}   # loses 4 ± 1 to MSABN: beyond the MDE of 3.10, against the paper's +2.33
+
+
+def test_the_table_page_shows_n_mean_std_mde_verdict_and_the_rule(tmp_path):
+    _runs(tmp_path, ("table4",), seeds=(0, 1, 2))
+    for s in (0, 1, 2): shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table4", s)); write_table_run(tmp_path / "runs", "table4", s, ACC_OPP)
+    assert _report(tmp_path, "--seeds", "0", "1", "2") == 0
+    folder = tmp_path / "pf" / "tiny_seeds-0-1-2"
+    page = (folder / "table4_cub.md").read_text()
+    assert "| pair | ours: backbone (stands for) | split | paper (points) | ours: mean ± std (points) | n | MDE (points) | verdict |" in page
+    assert "| ABN vs Base | resnet20 (ResNet-50) | test_iid | +10.34 | +4.00 ± 1.00 | 3 | 3.10 | as in the paper |" in page
+    assert "| MSABN vs ABN | resnet20 (ResNet-50) | test_iid | +4.02 | +0.00 ± 1.00 | 3 | 3.10 | not detectable (MDE 3.1) |" in page
+    assert "| MSABN+Puzzle vs MSABN | resnet20 (ResNet-50) | test (shifted) | +2.33 | -4.00 ± 1.00 | 3 | 3.10 | opposite to the paper |" in page
+    assert "|mean| ≥ MDE" in page and "3.10 × std for n = 3" in page        # the rule, so that a reader can check each verdict
+    counted = "10 orderings: 4 as in the paper, 2 opposite to the paper, 2 not detectable, 2 no paper number"
+    assert f"Counted (accuracy (%)): {counted}." in page
+    assert f"- Table 4 (CUB-200-2011), accuracy (%): {counted}" in (folder / "README.md").read_text()   # the summary: the same rule
+    od = orderings(collect_runs(tmp_path / "runs", "tiny")[0], "table4")
+    assert list(od.columns) == ["pair", "column", "backbone", "split", "paper", "ours_mean", "ours_std", "n", "mde", "verdict"]
+
+
+def _fig_run(seed: int, gain: float) -> RunRecord:
+    "Hand-made Figs. 8/9 results of one seed: copy-replace gains `gain` at 20% of the images annotated and `gain - 6` with all."
+    pts = [{"lambda_out": 0.9, "pool_size": 80, "fraction_annotated": 0.2, "acc": 10 + gain, "gain": gain},
+           {"lambda_out": 0.0, "pool_size": 400, "fraction_annotated": 1.0, "acc": 4 + gain, "gain": gain - 6}]
+    curve = {"before": {"acc": 9.0}, "vanilla": {"acc": 10.0}, "points": pts}
+    return RunRecord("fig8_9", "tiny", seed, Path("."), {"curves": [
+        {"source": "table5", "figure": "Fig. 9", "column": "ResNet-50", "backbone": "resnet20", "split": "test", "curve": curve}]})
+
+
+def test_copy_replace_gains_get_the_tables_treatment():
+    md = markdown_curves([_fig_run(0, 5.0), _fig_run(1, 7.0), _fig_run(2, 6.0)])   # Fig. 9, ResNet-50: paper +2 at 20%, +4.5 with all
+    assert "| gain: mean ± std (points) | n | MDE (points) | paper gain | verdict |" in md, md
+    assert "| +6.00 ± 1.00 | 3 | 3.10 | +2.0 | as in the paper |" in md, md
+    assert "| +0.00 ± 1.00 | 3 | 3.10 | +4.5 | not detectable (MDE 3.1) |" in md, md
+    assert "Counted: 2 orderings: 1 as in the paper, 0 opposite to the paper, 1 not detectable." in md
+    md = markdown_curves([_fig_run(0, -5.0), _fig_run(1, -7.0), _fig_run(2, -6.0)])
+    assert "| -6.00 ± 1.00 | 3 | 3.10 | +2.0 | opposite to the paper |" in md, md
+    assert "| -6.00 | 1 | - | +2.0 | one seed: not judged |" in markdown_curves([_fig_run(0, -6.0)])
