@@ -21,6 +21,7 @@ from .datasets import collate
 from .experiment_data import load_splits
 from .ordering import copy_replace_curve, lambda_for_fraction, plot_curve
 from .overrides import source_experiment, variant, with_overrides
+from .progress import PROGRESS_FILE, ProgressFile
 from .run_folders import cell_folder, experiment_folder, fingerprint, run_state
 from .run_tables import dry_tag, run_table, start_results, write_results
 from .viz import attention_grid
@@ -81,9 +82,15 @@ def run_attention_figure(
     sources = {t: _source_folder(fig, t, seed, runs_dir) for t in fig.sources}
     t0 = time.perf_counter()
     folder, fp = start_results(fig, seed, runs_dir, device, log)
-    panels = [_attention_panel(fig, t, f, seed, folder, data_root, device, log) for t, f in sources.items()]
+    pf, panels = ProgressFile(folder / PROGRESS_FILE, [1.0] * len(sources), unit="panel"), []   # what msabn_run shows while it waits
+    for k, (t, f) in enumerate(sources.items(), 1):
+        pf.begin(k, t)
+        panels.append(_attention_panel(fig, t, f, seed, folder, data_root, device, log))
+        pf.end(f"{len(panels[-1]['models'])} models")
     if panels: shutil.copyfile(folder / panels[0]["picture"], folder / "attention.png")
-    return write_results(folder, fp, fig, seed, {"panels": panels}, t0)
+    metrics = write_results(folder, fp, fig, seed, {"panels": panels}, t0)
+    pf.finish()
+    return metrics
 
 # %% ../nbs/api/40d_run_figures.ipynb #556aaa66
 def _curve(fig: CopyReplaceFigure, table: str, column: Column, src_folder: Path, data: dict, split: str, cfg, folder: Path, device) -> dict:
@@ -95,6 +102,12 @@ def _curve(fig: CopyReplaceFigure, table: str, column: Column, src_folder: Path,
                              scores=scores, out_dir=folder / "finetune" / table / column.backbone, progress=False)
     res.pop("provenance", None)
     return res
+
+def _curve_columns(fig: CopyReplaceFigure, table: str) -> list[Column]:
+    "The columns of a source table with a trained `fig.row` model: one curve each."
+    src = source_experiment(fig, table)
+    row = next(r for r in src.rows if r.name == fig.row)
+    return [c for c in src.columns if c.paper not in row.skip]
 
 def _curve_line(fig, table: str, column: Column, seed: int, res: dict, seconds: float) -> str:
     pts = ", ".join(f"λ={p['lambda_out']:g}: {p['acc']:.1f}" if p.get("acc") is not None else f"λ={p['lambda_out']:g}: -" for p in res["points"])
@@ -118,23 +131,28 @@ def run_copy_replace(
     folder, fp = start_results(fig, seed, runs_dir, device, log)
     cfg = replace(fig.finetune, device=device, progress=False, **({} if num_workers is None else {"num_workers": num_workers}))
     curves, pictures = [], {}
+    pf = ProgressFile(folder / PROGRESS_FILE, [1.0] * sum(len(_curve_columns(fig, t)) for t in sources), unit="curve")   # what msabn_run shows
     for table, src_folder in sources.items():
         src = source_experiment(fig, table)
         split = fig.eval_split or src.data.eval_splits[0]
         data = load_splits(replace(src.data, eval_splits=tuple(dict.fromkeys((split,) + src.data.eval_splits))), data_root, train_augment=False)
-        by_label, row = {}, next(r for r in src.rows if r.name == fig.row)
-        for column in (c for c in src.columns if c.paper not in row.skip):
+        by_label = {}
+        for column in _curve_columns(fig, table):
             t = time.perf_counter()
+            pf.begin(len(curves) + 1, f"{table} {column.backbone}: fine-tuning")
             res = _curve(fig, table, column, src_folder, data, split, cfg, folder, device)
             curves.append({"source": table, "figure": fig.sources[table], "column": column.paper, "backbone": column.backbone,
                            "split": split, "curve": res})
             by_label[f"{column.paper} ({column.backbone})"] = res
             log(_curve_line(fig, table, column, seed, res, time.perf_counter() - t))
+            pf.end(f"vanilla {res['vanilla']['acc']:.1f}")
         g = plot_curve(by_label, title=f"{fig.sources[table]} ({src.data.stands_for or src.data.dataset}, preset {fig.preset}, seed {seed})")
         pictures[table] = f"curve_{table}.png"
         g.savefig(folder / pictures[table], dpi=72, bbox_inches="tight"); plt.close(g)
     if pictures: shutil.copyfile(folder / next(iter(pictures.values())), folder / "attention.png")
-    return write_results(folder, fp, fig, seed, {"curves": curves, "pictures": pictures}, t0)
+    metrics = write_results(folder, fp, fig, seed, {"curves": curves, "pictures": pictures}, t0)
+    pf.finish()
+    return metrics
 
 # %% ../nbs/api/40d_run_figures.ipynb #f8f0335f
 def run_experiment(

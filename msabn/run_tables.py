@@ -22,13 +22,14 @@ from .datasets import collate
 from .experiment_data import load_splits
 from .models import count_params, create_model
 from .overrides import is_dry_run, overrides_label
+from .progress import PROGRESS_FILE, ProgressFile, steps_per_epoch
 from .run_folders import cell_folder, experiment_folder, fingerprint, keep_aside, other_run
 from .train import TrainConfig, collect_attention, evaluate, fit
 from .viz import attention_grid
 
 # %% auto #0
 __all__ = ['labels', 'dry_tag', 'start_results', 'write_results', 'evaluate_split', 'cell_fingerprint', 'train_cell',
-           'attention_picture', 'run_table', 'results_frame']
+           'attention_picture', 'progress_plan', 'run_table', 'results_frame']
 
 # %% ../nbs/api/40c_run_tables.ipynb #0e182a9a
 def labels(exp) -> dict:
@@ -113,6 +114,7 @@ def train_cell(
     device: str = "auto",
     num_workers: int | None = None,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int, int], None] | None = None,  # fit's per-step callback (msabn.progress.ProgressFile.on_step)
 ) -> dict:                         # the cell's record (also out/done.json)
     "Train (or resume, or reuse) one cell of a table, evaluate it on every split and keep its attention samples."
     out = Path(out)
@@ -128,7 +130,7 @@ def train_cell(
     headline = exp.data.eval_splits[0]
     extra = {**labels(exp), "cell": {"experiment": exp.name, "preset": exp.preset, "column": column.paper, "row": row.name, "seed": int(seed), "fingerprint": fp}}
     ours = out.is_dir() and any(out.iterdir())   # this cell's own files (another's were moved aside): resume from its checkpoint
-    metrics = fit(model, data["train"], data[headline], cfg, out, resume=ours, extra_config=extra)
+    metrics = fit(model, data["train"], data[headline], cfg, out, resume=ours, extra_config=extra, on_step=on_step)
     evals = {headline: metrics["final"][headline]}
     for split in exp.data.eval_splits[1:]: evals[split] = evaluate_split(model, data[split], cfg)
     np.savez_compressed(out / "attention_samples.npz", **_attention_samples(model, data[headline], exp.n_attention, cfg.device))
@@ -166,6 +168,21 @@ def attention_picture(
     return attention_grid(batch["image"], maps, boxes=batch.get("box"), labels=batch["label"], preds=preds,
                           classes=[c[:12] for c in (data.classes or [])] or None, stats=exp.data.recipe, size=1.1)
 
+# %% ../nbs/api/40c_run_tables.ipynb #6af63965
+def progress_plan(
+    exp: TableExperiment,          # the table
+    seed: int,                     # the repeat
+    n_train: int,                  # training images
+    device: str = "auto",
+    num_workers: int | None = None,
+) -> list[dict]:                   # per cell, in order: epochs, steps (per epoch), batch_size
+    "What each cell of a table will train, for the run's progress file (msabn.progress): its weight is the images it trains on."
+    out = []
+    for column, row in exp.cells():
+        cfg = exp.train_config(column, row, seed, device, num_workers)
+        out.append({"epochs": cfg.epochs, "steps": steps_per_epoch(n_train, cfg.batch_size, cfg.limit_train_batches), "batch_size": cfg.batch_size})
+    return out
+
 # %% ../nbs/api/40c_run_tables.ipynb #14de65ef
 def run_table(
     exp: TableExperiment | str,      # the table (or its name, with `preset`)
@@ -184,17 +201,23 @@ def run_table(
     t0 = time.perf_counter()
     folder, fp = start_results(exp, seed, runs_dir, device, log)
     data, head, records = load_splits(exp.data, data_root), exp.data.eval_splits[0], []
-    for column, row in exp.cells():
+    plan = progress_plan(exp, seed, len(data["train"]), device, num_workers)
+    pf = ProgressFile(folder / PROGRESS_FILE, [p["epochs"] * p["steps"] * p["batch_size"] for p in plan])
+    for k, ((column, row), p) in enumerate(zip(exp.cells(), plan), 1):
         t = time.perf_counter()
-        rec = train_cell(exp, column, row, seed, data, cell_folder(folder, column.backbone, row.name), device, num_workers, log)
+        pf.begin(k, f"{row.name} {column.backbone}", **p)
+        rec = train_cell(exp, column, row, seed, data, cell_folder(folder, column.backbone, row.name), device, num_workers, log, pf.on_step)
         records.append(rec)
+        pf.end(f"acc@{head} {rec[f'acc@{head}']:.2f}")
         log(f"{dry_tag(exp)}{exp.name} seed {seed}: {column.paper} ({column.backbone}) {row.name}: acc@{head} {rec[f'acc@{head}']:.2f} "
             f"({time.perf_counter() - t:.0f} s)")
     _write_history(records, folder)
     fig = attention_picture(folder, exp, data[head])
     fig.savefig(folder / "attention.png", dpi=72, bbox_inches="tight"); plt.close(fig)
-    return write_results(folder, fp, exp, seed, {"cells": records, "splits": list(exp.data.eval_splits),
-                                                 "data": {k: len(v) for k, v in data.items()}}, t0)
+    metrics = write_results(folder, fp, exp, seed, {"cells": records, "splits": list(exp.data.eval_splits),
+                                                    "data": {k: len(v) for k, v in data.items()}}, t0)
+    pf.finish()
+    return metrics
 
 def results_frame(
     metrics: dict,                   # a table run's metrics.json

@@ -10,7 +10,7 @@ import errno
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -22,7 +22,8 @@ from filelock import FileLock, Timeout
 from .configs import DEPENDS, PRESETS, TEMPLATES, get_experiment, resolve_name
 from .core import get_device
 from .experiment_data import check_data
-from .overrides import BY_KEY, DRY_RUN_KEYS, overrides_label, parse_overrides, with_overrides
+from .overrides import BY_KEY, DRY_RUN_KEYS, overrides_label, parse_overrides, variant, with_overrides
+from .progress import PROGRESS_FILE, ProgressView, watch
 from .run_folders import experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state, write_status
 
 # %% auto #0
@@ -132,34 +133,46 @@ class _Batch:
     force: bool
     log: Callable[[str], None]
     overrides: Mapping[str, str] = field(default_factory=dict)   # parse_overrides' (the same for every run of the batch)
+    progress: bool = True   # draw each run's progress file while it works (msabn.progress)
 
-def _run_one(b: _Batch, name: str, seed: int) -> dict:
+@contextmanager
+def _shown(b: _Batch, folder: Path, head: str) -> Iterator[None]:
+    "While a template runs: its progress file drawn on stdout from a background thread; removed once the run is over."
+    path = folder / PROGRESS_FILE
+    path.unlink(missing_ok=True)   # a killed run's: not this run's progress
+    try:
+        with watch(path, ProgressView(head)) if b.progress else nullcontext(): yield
+    finally:
+        with suppress(OSError): path.unlink()   # shown; one left behind is harmless (the next run of this folder removes it)
+
+def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
     "One (experiment, seed): skipped when complete, else made room for, executed and recorded in status.json."
     exp = with_overrides(get_experiment(name, b.preset), b.overrides)
     folder, fp, nb = experiment_folder(b.runs_dir, exp, seed), fingerprint(exp, seed), f"{TEMPLATES[name]}.ipynb"
     what = f"{name} seed {seed}" + (f" [{overrides_label(exp)}]" if exp.overrides else "")
-    state = run_state(folder, fp)
+    state, at = run_state(folder, fp), f"{k}/{n}"   # the k-th of the batch's n runs
     entry = {"experiment": name, "seed": seed, "found": state, "folder": folder}
     if state == "complete" and not b.force:
-        b.log(f"[skip] {what}: complete in {folder.relative_to(b.runs_dir.parent)}")
+        b.log(f"[skip {at}] {what}: complete in {folder.relative_to(b.runs_dir.parent)}")
         return {**entry, "result": "skipped", "seconds": 0.0}
-    b.log(f"[run] {what}{_make_room(folder, state, b.force)}")
+    b.log(f"[run {at}] {what}{_make_room(folder, state, b.force)}")
     folder.mkdir(parents=True, exist_ok=True)
     write_status(folder, "running", fp, notebook=nb)
     t0 = time.perf_counter()
     try:
-        execute_template(name=name, preset=b.preset, seed=seed, runs_dir=b.runs_dir, data_root=b.data_root, device=b.device,
-                         num_workers=b.num_workers, templates=b.templates, threads=b.threads,
-                         **({"overrides": dict(b.overrides)} if b.overrides else {}))
+        with _shown(b, folder, f"[{at}] {name} {variant(exp)} seed {seed}"):
+            execute_template(name=name, preset=b.preset, seed=seed, runs_dir=b.runs_dir, data_root=b.data_root, device=b.device,
+                             num_workers=b.num_workers, templates=b.templates, threads=b.threads,
+                             **({"overrides": dict(b.overrides)} if b.overrides else {}))
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
     except Exception as e:
         err = _short_error(e)
         write_status(folder, "failed", fp, error=err)
-        b.log(f"[FAILED] {what}: {err}\n         see {folder / nb}; going on")
+        b.log(f"[FAILED {at}] {what}: {err}\n         see {folder / nb}; going on")
         return {**entry, "result": "failed", "seconds": time.perf_counter() - t0, "error": err}
     wall = time.perf_counter() - t0
     write_status(folder, "complete", fp, wall_seconds=round(wall, 1))
-    b.log(f"[done] {what} in {wall:.0f} s")
+    b.log(f"[done {at}] {what} in {wall:.0f} s")
     return {**entry, "result": "complete", "seconds": wall}
 
 # %% ../nbs/api/40e_runner.ipynb #19bb3e5d
@@ -187,6 +200,7 @@ def run_experiments(
     threads: int | None = None,           # torch CPU threads in each run (None: torch's default)
     log: Callable[[str], None] = print,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,  # settings changed from the preset's (msabn.overrides)
+    progress: bool = True,                # show which run, cell, epoch, img/s and ETA while each works (stdout; msabn.progress)
 ) -> list[dict]:                          # per run: experiment, seed, state found, what happened, seconds, error
     "Execute the templates of the given experiments for every seed, skipping complete runs, going on after failures."
     todo, ov = plan(names, preset, seeds), parse_overrides(overrides)
@@ -197,14 +211,14 @@ def run_experiments(
     tdir = Path(templates).resolve() if templates else templates_dir()
     check_templates(tdir, list(exps))
     b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,
-               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov)
+               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov, progress=progress)
     report = []
     with _lock(b.runs_dir):
-        for name, seed in todo:
+        for k, (name, seed) in enumerate(todo, 1):
             failed = [d for d in DEPENDS.get(name, ()) if any(r["result"] == "failed" and (r["experiment"], r["seed"]) == (d, seed) for r in report)]
-            if not failed: report.append(_run_one(b, name, seed)); continue
+            if not failed: report.append(_run_one(b, name, seed, k, len(todo))); continue
             err = f"not run: {', '.join(failed)} seed {seed} failed in this batch"
-            log(f"[FAILED] {name} seed {seed}: {err}")
+            log(f"[FAILED {k}/{len(todo)}] {name} seed {seed}: {err}")
             report.append({"experiment": name, "seed": seed, "found": None, "folder": experiment_folder(b.runs_dir, exps[name], seed),
                            "result": "failed", "seconds": 0.0, "error": err})
     return report
@@ -221,6 +235,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the preset's)")
     ap.add_argument("--templates", default=None, help="the templates' folder (default: the clone's nbs/experiments)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's; 1 helps on a busy machine)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress display: only a line per run (default: the run, cell, "
+                    "epoch, img/s and ETA, in place on a terminal, a line per epoch and cell otherwise)")
     ap.add_argument("--force", action="store_true", help="redo complete runs too (their old files are kept aside, not deleted)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help=f"change a setting of the preset (repeatable); keys: {', '.join(BY_KEY)} (docs: Running on a GPU / on your data)")
@@ -299,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
                               device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads,
-                              overrides=cli_overrides(a))
+                              overrides=cli_overrides(a), progress=not a.no_progress)
     except KeyboardInterrupt:
         print("msabn_run: interrupted; the run in progress is half-written: the same command redoes it, keeping its finished cells",
               file=sys.stderr)

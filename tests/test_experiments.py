@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import ast
 import errno
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from msabn.datasets import write_cub_fixture
 from msabn.experiments import (TEMPLATES, data_folder, fingerprint, get_experiment, main as run_main, run_experiments,
                                run_folder, run_state, write_status)
 from msabn.report import collect_runs, main as report_main, table_frame, write_table_run
+from msabn.progress import PROGRESS_FILE, ProgressFile
 from msabn.transforms import train_transform
 
 TEMPLATE_DIR = ROOT / "nbs" / "experiments"
@@ -58,9 +63,12 @@ def test_console_scripts_are_declared():
 # --- every template through papermill, on the tiny preset ------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    "Every experiment of the tiny preset, run once through papermill (one torch thread: robust on a busy machine)."
+    "Every experiment of the tiny preset, run once through papermill (one torch thread: robust on a busy machine); what it showed in progress.txt."
     base = tmp_path_factory.mktemp("tiny")
-    rep = run_experiments(["all"], "tiny", runs_dir=base / "runs", data_root=base / "data", threads=1, log=QUIET)
+    shown = io.StringIO()
+    with redirect_stdout(shown):   # the progress display writes to stdout: here not a terminal, so plain lines
+        rep = run_experiments(["all"], "tiny", runs_dir=base / "runs", data_root=base / "data", threads=1, log=QUIET)
+    (base / "progress.txt").write_text(shown.getvalue())
     return base, rep
 
 
@@ -107,6 +115,23 @@ def test_report_from_the_tiny_runs(tiny_runs, tmp_path):
     index = (tmp_path / "pf" / "README.md").read_text()
     assert "msabn_run all --preset tiny --seeds 0 && msabn_report --preset tiny --seeds 0" in index
     for t in TEMPLATES.values(): assert f"{t}.md" in index
+
+
+def test_every_template_shows_its_progress_and_leaves_no_progress_file(tiny_runs):
+    base, _ = tiny_runs
+    lines = (base / "progress.txt").read_text().splitlines()
+    assert lines and "\r" not in "".join(lines), "not a terminal: plain lines, no bar"
+    for k, name in enumerate(TEMPLATES, 1):
+        mine = [l for l in lines if l.startswith(f"[{k}/{len(TEMPLATES)}] {name} tiny seed 0: ")]
+        exp = get_experiment(name, "tiny")
+        if exp.kind == "table":
+            n = len(exp.cells())
+            assert sum(": cell " in l and " done: acc@" in l for l in mine) == n, (name, mine)
+            assert sum(bool(re.search(r": 1 epoch of \d+ steps?$", l)) for l in mine) == n and sum(": epoch 1/1 · " in l for l in mine) == n, (name, mine)
+        else:
+            unit = "panel" if exp.kind == "attention_figure" else "curve"
+            assert any(f": {unit} 1/" in l and " done" in l for l in mine), (name, mine)
+        assert not (run_folder(base / "runs", "tiny", name, 0) / PROGRESS_FILE).exists(), f"{name}: the runner removes the display's file"
 
 
 def test_second_run_skips_complete_runs(tiny_runs):
@@ -546,3 +571,66 @@ def test_a_run_made_from_python_counts_as_complete(tmp_path, monkeypatch):
     assert rep[0]["result"] == "skipped"
     recs, _ = collect_runs(tmp_path / "runs", "tiny")
     assert [r.name for r in recs] == ["table1"]
+
+
+# --- progress a person can watch (issue 11) --------------------------------------------------------------------
+def _in_process_with(overrides_seen=None):
+    "An execute_template that runs the template's work in this process (real training, its progress file included), overrides too."
+    def run(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None, overrides=None):
+        from msabn.experiments import run_experiment
+        run_experiment(name, preset=preset, seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=QUIET, overrides=overrides)
+        return run_folder(runs_dir, preset, name, seed) / f"{TEMPLATES[name]}.ipynb"
+    return run
+
+
+def test_progress_is_a_line_per_cell_and_epoch_and_changes_no_result(tmp_path, monkeypatch, capsys):
+    "Before: one line per run, nothing while it trained. Now, not on a terminal: each cell's start, each epoch's end, each cell's end."
+    monkeypatch.setattr(RUNNER, "execute_template", _in_process_with())
+    argv = ["table1", "--preset", "tiny", "--set", "epochs=2", "--data-root", str(tmp_path / "data")]
+    assert run_main(argv + ["--runs-dir", str(tmp_path / "shown")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = [l for l in lines if l.startswith("[1/1] table1 tiny+")]
+    cells = get_experiment("table1", "tiny").cells()
+    assert len(shown) == 4 * len(cells), lines   # start, epoch 1/2, epoch 2/2, done: per cell, never per step (2 steps an epoch)
+    for k, (column, row) in enumerate(cells, 1):
+        mine = [l.split(" seed 0: ", 1)[1] for l in shown if f": cell {k}/{len(cells)} {row.name} {column.backbone}" in l]
+        assert [m.split(" · ")[0].split(" done")[0] for m in mine] == [f"cell {k}/4 {row.name} {column.backbone}: 2 epochs of 2 steps",
+               f"cell {k}/4 {row.name} {column.backbone}: epoch 1/2", f"cell {k}/4 {row.name} {column.backbone}: epoch 2/2",
+               f"cell {k}/4 {row.name} {column.backbone}"], mine
+        assert " img/s · cell ETA " in mine[1] and " · run ETA ~" in mine[1] and " done: acc@test_iid " in mine[3], mine
+    assert lines[0].startswith("[run 1/1] table1 seed 0") and lines[-2].startswith("[done 1/1] table1 seed 0"), lines
+    assert not list((tmp_path / "shown").rglob(PROGRESS_FILE)), "the display's file is removed once shown"
+    assert run_main(argv + ["--runs-dir", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert "cell 1/4" not in capsys.readouterr().out
+    a, b = (load_json(next((tmp_path / d).glob("tiny+*/table1/seed0")) / "metrics.json") for d in ("shown", "quiet"))
+    assert a["fingerprint"] == b["fingerprint"] and [c["acc@test"] for c in a["cells"]] == [c["acc@test"] for c in b["cells"]]
+
+
+def test_a_broken_progress_file_is_ignored(tmp_path, monkeypatch, capsys):
+    "A progress file that is not JSON, cut short or not an object shows nothing and breaks nothing."
+    stub = _stub_template()
+    def broken(name, preset, seed, runs_dir, **kw):
+        folder = run_folder(runs_dir, preset, name, seed)
+        for junk in ("{not json", '{"k": 1, "events": [{"seq": 1, "te', "[1, 2, 3]", '{"k": "x", "n": null, "events": "no"}'):
+            (folder / PROGRESS_FILE).write_text(junk); time.sleep(0.6)   # the display reads it every second
+        return stub(name, preset, seed, runs_dir, **kw)
+    monkeypatch.setattr(RUNNER, "execute_template", broken)
+    assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 0
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err + cap.out and not any(l.startswith("[1/1]") for l in cap.out.splitlines()), cap
+    assert load_json(run_folder(tmp_path / "runs", "tiny", "table1", 0) / "status.json")["status"] == "complete"
+    assert not (run_folder(tmp_path / "runs", "tiny", "table1", 0) / PROGRESS_FILE).exists()
+
+
+def test_ctrl_c_while_progress_is_shown_still_exits_130(tmp_path, monkeypatch, capsys):
+    def interrupted(name, preset, seed, runs_dir, **kw):
+        folder = run_folder(runs_dir, preset, name, seed)
+        pf = ProgressFile(folder / PROGRESS_FILE, [1.0, 1.0]); pf.begin(1, "Base resnet20", epochs=1, steps=2, batch_size=16)
+        time.sleep(1.5)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(RUNNER, "execute_template", interrupted)
+    assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 130
+    cap = capsys.readouterr()
+    assert "[1/1] table1 tiny seed 0: cell 1/2 Base resnet20: 1 epoch of 2 steps" in cap.out and "interrupted" in cap.err, cap
+    assert not any(t.name == "msabn-progress" for t in threading.enumerate()), "the display's thread ends with the run"
+    assert not (run_folder(tmp_path / "runs", "tiny", "table1", 0) / PROGRESS_FILE).exists()
