@@ -40,6 +40,7 @@ def init_weights(
 
 # %% ../nbs/api/10_backbones.ipynb #f2acf9de
 CIFAR_RESNETS = {  # name -> (depth, block type of the official ABN code: bottleneck from depth 44 on)
+    "resnet8": (8, "basic"), "resnet14": (14, "basic"),  # smaller than the paper's: the smoke preset's stand-ins
     "resnet20": (20, "basic"), "resnet32": (32, "basic"),
     "resnet44": (44, "bottleneck"), "resnet56": (56, "bottleneck"), "resnet110": (110, "bottleneck"),
 }
@@ -260,7 +261,7 @@ PAPER_TIMM = ("resnet50", "resnet101", "resnext50_32x4d", "efficientnet_b1", "ef
 
 def list_backbones() -> list[str]:
     "The backbone names of the paper: the CIFAR ResNets and the timm CNNs (any other timm CNN works too)."
-    return list(CIFAR_RESNETS) + list(PAPER_TIMM)
+    return [n for n, (depth, _) in CIFAR_RESNETS.items() if depth >= 20] + list(PAPER_TIMM)  # not the smoke-only 8, 14
 
 def create_backbone(
     name: str,                # "resnet20"/"resnet56"/"resnet110"/... (CIFAR) or a timm CNN name

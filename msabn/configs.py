@@ -22,7 +22,7 @@ __all__ = ['CATALOG', 'INFO', 'TEMPLATES', 'TITLES', 'TITLES_SHORT', 'DEPENDS', 
            'FINE_ROWS', 'PAPER_RECIPES', 'FIG1_ROWS', 'FIG8_9_FIGURES', 'SMOKE_SIZES', 'TINY_SIZES', 'PRESETS',
            'EXPERIMENTS', 'slugify', 'short_hash', 'Row', 'Column', 'DataSpec', 'geometric_fractions',
            'TableExperiment', 'AttentionFigure', 'CopyReplaceFigure', 'ExperimentInfo', 'paper_preset', 'ScaledSizes',
-           'scaled_preset', 'list_experiments', 'resolve_name', 'get_experiment', 'describe']
+           'scaled_preset', 'list_experiments', 'resolve_name', 'get_experiment', 'sources_of', 'describe']
 
 # %% ../nbs/api/40_configs.ipynb #9b46bb38
 def slugify(name: str) -> str:
@@ -249,11 +249,17 @@ class ScaledSizes:
     fractions: tuple[float, ...]      # Figs. 8/9: the shares of training images annotated
     finetune_epochs: int              # Figs. 8/9
     finetune_seeds: tuple[int, ...]   # Figs. 8/9: fine-tuning repeats per model
+    fig_sources: tuple[str, ...] = _FINE  # the tables whose models Figs. 1/8/9 show (the paper's: Tables 4 and 5)
+    fig_rows: tuple[str, ...] = FIG1_ROWS  # Fig. 1's models, left to right
+    finetune_row: str = "MSABN"           # Figs. 8/9: the source row that is fine-tuned
 
-SMOKE_SIZES = ScaledSizes(seeds=(0,), resnet="resnet20", effnet=None, n_train=600, n_test=300, epochs=4, batch=32, batch_fine=16,
-                          fine_size=32, n_train_fine=400, epochs_fine=4, fractions=(0.2, 1.0), finetune_epochs=2, finetune_seeds=(0,))
-TINY_SIZES = replace(SMOKE_SIZES, effnet="tinynet_e", n_train=32, n_test=8, epochs=1, batch=16, n_train_fine=32, epochs_fine=1,
-                     fractions=(0.5, 1.0), finetune_epochs=1)
+SMOKE_SIZES = ScaledSizes(  # calibrated on the Base model alone (msabn.synthetic, "Calibration"), then frozen
+    seeds=(0, 1, 2), resnet="resnet8", effnet=None, n_train=1000, n_test=1000, epochs=4, batch=32, batch_fine=32,
+    fine_size=32, n_train_fine=1000, epochs_fine=4, fractions=(0.5, 1.0), finetune_epochs=2, finetune_seeds=(0,),
+    fig_sources=("table1",), fig_rows=tuple(r.name for r in CIFAR_ROWS), finetune_row="MSABN g·(1+A)")
+TINY_SIZES = replace(SMOKE_SIZES, seeds=(0,), resnet="resnet20", effnet="tinynet_e", n_train=32, n_test=8, epochs=1, batch=16, batch_fine=16,
+                     n_train_fine=32, epochs_fine=1, fractions=(0.5, 1.0), finetune_epochs=1,
+                     fig_sources=_FINE, fig_rows=FIG1_ROWS, finetune_row="MSABN")
 
 def _recipe(epochs: int, batch_size: int, weight_decay: float, milestones: tuple[float, ...], **kw) -> TrainConfig:
     "A smoke-like recipe: the paper's SGD and step decay, evaluated once at the end."
@@ -269,9 +275,9 @@ def _synthetic(sizes: ScaledSizes, stands_for: str, recipe: str, input_size: int
                     stands_for=stands_for)
 
 def _fine_synthetic(sizes: ScaledSizes, stands_for: str, **seed) -> DataSpec:
-    "The fine-grained birds of Tables 4/5 (drawn at 64 px, fed at `fine_size`); Table 5's is a second draw (seed=1)."
-    return _synthetic(sizes, stands_for, "fine_grained", sizes.fine_size, size=64, num_classes=10, fine_grained=True,
-                      clutter=2.0, n_train=sizes.n_train_fine, **seed)
+    "The fine-grained birds of Tables 4/5 (drawn at the input size, `fine_size`); Table 5's is a second draw (seed=1)."
+    return _synthetic(sizes, stands_for, "fine_grained", sizes.fine_size, size=sizes.fine_size, num_classes=10, fine_grained=True,
+                      clutter=1.0, scale=(0.6, 0.8), n_train=sizes.n_train_fine, **seed)
 
 # %% ../nbs/api/40_configs.ipynb #9b4f433a
 def scaled_preset(
@@ -297,8 +303,9 @@ def scaled_preset(
                          data=_fine_synthetic(S, "CUB-200-2011")),
         "table5": _table("table5", preset, columns=(resnet("ResNet-50"),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
                          data=_fine_synthetic(S, "Stanford Cars", seed=1)),
-        "fig1": _figure(AttentionFigure, "fig1", preset, sources=INFO["fig1"].depends, rows=FIG1_ROWS, seeds=S.seeds),
-        "fig8_9": _figure(CopyReplaceFigure, "fig8_9", preset, sources=FIG8_9_FIGURES, lambdas=None, fractions=S.fractions,
+        "fig1": _figure(AttentionFigure, "fig1", preset, sources=S.fig_sources, rows=S.fig_rows, seeds=S.seeds),
+        "fig8_9": _figure(CopyReplaceFigure, "fig8_9", preset, sources={t: FIG8_9_FIGURES.get(t, "Figs. 8/9") for t in S.fig_sources},
+                          row=S.finetune_row, lambdas=None, fractions=S.fractions,
                           finetune=_recipe(S.finetune_epochs, S.batch_fine, 1e-4, (0.5, 0.75)),
                           finetune_seeds=S.finetune_seeds, seeds=S.seeds, eval_split="test"),
     }
@@ -328,6 +335,10 @@ def get_experiment(
     return EXPERIMENTS[preset][resolve_name(name)]
 
 # %% ../nbs/api/40_configs.ipynb #2164fe51
+def sources_of(exp) -> tuple[str, ...]:
+    "The tables whose run folders an experiment reads (a figure's sources under its preset; none for a table)."
+    return tuple(getattr(exp, "sources", None) or ())
+
 def describe(exp) -> pd.DataFrame:
     "One line per trained cell (tables) or the figure's settings, as a DataFrame."
     if exp.kind != "table":

@@ -11,13 +11,15 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .batched import BATCHED_RECIPES, decode
 from .configs import DataSpec, short_hash
 from .datasets import DATA_LAYOUTS, data_present, get_dataset
 from .synthetic import SyntheticConfig, make_synthetic
 from .transforms import eval_transform, train_transform
 
 # %% auto #0
-__all__ = ['DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'ClassSubset', 'load_splits']
+__all__ = ['MEMORY_BUDGET', 'DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'ClassSubset',
+           'fits_in_memory', 'load_splits']
 
 # %% ../nbs/api/40a_experiment_data.ipynb #14066885
 class DataMissingError(FileNotFoundError):
@@ -80,10 +82,18 @@ class ClassSubset(Dataset):
         return item
 
 # %% ../nbs/api/40a_experiment_data.ipynb #3c296665
+MEMORY_BUDGET = 2 * 2**30  # bytes: the decoded uint8 pixels of all of a table's splits together
+
+def fits_in_memory(spec: DataSpec, splits: dict[str, Dataset]) -> bool:
+    "Whether a table's splits are decoded once into memory: a recipe with batch-wise augmentation, all splits under MEMORY_BUDGET."
+    pixels = sum(len(d) for d in splits.values()) * 3 * spec.size ** 2
+    return spec.recipe in BATCHED_RECIPES and pixels <= MEMORY_BUDGET
+
 def load_splits(
     spec: DataSpec,                 # the data of a table
     data_root: str | Path,          # the folder holding the datasets (the embedded data are made there)
     train_augment: bool = True,     # the training split with the recipe's augmentation (False: its evaluation pipeline)
+    decoded: bool = False,          # decode the splits once into memory where they fit (what a table trains on)
 ) -> dict[str, Dataset]:            # "train" and every split of spec.eval_splits
     "The datasets of a table: made (embedded data) or read (real data), transformed by the table's recipe."
     root = data_folder(spec, data_root)
@@ -98,4 +108,6 @@ def load_splits(
         if len(spec.keep_fractions) != out["train"].num_classes:
             raise ValueError(f"keep_fractions has {len(spec.keep_fractions)} entries; the dataset has {out['train'].num_classes} classes")
         out = {k: ClassSubset(d, keep_by_class(d.targets, spec.keep_fractions)) for k, d in out.items()}
+    if decoded and fits_in_memory(spec, out):
+        out = {k: decode(d, spec.recipe, spec.size, train=k == "train" and train_augment) for k, d in out.items()}
     return out

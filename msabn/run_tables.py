@@ -200,7 +200,7 @@ def run_table(
         raise ValueError(f"{exp.name} is a figure, not a table: use run_experiment({exp.name!r}, ...) (or run_attention_figure / run_copy_replace)")
     t0 = time.perf_counter()
     folder, fp = start_results(exp, seed, runs_dir, device, log)
-    data, head, records = load_splits(exp.data, data_root), exp.data.eval_splits[0], []
+    data, head, records = load_splits(exp.data, data_root, decoded=True), exp.data.eval_splits[0], []
     plan = progress_plan(exp, seed, len(data["train"]), device, num_workers)
     pf = ProgressFile(folder / PROGRESS_FILE, [p["epochs"] * p["steps"] * p["batch_size"] for p in plan])
     for k, ((column, row), p) in enumerate(zip(exp.cells(), plan), 1):

@@ -19,11 +19,11 @@ import papermill as pm
 import torch
 from filelock import FileLock, Timeout
 
-from .configs import DEPENDS, PRESETS, TEMPLATES, get_experiment, resolve_name
+from .configs import PRESETS, TEMPLATES, get_experiment, resolve_name, sources_of
 from .core import get_device
 from .experiment_data import check_data
 from .overrides import BY_KEY, DRY_RUN_KEYS, overrides_label, parse_overrides, variant, with_overrides
-from .progress import PROGRESS_FILE, ProgressView, watch
+from .progress import PROGRESS_FILE, ProgressView, machine_figure, watch
 from .run_folders import experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state, write_status
 
 # %% auto #0
@@ -59,7 +59,7 @@ def plan(
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     wanted = list(TEMPLATES) if "all" in names else [resolve_name(n) for n in names]
     if not wanted: raise ValueError(f"no experiment given; valid names: {', '.join(TEMPLATES)}, or 'all'")
-    for n in list(wanted): wanted += [d for d in DEPENDS.get(n, ()) if d not in wanted]
+    for n in list(wanted): wanted += [d for d in sources_of(get_experiment(n, preset)) if d not in wanted]
     out = []
     for n in (n for n in TEMPLATES if n in wanted):
         exp = get_experiment(n, preset)
@@ -215,7 +215,7 @@ def run_experiments(
     report = []
     with _lock(b.runs_dir):
         for k, (name, seed) in enumerate(todo, 1):
-            failed = [d for d in DEPENDS.get(name, ()) if any(r["result"] == "failed" and (r["experiment"], r["seed"]) == (d, seed) for r in report)]
+            failed = [d for d in sources_of(exps[name]) if any(r["result"] == "failed" and (r["experiment"], r["seed"]) == (d, seed) for r in report)]
             if not failed: report.append(_run_one(b, name, seed, k, len(todo))); continue
             err = f"not run: {', '.join(failed)} seed {seed} failed in this batch"
             log(f"[FAILED {k}/{len(todo)}] {name} seed {seed}: {err}")
@@ -312,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = check_args(a)
     for line in bad: print(f"msabn_run: {line}", file=sys.stderr)
     if bad: return 2
+    if a.threads: torch.set_num_threads(a.threads)
+    print(f"msabn_run: machine figure {machine_figure():.0f} img/s (the bare Base ResNet-20 train step, 32 px, batch 128, "
+          f"{torch.get_num_threads()} threads; the README's times are for about 200 img/s: scale them by 200 / this)")
     try:
         rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
                               device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads,

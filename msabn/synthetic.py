@@ -23,15 +23,17 @@ from PIL import Image, ImageDraw
 from .core import save_json
 
 # %% auto #0
-__all__ = ['GENERATOR_VERSION', 'SHAPES', 'FILLS', 'FINE_PARTS', 'HABITAT_PATTERNS', 'SPLIT_CODES', 'SYNTHETIC_PRESETS',
-           'OBJECT_COLOURS', 'CLUTTER_COLOURS', 'SHAPE_PARTS', 'BIRD_PARTS', 'max_classes', 'SyntheticConfig',
-           'class_attributes', 'class_name', 'habitat_style', 'split_plan', 'render_image', 'make_synthetic']
+__all__ = ['GENERATOR_VERSION', 'SHAPES', 'FILLS', 'COLOUR_NAMES', 'FINE_PARTS', 'HABITAT_PATTERNS', 'SPLIT_CODES',
+           'SYNTHETIC_PRESETS', 'OBJECT_COLOURS', 'CLASS_COLOURS', 'BODY_COLOURS', 'PART_COLOURS', 'CLUTTER_COLOURS',
+           'SHAPE_PARTS', 'BIRD_PARTS', 'max_classes', 'SyntheticConfig', 'class_attributes', 'class_name',
+           'habitat_style', 'split_plan', 'render_image', 'make_synthetic']
 
 # %% ../nbs/api/02_synthetic.ipynb #768f498e
-GENERATOR_VERSION = 1  # bump when a change to the drawing code changes the files a config produces
+GENERATOR_VERSION = 2  # bump when a change to the drawing code changes the files a config produces (2: calibrated, see below)
 
 SHAPES = ("disk", "square", "triangle", "diamond", "plus", "cross", "star", "ring", "hexagon", "heart")
 FILLS = ("solid", "striped", "spotted")
+COLOUR_NAMES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white", "pink", "brown")
 FINE_PARTS = {"tail": ("round", "fork", "pointed"), "crest": ("none", "spike", "double"),
               "wing": ("plain", "bar", "spot"), "cap": ("plain", "dark")}
 HABITAT_PATTERNS = ("plain", "hstripes", "vstripes", "checker", "dots", "grid")
@@ -39,21 +41,21 @@ SPLIT_CODES = {"train": 0, "test": 1, "test_iid": 2}
 _FINE_COMBOS = list(itertools.product(*FINE_PARTS.values()))
 
 def max_classes(fine_grained: bool) -> int:
-    "How many classes a mode can draw: 30 silhouettes x fills, or 54 bird-part combinations."
+    "How many classes a mode can draw: 30 coloured silhouettes x fills, or 54 bird-part combinations."
     return len(_FINE_COMBOS) if fine_grained else len(SHAPES) * len(FILLS)
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     "Everything that decides the benchmark's files; the folder records it in synthetic.json."
-    size: int = 32                            # image side in pixels (32 CIFAR-like, 64-128 fine-grained)
+    size: int = 32                            # image side in pixels (the network's input side: 32 for both presets)
     num_classes: int = 10                     # classes (coarse: up to 30, fine-grained: up to 54)
     n_train: int = 2000                       # training images
     n_test: int = 1000                        # shifted test images (habitat independent of class)
     n_test_iid: int = 1000                    # in-distribution test images (habitat as in training)
-    spurious: float = 0.5                     # probability that a train/test_iid image shows its class's habitat
+    spurious: float = 0.8                     # probability that a train/test_iid image shows its class's habitat
     fine_grained: bool = False                # classes differ in small bird parts instead of silhouettes
-    clutter: float = 1.0                      # mean number of distractors (twigs, tufts, pebbles) per image
-    scale: tuple[float, float] = (0.2, 0.6)   # object size as a fraction of the image side
+    clutter: float = 0.5                      # mean number of distractors (twigs, tufts, pebbles) per image
+    scale: tuple[float, float] = (0.35, 0.7)  # object size as a fraction of the image side
     seed: int = 0                             # the same seed (and settings) gives byte-identical files
     supersample: int = 0                      # drawing resolution factor; 0 = auto (4 up to 48 px, else 2)
 
@@ -84,8 +86,8 @@ class SyntheticConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 SYNTHETIC_PRESETS = {
-    "cifar": SyntheticConfig(),  # 32 px, 10 silhouettes
-    "fine_grained": SyntheticConfig(size=64, fine_grained=True, clutter=2.0),  # 64 px, 10 bird-part classes
+    "cifar": SyntheticConfig(),  # 32 px, 10 coloured silhouettes
+    "fine_grained": SyntheticConfig(fine_grained=True, clutter=1.0, scale=(0.6, 0.8)),  # 32 px, 10 bird-part classes
 }
 
 # %% ../nbs/api/02_synthetic.ipynb #0f7494d2
@@ -93,15 +95,17 @@ def class_attributes(
     num_classes: int,     # K
     fine_grained: bool,   # bird parts (True) or silhouettes (False)
 ) -> list[dict]:          # one dict of attribute values per class
-    "The attributes that define each class: shape and fill (coarse), or tail, crest, wing and cap (fine-grained)."
+    "The attributes that define each class: colour, shape and fill (coarse), or tail, crest, wing and cap (fine-grained)."
     if fine_grained:
         n = len(_FINE_COMBOS)
         return [dict(zip(FINE_PARTS, _FINE_COMBOS[k * n // num_classes])) for k in range(num_classes)]
-    return [{"shape": SHAPES[k % len(SHAPES)], "fill": FILLS[k // len(SHAPES)]} for k in range(num_classes)]
+    n = len(COLOUR_NAMES)  # classes that share a silhouette (k, k + 10, k + 20) differ in colour too
+    return [{"colour": COLOUR_NAMES[(k + 3 * (k // n)) % n], "shape": SHAPES[k % len(SHAPES)], "fill": FILLS[k // len(SHAPES)]}
+            for k in range(num_classes)]
 
 def class_name(attrs: dict) -> str:
-    "A class's folder-friendly name, e.g. 'star' or 'tail-fork_crest-none_wing-bar_cap-plain'."
-    if "shape" in attrs: return attrs["shape"] if attrs["fill"] == "solid" else f"{attrs['shape']}-{attrs['fill']}"
+    "A class's folder-friendly name, e.g. 'red-star', 'green-disk-striped' or 'tail-fork_crest-none_wing-bar_cap-plain'."
+    if "shape" in attrs: return "-".join([attrs["colour"], attrs["shape"]] + ([] if attrs["fill"] == "solid" else [attrs["fill"]]))
     return "_".join(f"{k}-{v}" for k, v in attrs.items())
 
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
@@ -116,7 +120,15 @@ def habitat_style(
 
 # %% ../nbs/api/02_synthetic.ipynb #d5a9034d
 OBJECT_COLOURS = ((220, 40, 40), (240, 140, 20), (240, 220, 40), (60, 180, 60), (40, 180, 200),
-                  (50, 80, 220), (150, 60, 200), (235, 235, 235), (240, 120, 170))
+                  (50, 80, 220), (150, 60, 200), (235, 235, 235), (240, 120, 170))  # the birds' bodies: any of these
+CLASS_COLOURS = dict(zip(COLOUR_NAMES, OBJECT_COLOURS + ((120, 70, 30),)))  # a coarse class's own colour
+BODY_COLOURS = ((150, 130, 110), (120, 140, 160), (170, 160, 120), (140, 110, 140), (110, 140, 110), (180, 150, 130))  # muted
+PART_COLOURS = {  # a bird's class-deciding parts: each kind in a vivid colour no body has (None: the body's own colour)
+    "tail": {"round": None, "fork": (240, 200, 0), "pointed": (0, 170, 80)},
+    "crest": {"spike": (220, 30, 30), "double": (30, 60, 220)},
+    "wing": {"bar": (20, 20, 20), "spot": (245, 245, 245)},
+    "cap": {"dark": (20, 20, 20)},
+}
 CLUTTER_COLOURS = ((90, 70, 50), (60, 90, 50), (120, 120, 110), (150, 130, 90), (70, 70, 80))
 _DARK, _LIGHT, _BEAK = (30, 30, 30), (240, 240, 240), (235, 150, 30)
 
@@ -146,13 +158,13 @@ BIRD_PARTS = {  # the fine-grained object, facing right; the last four entries a
     "beak": [("poly", [(0.85, 0.29), (1.0, 0.36), (0.85, 0.42)])],
     "legs": [("rect", (0.38, 0.76, 0.42, 1.0)), ("rect", (0.50, 0.76, 0.54, 1.0))],
     "eye": [("ellipse", (0.77, 0.30, 0.82, 0.36))],
-    "tail": {"round": [("ellipse", (0.0, 0.46, 0.26, 0.68))],
-             "fork": [("poly", [(0.22, 0.52), (0.0, 0.36), (0.10, 0.58), (0.0, 0.80), (0.22, 0.66)])],
-             "pointed": [("poly", [(0.24, 0.50), (0.0, 0.40), (0.24, 0.64)])]},
-    "crest": {"none": [], "spike": [("poly", [(0.68, 0.26), (0.74, 0.0), (0.80, 0.26)])],
-              "double": [("poly", [(0.62, 0.30), (0.65, 0.04), (0.71, 0.24)]), ("poly", [(0.72, 0.24), (0.79, 0.0), (0.84, 0.28)])]},
-    "wing": {"plain": [], "bar": [("rect", (0.28, 0.53, 0.62, 0.66))], "spot": [("ellipse", (0.33, 0.50, 0.51, 0.68))]},
-    "cap": {"plain": [], "dark": [("rect", (0.58, 0.18, 0.90, 0.33))]},
+    "tail": {"round": [("ellipse", (0.0, 0.40, 0.30, 0.74))],
+             "fork": [("poly", [(0.24, 0.48), (0.0, 0.28), (0.10, 0.58), (0.0, 0.88), (0.24, 0.70)])],
+             "pointed": [("poly", [(0.26, 0.44), (0.0, 0.34), (0.26, 0.70)])]},
+    "crest": {"none": [], "spike": [("poly", [(0.64, 0.30), (0.74, 0.0), (0.84, 0.30)])],
+              "double": [("poly", [(0.60, 0.32), (0.63, 0.02), (0.72, 0.26)]), ("poly", [(0.72, 0.26), (0.80, 0.0), (0.87, 0.30)])]},
+    "wing": {"plain": [], "bar": [("rect", (0.24, 0.50, 0.66, 0.68))], "spot": [("ellipse", (0.28, 0.45, 0.56, 0.75))]},
+    "cap": {"plain": [], "dark": [("rect", (0.58, 0.18, 0.90, 0.36))]},
 }
 
 class _Pen:
@@ -219,7 +231,7 @@ def _draw_object(rng: np.random.Generator, attrs: dict, fw: float, fh: float, ss
     "The object on its own layer: RGB and alpha arrays (frame fw x fh plus a margin for the outline)."
     m = 2 * ss
     lw, lh = int(math.ceil(fw)) + 2 * m, int(math.ceil(fh)) + 2 * m
-    col = OBJECT_COLOURS[int(rng.integers(len(OBJECT_COLOURS)))]
+    col = BODY_COLOURS[int(rng.integers(len(BODY_COLOURS)))] if fine else CLASS_COLOURS[attrs["colour"]]
     contrast = _DARK if sum(col) > 380 else _LIGHT
     pen = _Pen(lw, lh, m, fw, fh, flip=bool(rng.integers(2)) if fine else False)
     rgb = np.zeros((lh, lw, 3), np.uint8)
@@ -235,15 +247,16 @@ def _draw_object(rng: np.random.Generator, attrs: dict, fw: float, fh: float, ss
             dx, dy = (xx - m) % per - per // 2, (yy - m) % per - per // 2
             rgb[sil & (dx * dx + dy * dy <= (per // 4) ** 2)] = contrast
     else:
-        B = BIRD_PARTS
-        main = pen.mask(B["body"] + B["head"] + B["tail"][attrs["tail"]] + B["crest"][attrs["crest"]])
+        B, P = BIRD_PARTS, PART_COLOURS
+        body, tail, crest = pen.mask(B["body"] + B["head"]), pen.mask(B["tail"][attrs["tail"]]), pen.mask(B["crest"][attrs["crest"]])
         beak, legs = pen.mask(B["beak"]), pen.mask(B["legs"])
-        rgb[main] = col; rgb[beak] = _BEAK; rgb[legs] = _DARK
-        if attrs["wing"] != "plain":
-            rgb[pen.mask(B["body"]) & pen.mask(B["wing"][attrs["wing"]])] = _DARK if attrs["wing"] == "bar" else contrast
-        if attrs["cap"] == "dark": rgb[pen.mask(B["head"]) & pen.mask(B["cap"]["dark"])] = _DARK
+        rgb[body | tail | crest] = col; rgb[beak] = _BEAK; rgb[legs] = _DARK
+        if P["tail"][attrs["tail"]]: rgb[tail & ~body] = P["tail"][attrs["tail"]]
+        if attrs["crest"] != "none": rgb[crest & ~body] = P["crest"][attrs["crest"]]
+        if attrs["wing"] != "plain": rgb[pen.mask(B["body"]) & pen.mask(B["wing"][attrs["wing"]])] = P["wing"][attrs["wing"]]
+        if attrs["cap"] == "dark": rgb[pen.mask(B["head"]) & pen.mask(B["cap"]["dark"])] = P["cap"]["dark"]
         rgb[pen.mask(B["eye"])] = _DARK
-        sil = main | beak | legs
+        sil = body | tail | crest | beak | legs
     outline = _dilate(sil, ss) & ~sil
     rgb[outline] = _DARK
     return rgb, sil | outline

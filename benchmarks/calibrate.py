@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""The embedded benchmark's calibration, on the baseline alone (DESIGN.md, "Measuring", step 1).
+
+    python benchmarks/calibrate.py                      # both stand-ins, seeds 0 1 2 -> paper_figures/calibration/
+    python benchmarks/calibrate.py --tables table1 --seeds 0
+
+For the CIFAR-like stand-in (Table 1's smoke data) and the fine-grained one (Table 4's), exactly as the smoke preset
+makes, decodes and trains them (same backbone, recipe, sizes and seeds), it trains per seed:
+- Base: the smoke preset's Base cell;
+- Base (other init): the same, with another weight initialisation (same data order and augmentation): the pair
+  (Base, Base other init) measures the seed-to-seed spread of a paired model difference;
+- habitat probe: Base trained and tested on images whose object box is blanked (filled with mid-grey): what the
+  habitat alone gives (about `spurious` in distribution, chance on the shifted test);
+- object oracle: Base trained and tested on the object's crop (its box, resized to the input size): whether the
+  class-deciding details are learnable at the network's input size.
+and prints one line per model and split (mean ± std over seeds), the targets of issue 11 beside them, and the
+machine figure (bare Base ResNet-20 step at 32 px, batch 128). No ABN/MSABN model is trained here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from msabn.batched import MemoryImages
+from msabn.core import save_json, set_seed
+from msabn.experiments import get_experiment, load_splits
+from msabn.models import create_model
+from msabn.progress import machine_figure
+from msabn.train import evaluate, fit
+
+SPLITS = ("test_iid", "test")
+OTHER_INIT = 1000  # the other initialisation's seed offset
+
+
+def _like(d: MemoryImages, images: torch.Tensor, boxes: torch.Tensor) -> MemoryImages:
+    return MemoryImages(images, d.targets, d.classes, boxes, d.recipe, d.train, split=d.split, name=d.name)
+
+
+def blanked(d: MemoryImages) -> MemoryImages:
+    "The habitat probe's images: every object box filled with mid-grey."
+    images = d.images.clone()
+    for i, (x0, y0, x1, y1) in enumerate(d.boxes.floor().long().tolist()):
+        images[i, :, y0:y1 + 1, x0:x1 + 1] = 128
+    return _like(d, images, d.boxes)
+
+
+def cropped(d: MemoryImages) -> MemoryImages:
+    "The object oracle's images: each object's box, resized to the input size."
+    S, out = d.size, torch.empty_like(d.images)
+    for i, (x0, y0, x1, y1) in enumerate(d.boxes.round().long().tolist()):
+        crop = d.images[i:i + 1, :, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].float()
+        out[i] = F.interpolate(crop, size=(S, S), mode="bilinear", align_corners=False).round().clamp(0, 255).byte()[0]
+    return _like(d, out, torch.tensor([[0.0, 0.0, S, S]]).repeat(len(out), 1))
+
+
+MODES = {"Base": (None, 0), "Base (other init)": (None, OTHER_INIT), "habitat probe": (blanked, 0), "object oracle": (cropped, 0)}
+
+
+def run(table: str, seeds: list[int], data_root: Path, modes: list[str], log: Path) -> list[dict]:
+    exp = get_experiment(table, "smoke")
+    column, row = exp.columns[0], next(r for r in exp.rows if r.name == "Base")
+    splits = load_splits(exp.data, data_root, decoded=True)
+    assert all(isinstance(v, MemoryImages) for v in splits.values()), "the smoke data should decode into memory"
+    out, done = [], {(r["table"], r["mode"], r["seed"]) for r in _records(log)}
+    for mode in modes:
+        view, init = MODES[mode]
+        data = {k: view(v) if view else v for k, v in splits.items()}
+        for seed in seeds:
+            if (table, mode, seed) in done: continue
+            cfg = exp.train_config(column, row, seed, device="cpu")
+            set_seed(seed + init)
+            model = create_model(row.arch, column.backbone, data["train"].num_classes, **row.model_kwargs())
+            t = time.perf_counter()
+            fit(model, data["train"], None, cfg)
+            seconds = time.perf_counter() - t
+            acc = {s: evaluate(model, data[s], replace(cfg, progress=False))["acc"] for s in SPLITS}
+            rec = {"table": table, "stands_for": exp.data.stands_for, "mode": mode, "seed": seed, **acc,
+                   "train_seconds": round(seconds, 1), "image_steps": len(data["train"]) * cfg.epochs}
+            print(json.dumps(rec), flush=True)
+            with log.open("a") as f: f.write(json.dumps(rec) + "\n")
+            out.append(rec)
+    return out
+
+
+def _records(log: Path) -> list[dict]:
+    "The runs recorded so far (one JSON line each): a rerun skips them, so an interrupted calibration continues."
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
+def summary(records: list[dict]) -> list[str]:
+    "One markdown line per (stand-in, model): mean ± std over seeds of each split, and the paired Base difference."
+    def ms(v): return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+    lines = ["| stand-in | model | n | test_iid | shifted test | iid - shifted |", "| --- | --- | --- | --- | --- | --- |"]
+    for table in dict.fromkeys(r["table"] for r in records):
+        rs = [r for r in records if r["table"] == table]
+        for mode in dict.fromkeys(r["mode"] for r in rs):
+            m = [r for r in rs if r["mode"] == mode]
+            lines.append(f"| {m[0]['stands_for']} ({table}) | {mode} | {len(m)} | {ms([r['test_iid'] for r in m])} | "
+                         f"{ms([r['test'] for r in m])} | {ms([r['test_iid'] - r['test'] for r in m])} |")
+        a = {r["seed"]: r for r in rs if r["mode"] == "Base"}
+        b = {r["seed"]: r for r in rs if r["mode"] == "Base (other init)"}
+        both = sorted(set(a) & set(b))
+        if len(both) > 1:
+            d = {s: [a[k][s] - b[k][s] for k in both] for s in SPLITS}
+            lines.append(f"| {rs[0]['stands_for']} ({table}) | Base - Base (other init), paired | {len(both)} | "
+                         f"{ms(d['test_iid'])} | {ms(d['test'])} | |")
+    return lines
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tables", nargs="+", default=["table1", "table4"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="paper_figures/calibration")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    fig = machine_figure()
+    print(f"machine figure: bare Base ResNet-20 step, 32 px, batch 128, {a.threads} threads: {fig:.0f} img/s", flush=True)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    log = out / "records.jsonl"
+    with tempfile.TemporaryDirectory() as d:
+        for t in a.tables: run(t, a.seeds, Path(d), a.modes, log)
+    records = _records(log)
+    lines = summary(records)
+    print("\n".join(lines))
+    save_json({"machine_img_per_s": round(fig), "threads": a.threads, "records": records}, out / "results.json")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
