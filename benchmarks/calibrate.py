@@ -15,6 +15,8 @@ makes, decodes and trains them (same backbone, recipe, sizes and seeds), it trai
   class-deciding details are learnable at the network's input size.
 and prints one line per model and split (mean ± std over seeds), the targets of issue 11 beside them, and the
 machine figure (bare Base ResNet-20 step at 32 px, batch 128). No ABN/MSABN model is trained here.
+Writes --out/README.md (the table), results.json and records.jsonl (one line per run, as it finishes: a rerun
+skips the runs recorded there, so an interrupted calibration continues).
 """
 from __future__ import annotations
 
@@ -134,7 +136,16 @@ def main():
     lines = summary(records)
     print("\n".join(lines))
     save_json({"machine_img_per_s": round(fig), "threads": a.threads, "records": records}, out / "results.json")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "README.md").write_text(page(lines, f"{fig:.0f} img/s"))
+
+
+def page(lines: list[str], machine: str) -> str:
+    "The folder's page: what was trained, the table, and where the protocol and its reading are."
+    return ("# Calibration of the embedded benchmark\n\nThe Base model alone, trained as the smoke preset trains it, and its "
+            "companions (another initialisation, the habitat-only probe, the object oracle); mean ± std over seeds, accuracy in %. "
+            f"Made by `python benchmarks/calibrate.py` (machine figure {machine}: the bare Base ResNet-20 train step at 32 px, "
+            "batch 128). The protocol, the targets and what the table means: the synthetic page (`nbs/api/02_synthetic.ipynb`, "
+            "\"Calibration\"). Every run is a line of records.jsonl.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
