@@ -86,7 +86,7 @@ OVERRIDES = (
     Override("finetune_seeds", "Figs. 8/9: fine-tuning repeats per trained model", "comma-separated whole numbers >= 0", _CR, _seeds),
     Override("lambdas", "Figs. 8/9: the lambda_out values (the paper's way)", "comma-separated numbers in [0, 1]", _CR, _shares(False)),
     Override("fractions", "Figs. 8/9: the shares of training images annotated (lambda_out chosen per model)", "comma-separated numbers in (0, 1]", _CR, _shares(True)),
-    Override("fast_dev_run", "a dry run: one epoch of N batches, N batches per evaluation, at batch 4 unless batch_size is set (not a result)", "a whole number >= 1", _T + _CR, _whole()),
+    Override("fast_dev_run", "a dry run: one epoch of N batches, N batches per evaluation, at batch 2 unless batch_size is set (not a result)", "a whole number >= 1", _T + _CR, _whole()),
     Override("limit_train_batches", "a dry run: stop every epoch after N batches (not a result)", "a whole number >= 1", _T + _CR, _whole()),
     Override("limit_eval_batches", "a dry run: evaluate N batches only (not a result)", "a whole number >= 1", _T + _CR, _whole()),
 )
@@ -155,7 +155,7 @@ def _data(d: DataSpec, v: dict) -> DataSpec:
     return DataSpec(dataset=name, recipe=d.recipe, size=d.size, eval_splits=_EVAL_SPLITS.get(name, ("test",)), subdir=v.get("data", name))
 
 # %% ../nbs/api/40_overrides.ipynb #43d63eb5
-DRY_RUN_BATCH = 4   # a fast dev run's batch and evaluation batch, unless batch_size is set: what a laptop's memory holds at 352 px
+DRY_RUN_BATCH = 2   # a fast dev run's batch and evaluation batch, unless batch_size is set: what a laptop's memory holds at 352 px
 
 def _capped(v: dict) -> bool: return "fast_dev_run" in v and "batch_size" not in v
 

@@ -120,15 +120,15 @@ def test_own_cub_folder_without_boxes_trains_the_table_at_the_dry_run_batch(tmp_
             "--fast-dev-run", "2", "--threads", "2"] + sets
     assert main(argv) == 0, capsys.readouterr()
     said = capsys.readouterr().out
-    assert "batch 16 -> 4 (a fast dev run's, to fit a laptop; --set batch_size=16 keeps the paper's)" in said, said   # the [run] line
+    assert "batch 16 -> 2 (a fast dev run's, to fit a laptop; --set batch_size=16 keeps the paper's)" in said, said   # the [run] line
     exp = with_overrides(get_experiment("table4", "paper"), {"dataset": "cub", "data": "birds", "size": 64, "backbones": "resnet50",
                                                              "rows": "Base", "fast_dev_run": 2})
     folder = experiment_folder(tmp_path / "runs", exp, 0)
     run, m = load_json(folder / "config.json"), load_json(folder / "metrics.json")
-    assert "batch 16 -> 4" in run["label"] and run["dry_run"] and m["data"] == {"train": 12, "test": 12}
+    assert "batch 16 -> 2" in run["label"] and run["dry_run"] and m["data"] == {"train": 12, "test": 12}
     for row in ("Base",):
         cell = load_json(cell_folder(folder, "resnet50", row) / "config.json")
-        assert (cell["train"]["batch_size"], cell["train"]["eval_batch_size"], cell["model"]["num_classes"]) == (4, 4, 4), cell["train"]
+        assert (cell["train"]["batch_size"], cell["train"]["eval_batch_size"], cell["model"]["num_classes"]) == (2, 2, 4), cell["train"]
     assert "frac_attn_out" not in (folder / "metrics.json").read_text(), "no box, no localisation number"
     assert (folder / "attention.png").is_file()
 
@@ -144,10 +144,10 @@ def test_figures_refuse_a_folder_without_boxes_before_anything_runs(name, tmp_pa
 
 
 def test_a_fast_dev_run_scores_the_figures_attention_on_its_eval_batches_only(tmp_path):
-    "Figs. 1/8/9 score attention on 1 evaluation batch (of 4: the dry run's batch), not on the whole split."
-    kw = dict(preset="tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=lambda s: None, overrides={"fast_dev_run": 1})
+    "Figs. 1/8/9 score attention on 2 evaluation batches (of 2: the dry run's batch), not on the whole split."
+    kw = dict(preset="tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=lambda s: None, overrides={"fast_dev_run": 2})
     for t in ("table4", "table5"): run_experiment(t, **kw)
     m1 = run_experiment("fig1", **kw)
-    assert m1["dry_run"] and {s["images"] for p in m1["panels"] for s in p["models"]} == {4}   # of the 8 test images
+    assert m1["dry_run"] and {s["images"] for p in m1["panels"] for s in p["models"]} == {4}   # of the 8 test images: 2 batches of 2
     m89 = run_experiment("fig8_9", **kw)
     assert [(c["curve"]["n_scored"], c["curve"]["n_train"], c["curve"]["n_test"]) for c in m89["curves"]] == [(4, 32, 4)] * 2
