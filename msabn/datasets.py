@@ -23,25 +23,25 @@ from .items import _ON_BAD, _unique_ids
 from .items import (
     BoxWarning, DataError, ImageDataset, ImageFiles, clip_box, collate, make_box, read_image, read_table)
 from .formats import (
-    CARS_ANNOS, CARS_FIELDS, CARS_FOLDER, CARS_META, CIFAR_FILES, CIFAR_FOLDER, CUB_FILES, CUB_FOLDER,
+    CARS_ANNOS, CARS_FIELDS, CARS_FOLDER, CARS_META, CIFAR_FILES, CIFAR_FOLDER, CUB_BOXES, CUB_FILES, CUB_FOLDER,
     DIAGSET_BACKGROUND, DIAGSET_BLOBS, DIAGSET_CLASSES, DIAGSET_PARTITIONS, DIAGSET_SPLITS, IMAGENET_FOLDERS,
     IMG_EXTENSIONS, write_cars_fixture, write_cifar100_fixture, write_cub_fixture, write_diagset_fixture,
     write_imagenet_fixture)
 
 _all_ = ['BoxWarning', 'DataError', 'ImageDataset', 'ImageFiles', 'clip_box', 'collate', 'make_box', 'read_image',
          'read_table', 'CARS_ANNOS', 'CARS_FIELDS', 'CARS_FOLDER', 'CARS_META', 'CIFAR_FILES', 'CIFAR_FOLDER',
-         'CUB_FILES', 'CUB_FOLDER', 'DIAGSET_BACKGROUND', 'DIAGSET_BLOBS', 'DIAGSET_CLASSES', 'DIAGSET_PARTITIONS',
+         'CUB_BOXES', 'CUB_FILES', 'CUB_FOLDER', 'DIAGSET_BACKGROUND', 'DIAGSET_BLOBS', 'DIAGSET_CLASSES', 'DIAGSET_PARTITIONS',
          'DIAGSET_SPLITS', 'IMAGENET_FOLDERS', 'IMG_EXTENSIONS', 'write_cars_fixture', 'write_cifar100_fixture',
          'write_cub_fixture', 'write_diagset_fixture', 'write_imagenet_fixture']  # re-exported: one import serves every dataset name
 
 # %% auto #0
 __all__ = ['DATASETS', 'SPLITS', 'DATA_LAYOUTS', 'CUB', 'StanfordCars', 'CIFAR100', 'ImageNet', 'DiagSetFolders', 'DiagSetBlobs',
-           'DiagSet', 'Synthetic', 'get_dataset', 'data_present', 'BoxWarning', 'DataError', 'ImageDataset',
-           'ImageFiles', 'clip_box', 'collate', 'make_box', 'read_image', 'read_table', 'CARS_ANNOS', 'CARS_FIELDS',
-           'CARS_FOLDER', 'CARS_META', 'CIFAR_FILES', 'CIFAR_FOLDER', 'CUB_FILES', 'CUB_FOLDER', 'DIAGSET_BACKGROUND',
-           'DIAGSET_BLOBS', 'DIAGSET_CLASSES', 'DIAGSET_PARTITIONS', 'DIAGSET_SPLITS', 'IMAGENET_FOLDERS',
-           'IMG_EXTENSIONS', 'write_cars_fixture', 'write_cifar100_fixture', 'write_cub_fixture',
-           'write_diagset_fixture', 'write_imagenet_fixture']
+           'DiagSet', 'Synthetic', 'get_dataset', 'data_present', 'missing_boxes', 'BoxWarning', 'DataError',
+           'ImageDataset', 'ImageFiles', 'clip_box', 'collate', 'make_box', 'read_image', 'read_table', 'CARS_ANNOS',
+           'CARS_FIELDS', 'CARS_FOLDER', 'CARS_META', 'CIFAR_FILES', 'CIFAR_FOLDER', 'CUB_BOXES', 'CUB_FILES',
+           'CUB_FOLDER', 'DIAGSET_BACKGROUND', 'DIAGSET_BLOBS', 'DIAGSET_CLASSES', 'DIAGSET_PARTITIONS',
+           'DIAGSET_SPLITS', 'IMAGENET_FOLDERS', 'IMG_EXTENSIONS', 'write_cars_fixture', 'write_cifar100_fixture',
+           'write_cub_fixture', 'write_diagset_fixture', 'write_imagenet_fixture']
 
 # %% ../nbs/api/01_datasets.ipynb #47f0b754
 DATASETS = ("cifar100", "imagenet", "diagset", "cub", "cars", "synthetic")
@@ -56,22 +56,25 @@ _CUB_TYPES = {"images.txt": (int, str), "image_class_labels.txt": (int, int), "t
               "bounding_boxes.txt": (int, float, float, float, float)}
 
 def _cub_tables(root: Path) -> dict[str, Any]:
-    "CUB's five annotation files, read and checked against each other: {file name: rows (classes) or {image id: row}}."
+    "CUB's annotation files, read and checked against each other: {file name: rows (classes) or {image id: row}}; no box file: None."
     p = {k: root/k for k in CUB_FILES}
-    t = {"classes.txt": read_table(p["classes.txt"], (int, str), CUB_FILES["classes.txt"])}
-    for f, types in _CUB_TYPES.items(): t[f] = _unique_ids(read_table(p[f], types, CUB_FILES[f]), p[f], CUB_FILES[f])
-    empty = [f for f in CUB_FILES if not t[f]]
+    files = [f for f in CUB_FILES if f != CUB_BOXES or p[f].exists()]   # the boxes are optional: a folder without them has none
+    t = {"classes.txt": read_table(p["classes.txt"], (int, str), CUB_FILES["classes.txt"]), CUB_BOXES: None}
+    for f, types in _CUB_TYPES.items():
+        if f in files: t[f] = _unique_ids(read_table(p[f], types, CUB_FILES[f]), p[f], CUB_FILES[f])
+    empty = [f for f in files if not t[f]]
     if empty:
         raise DataError(f"{root}: empty annotation file(s) {', '.join(empty)}; expected " + "; ".join(
             f"{f}: one line per {'class' if f == 'classes.txt' else 'image'} '{CUB_FILES[f]}'" for f in empty))
-    for f in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+    for f in (f for f in ("image_class_labels.txt", "train_test_split.txt", CUB_BOXES) if f in files):
         missing = [k for k in t["images.txt"] if k not in t[f]]
         if missing: raise DataError(f"{p[f]}: no line for image id(s) {missing[:5]} of images.txt "
                                     f"({len(missing)} missing); expected '{CUB_FILES[f]}' for every image")
     return t
 
-def _cub_box(path: Path, ln: int, k: int, name: str, x: float, y: float, bw: float, bh: float) -> tuple[float, ...]:
-    "One line of bounding_boxes.txt as XYXY, refusing one that is not finite or has no area."
+def _cub_box(path: Path, k: int, name: str, row: tuple) -> tuple[float, ...]:
+    "One line (line number, x, y, width, height) of bounding_boxes.txt as XYXY, refusing one that is not finite or has no area."
+    ln, x, y, bw, bh = row
     if not all(math.isfinite(v) for v in (x, y, bw, bh)):
         raise DataError(f"{path}:{ln}: the box of image {k} ({name}) is not finite ({x:g} {y:g} {bw:g} {bh:g}); "
                         f"expected four finite numbers '{CUB_FILES['bounding_boxes.txt']}'")
@@ -81,7 +84,7 @@ def _cub_box(path: Path, ln: int, k: int, name: str, x: float, y: float, bw: flo
     return x, y, x + bw, y + bh
 
 class CUB(ImageFiles):
-    "CUB-200-2011 (or any folder in its layout) with one box per image and the official train/test split."
+    "CUB-200-2011 (or any folder in its layout) with one box per image (none without bounding_boxes.txt) and the official train/test split."
     name = "cub"
     def __init__(self,
                  root: str | Path,                  # the CUB_200_2011 folder or its parent
@@ -107,14 +110,14 @@ class CUB(ImageFiles):
             if c not in cls_index:
                 raise DataError(f"{p['image_class_labels.txt']}:{ln}: class id {c} of image {k} ({name}) is out of range; "
                                 f"expected one of the {len(class_ids)} ids of classes.txt ({class_ids[0]}..{class_ids[-1]})")
-            ln, x, y, bw, bh = t["bounding_boxes.txt"][k]
-            box = _cub_box(p["bounding_boxes.txt"], ln, k, name, x, y, bw, bh)
+            box = None if t[CUB_BOXES] is None else _cub_box(p[CUB_BOXES], k, name, t[CUB_BOXES][k])
             if is_train != (split == "train"): continue
             ids.append(k); files.append(root/"images"/name); targets.append(cls_index[c]); xyxy.append(box)
         if not ids:
             raise DataError(f"{p['train_test_split.txt']}: no image has is_training_image {int(split == 'train')}, so the {split} "
                             f"split is empty; expected lines '<image_id> {int(split == 'train')}' for its images")
-        super().__init__(files, targets, [names[c] for c in class_ids], torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4),
+        boxes = None if t[CUB_BOXES] is None else torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4)
+        super().__init__(files, targets, [names[c] for c in class_ids], boxes,
                          transform, root, split, on_bad, check_images, meta={"image_ids": ids})
 
 # %% ../nbs/api/01_datasets.ipynb #8380ebea
@@ -368,6 +371,7 @@ def get_dataset(
 
 # %% ../nbs/api/01_datasets.ipynb #a89740b7
 _DIAGSET_SPLITS = "{" + ",".join(DIAGSET_SPLITS) + "}"
+_CUB_NEEDED = [f for f in CUB_FILES if f != CUB_BOXES]   # what a CUB-layout folder must hold (the boxes are optional)
 
 DATA_LAYOUTS: dict[str, str] = {
     "cifar100": f"cifar100/{CIFAR_FOLDER}/{{{','.join(CIFAR_FILES)}}}: the extracted cifar-100-python.tar.gz (python pickles)",
@@ -376,7 +380,8 @@ DATA_LAYOUTS: dict[str, str] = {
     "diagset": f"diagset/ holding DiagSet-A's {DIAGSET_BLOBS}/10x/<scan>/<class>/*.npy and {DIAGSET_PARTITIONS}/{_DIAGSET_SPLITS}.csv, "
                f"or class-per-folder trees diagset/{_DIAGSET_SPLITS}/<class>/*.png with the classes "
                f"{' '.join(_diagset_classes(True))} ({DIAGSET_BACKGROUND}, the background, is left out)",
-    "cub": f"cub/{CUB_FOLDER}/ (or cub/ itself) with {', '.join(CUB_FILES)} and images/<class>/*.jpg",
+    "cub": f"cub/{CUB_FOLDER}/ (or cub/ itself) with {', '.join(_CUB_NEEDED)} and images/<class>/*.jpg, and {CUB_BOXES} "
+           "(optional for Tables 4/5; Fig. 1 and Figs. 8/9 need it)",
     "cars": f"cars/ (or cars/{CARS_FOLDER}/) with {CARS_META}, {CARS_ANNOS['train']}, {CARS_ANNOS['test']}, "
             "cars_train/*.jpg and cars_test/*.jpg",
 }
@@ -393,9 +398,17 @@ def data_present(
     if dataset == "imagenet": return _has_any(root/IMAGENET_FOLDERS["train"]) and _has_any(root/IMAGENET_FOLDERS["test"])
     if dataset == "diagset":
         return ((root/"blobs").is_dir() and (root/DIAGSET_PARTITIONS/"train.csv").is_file()) or _has_any(root/"train")
-    if dataset == "cub": return all((_cub_root(root)/f).is_file() for f in CUB_FILES)
+    if dataset == "cub": return all((_cub_root(root)/f).is_file() for f in _CUB_NEEDED)
     if dataset == "cars":
         base = root/CARS_FOLDER if (root/CARS_FOLDER).is_dir() else root
         return (base/CARS_META).is_file() and (base/CARS_ANNOS["train"]).is_file()
     if dataset == "synthetic": return (root/"synthetic.json").is_file()
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+
+def missing_boxes(
+    dataset: str,  # one of DATASETS
+    root: Path,    # the dataset's own folder (e.g. <data-root>/cub)
+) -> Path | None:  # the box file a folder of a boxed layout lacks; None where its boxes are there (or it is no such folder)
+    "The file a CUB-layout folder keeps its boxes in, when it does not have it (Cars and the embedded data always have boxes)."
+    if dataset == "cub" and data_present("cub", root) and not (_cub_root(root)/CUB_BOXES).is_file(): return _cub_root(root)/CUB_BOXES
+    return None

@@ -14,16 +14,17 @@ import numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['CUB_FOLDER', 'CUB_FILES', 'CARS_FOLDER', 'CARS_META', 'CARS_ANNOS', 'CARS_FIELDS', 'CIFAR_FOLDER', 'CIFAR_FILES',
-           'IMAGENET_FOLDERS', 'IMG_EXTENSIONS', 'DIAGSET_CLASSES', 'DIAGSET_BACKGROUND', 'DIAGSET_SPLITS',
-           'DIAGSET_BLOBS', 'DIAGSET_PARTITIONS', 'write_cub_fixture', 'write_cars_fixture', 'write_cifar100_fixture',
-           'write_imagenet_fixture', 'write_diagset_fixture']
+__all__ = ['CUB_FOLDER', 'CUB_FILES', 'CUB_BOXES', 'CARS_FOLDER', 'CARS_META', 'CARS_ANNOS', 'CARS_FIELDS', 'CIFAR_FOLDER',
+           'CIFAR_FILES', 'IMAGENET_FOLDERS', 'IMG_EXTENSIONS', 'DIAGSET_CLASSES', 'DIAGSET_BACKGROUND',
+           'DIAGSET_SPLITS', 'DIAGSET_BLOBS', 'DIAGSET_PARTITIONS', 'write_cub_fixture', 'write_cars_fixture',
+           'write_cifar100_fixture', 'write_imagenet_fixture', 'write_diagset_fixture']
 
 # %% ../nbs/api/00b_formats.ipynb #58ac695a
 CUB_FOLDER = "CUB_200_2011"   # what CUB_200_2011.tgz extracts to
 CUB_FILES = {"images.txt": "<image_id> <image_name>", "image_class_labels.txt": "<image_id> <class_id>",
              "train_test_split.txt": "<image_id> <is_training_image>",
              "bounding_boxes.txt": "<image_id> <x> <y> <width> <height>", "classes.txt": "<class_id> <class_name>"}
+CUB_BOXES = "bounding_boxes.txt"  # the one optional file: a folder without it has no boxes (Tables 4/5 train; Fig. 1, Figs. 8/9 refuse it)
 
 CARS_FOLDER = "stanford_cars"  # torchvision's name for the devkit layout
 CARS_META = "devkit/cars_meta.mat"
@@ -70,8 +71,9 @@ def write_cub_fixture(
     n_test: int = 1,                  # test images per class
     size: tuple[int, int] = (48, 64), # typical (height, width); each image varies by up to 25%
     seed: int = 0,                    # the same seed writes the same files
+    boxes: bool = True,               # False: no bounding_boxes.txt (a user's own folder without boxes)
 ) -> Path:                            # the CUB_200_2011 folder
-    "Write a few JPEGs with boxes in CUB-200-2011's layout (the five text files and images/)."
+    "Write a few JPEGs in CUB-200-2011's layout (the five text files, without bounding_boxes.txt if boxes=False, and images/)."
     rng = np.random.default_rng(seed)
     cub = Path(root)/CUB_FOLDER
     lines = {k: [] for k in CUB_FILES}
@@ -90,7 +92,8 @@ def write_cub_fixture(
             lines["image_class_labels.txt"].append(f"{k} {c}")
             lines["train_test_split.txt"].append(f"{k} {int(j < n_train)}")
             lines["bounding_boxes.txt"].append(f"{k} {box[0]:.1f} {box[1]:.1f} {box[2] - box[0]:.1f} {box[3] - box[1]:.1f}")
-    for fname, ls in lines.items(): (cub/fname).write_text("\n".join(ls) + "\n")
+    for fname, ls in lines.items():
+        if boxes or fname != CUB_BOXES: (cub/fname).write_text("\n".join(ls) + "\n")
     return cub
 
 # %% ../nbs/api/00b_formats.ipynb #14b149f7

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
 from .backbones import create_backbone
 from .configs import TABLES, DataSpec, get_experiment, short_hash
-from .datasets import DATA_LAYOUTS
+from .datasets import CUB_FILES, DATA_LAYOUTS, missing_boxes
 
 # %% auto #0
-__all__ = ['OVERRIDES', 'BY_KEY', 'DRY_RUN_KEYS', 'BOXED', 'Override', 'override_table', 'parse_overrides', 'backbone_stride',
-           'with_overrides', 'source_experiment', 'is_dry_run', 'variant', 'base_preset', 'overrides_label']
+__all__ = ['OVERRIDES', 'BY_KEY', 'DRY_RUN_KEYS', 'BOXED', 'DRY_RUN_BATCH', 'Override', 'override_table', 'parse_overrides',
+           'backbone_stride', 'with_overrides', 'source_experiment', 'check_boxes', 'is_dry_run', 'variant',
+           'base_preset', 'dry_run_batch_note', 'overrides_label']
 
 # %% ../nbs/api/40_overrides.ipynb #3f747583
 def _whole(lo: int = 1) -> Callable[[str], int]:
@@ -84,7 +86,7 @@ OVERRIDES = (
     Override("finetune_seeds", "Figs. 8/9: fine-tuning repeats per trained model", "comma-separated whole numbers >= 0", _CR, _seeds),
     Override("lambdas", "Figs. 8/9: the lambda_out values (the paper's way)", "comma-separated numbers in [0, 1]", _CR, _shares(False)),
     Override("fractions", "Figs. 8/9: the shares of training images annotated (lambda_out chosen per model)", "comma-separated numbers in (0, 1]", _CR, _shares(True)),
-    Override("fast_dev_run", "a dry run: one epoch of N batches, N batches per evaluation (not a result)", "a whole number >= 1", _T + _CR, _whole()),
+    Override("fast_dev_run", "a dry run: one epoch of N batches, N batches per evaluation, at batch 2 unless batch_size is set (not a result)", "a whole number >= 1", _T + _CR, _whole()),
     Override("limit_train_batches", "a dry run: stop every epoch after N batches (not a result)", "a whole number >= 1", _T + _CR, _whole()),
     Override("limit_eval_batches", "a dry run: evaluate N batches only (not a result)", "a whole number >= 1", _T + _CR, _whole()),
 )
@@ -153,17 +155,24 @@ def _data(d: DataSpec, v: dict) -> DataSpec:
     return DataSpec(dataset=name, recipe=d.recipe, size=d.size, eval_splits=_EVAL_SPLITS.get(name, ("test",)), subdir=v.get("data", name))
 
 # %% ../nbs/api/40_overrides.ipynb #43d63eb5
-def _train_kw(v: dict, epochs_key: str) -> dict:
+DRY_RUN_BATCH = 2   # a fast dev run's batch and evaluation batch, unless batch_size is set: what a laptop's memory holds at 352 px
+
+def _capped(v: dict) -> bool: return "fast_dev_run" in v and "batch_size" not in v
+
+def _train_kw(v: dict, epochs_key: str, train) -> dict:
     kw = {k: v[k] for k in ("batch_size", "lr", "limit_train_batches", "limit_eval_batches") if k in v}
     if epochs_key in v: kw["epochs"] = v[epochs_key]
     if "fast_dev_run" in v:
         n = v["fast_dev_run"]
         kw = {"limit_train_batches": n, "limit_eval_batches": n, **kw, "epochs": 1}
+    if _capped(v):
+        kw |= {"batch_size": min(train.batch_size, DRY_RUN_BATCH), "eval_batch_size": min(train.eval_batch_size or train.batch_size, DRY_RUN_BATCH)}
     return kw
 
 def _table(exp, v: dict):
     columns, rows, data = exp.columns, exp.rows, exp.data
     if "batch_size" in v: columns = tuple(replace(c, batch_size=None) for c in columns)
+    if _capped(v): columns = tuple(replace(c, batch_size=c.batch_size and min(c.batch_size, DRY_RUN_BATCH)) for c in columns)
     if "backbones" in v:
         columns = _pick(replace(exp, columns=columns), "backbones", v["backbones"], lambda e: e.columns, lambda c: (c.backbone, c.paper))
     if "rows" in v:
@@ -180,14 +189,14 @@ def _table(exp, v: dict):
                                  f"(its feature_info's largest reduction), so its last stage has no pixel; expected size >= {backbone_stride(c.backbone)}")
         data = replace(data, size=v["size"])
     if "verify" in v and data.dataset == "cifar100": data = replace(data, loader_kwargs={"verify": v["verify"]})
-    return replace(exp, columns=columns, rows=rows, data=data, train=replace(exp.train, **_train_kw(v, "epochs")))
+    return replace(exp, columns=columns, rows=rows, data=data, train=replace(exp.train, **_train_kw(v, "epochs", exp.train)))
 
 def _copy_replace(fig, v: dict):
     kw = {}
     if "lambdas" in v: kw.update(lambdas={t: v["lambdas"] for t in fig.sources}, fractions=None)
     if "fractions" in v: kw.update(fractions=v["fractions"], lambdas=None)
     if "finetune_seeds" in v: kw["finetune_seeds"] = v["finetune_seeds"]
-    return replace(fig, finetune=replace(fig.finetune, **_train_kw(v, "finetune_epochs")), **kw)
+    return replace(fig, finetune=replace(fig.finetune, **_train_kw(v, "finetune_epochs", fig.finetune)), **kw)
 
 # %% ../nbs/api/40_overrides.ipynb #807626b4
 def _check_sources(fig):
@@ -221,6 +230,19 @@ def source_experiment(fig, table: str):
     "A figure's source table under the figure's preset and overrides (where its trained models are)."
     return with_overrides(get_experiment(table, fig.preset), dict(fig.overrides))
 
+def check_boxes(
+    exps,                            # experiments about to run (the tables among them are not checked: they train without boxes)
+    data_root: str | Path | None,    # the data root they read (None: not given, nothing to look at)
+):
+    "Refuse a figure whose source table would read a folder without boxes (a CUB-layout folder without bounding_boxes.txt), naming both."
+    for fig in (e for e in exps if e.kind != "table" and data_root is not None):
+        for t in fig.sources:
+            src = source_experiment(fig, t)
+            f = None if src.data.synthetic is not None else missing_boxes(src.data.dataset, Path(data_root) / src.data.subdir)
+            if f: raise ValueError(f"{fig.name} needs an object box per image, but {t} would read {f.parent}, which has no {f.name}: "
+                                   f"expected {f} with lines '{CUB_FILES[f.name]}' (Tables 4/5 train on the folder as it is; "
+                                   f"{fig.name} scores attention against the boxes)")
+
 # %% ../nbs/api/40_overrides.ipynb #09ce44fb
 def is_dry_run(exp) -> bool:
     "Whether an experiment is a dry run (fast dev run or batch limits): its numbers are not results."
@@ -235,7 +257,23 @@ def base_preset(name: str) -> str:
     "The preset of a variant's folder name ('paper+1a2b3c4d' -> 'paper')."
     return name.split("+", 1)[0]
 
+def dry_run_batch_note(exp) -> str:
+    "What a fast dev run's batch cap changed, in words ('' where it changed nothing, or batch_size was set)."
+    ov = dict(exp.overrides)
+    if exp.kind == "attention_figure" or "fast_dev_run" not in ov or "batch_size" in ov: return ""
+    pre = get_experiment(exp.name, exp.preset)
+    if exp.kind == "table":
+        papers = {c.paper for c in exp.columns}
+        before = sorted({c.batch_size or pre.train.batch_size for c in pre.columns if c.paper in papers}, reverse=True)
+    else: before = [pre.finetune.batch_size]
+    if before[0] <= DRY_RUN_BATCH: return ""
+    whose = "the paper's" if exp.preset == "paper" else f"preset {exp.preset}'s"
+    keep = f"--set batch_size={before[0]} keeps {whose}" if len(before) == 1 else "--set batch_size=N sets every column's"
+    return f"batch {'/'.join(map(str, before))} -> {DRY_RUN_BATCH} (a fast dev run's, to fit a laptop; {keep})"
+
 def overrides_label(exp) -> str:
     "How a run is labelled: 'preset paper' or 'preset paper, modified: epochs=60, size=224' (DRY RUN first for a dry run)."
     label = f"preset {exp.preset}" + (", modified: " + ", ".join(f"{k}={v}" for k, v in exp.overrides) if exp.overrides else "")
+    note = dry_run_batch_note(exp)
+    label += f"; {note}" if note else ""
     return f"DRY RUN (fast dev run: a few batches, not a result): {label}" if is_dry_run(exp) else label

@@ -18,16 +18,16 @@ import torch
 from .configs import AttentionFigure, Column, CopyReplaceFigure, get_experiment
 from .copy_replace import model_from_checkpoint, score_attention
 from .datasets import collate
-from .experiment_data import load_splits
+from .experiment_data import ClassSubset, load_splits
 from .ordering import copy_replace_curve, lambda_for_fraction, plot_curve
-from .overrides import source_experiment, variant, with_overrides
+from .overrides import check_boxes, source_experiment, variant, with_overrides
 from .progress import PROGRESS_FILE, ProgressFile
 from .run_folders import cell_folder, experiment_folder, fingerprint, run_state
 from .run_tables import dry_tag, run_table, start_results, write_results
 from .viz import attention_grid
 
 # %% auto #0
-__all__ = ['run_attention_figure', 'run_copy_replace', 'run_experiment']
+__all__ = ['eval_part', 'run_attention_figure', 'run_copy_replace', 'run_experiment']
 
 # %% ../nbs/api/40d_run_figures.ipynb #cf8a569b
 def _source_folder(fig, table: str, seed: int, runs_dir) -> Path:
@@ -44,21 +44,34 @@ def _model(folder: Path, column: Column, row: str):
     "A source table's trained model of one cell."
     return model_from_checkpoint(cell_folder(folder, column.backbone, row) / "checkpoint.pt")
 
+# %% ../nbs/api/40d_run_figures.ipynb #d12fg002
+def eval_part(data, cfg):
+    "What a run scores of `data`: all of it, or a dry run's first `cfg.limit_eval_batches` evaluation batches."
+    if cfg.limit_eval_batches is None: return data
+    n = min(len(data), cfg.limit_eval_batches * (cfg.eval_batch_size or cfg.batch_size))
+    return data if n == len(data) else ClassSubset(data, range(n))
+
+def _score(model, data, cfg, device):
+    "score_attention on what a run scores of `data` (a dry run: in its evaluation batches)."
+    if cfg.limit_eval_batches is None: return score_attention(model, data, device=device)
+    return score_attention(model, eval_part(data, cfg), batch_size=cfg.eval_batch_size or cfg.batch_size, device=device)
+
 # %% ../nbs/api/40d_run_figures.ipynb #faffdac0
 def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: int, folder: Path, data_root, device, log) -> dict:
-    "One source table's panel of Fig. 1: every shown model's map on the same images, and its scores on the whole split."
+    "One source table's panel of Fig. 1: every shown model's map on the same images, and its scores on the split (a dry run: its first batches)."
     src = source_experiment(fig, table)
     column, split = src.columns[0], src.data.eval_splits[0]
-    data = load_splits(src.data, data_root)[split]
+    cfg = src.train_config(column, src.rows[0], seed)
+    data = eval_part(load_splits(src.data, data_root)[split], cfg)
     rows = [r for r in fig.rows if any(x.name == r and column.paper not in x.skip for x in src.rows)]
     batch = collate([data[i] for i in range(min(fig.n_images, len(data)))])
     maps, preds, scores = {}, {}, []
     for r in rows:
-        sc = score_attention(_model(src_folder, column, r), data, device=device)
+        sc = _score(_model(src_folder, column, r), data, cfg, device)
         label = "CAM (Base)" if r == "Base" else r
         maps[label] = torch.from_numpy(sc.records.attn_map[:fig.n_images].astype(np.float32))[:, None]
         preds[label] = torch.from_numpy(sc.pred[:fig.n_images])
-        scores.append({"model": r, "acc": sc.acc, "frac_attn_out": float(sc.frac_attn_out.mean()),
+        scores.append({"model": r, "acc": sc.acc, "frac_attn_out": float(sc.frac_attn_out.mean()), "images": len(sc),
                        "map_size": list(sc.records.attn_map.shape[-2:])})
         log(f"{dry_tag(fig)}fig1 seed {seed}: {table} {column.paper} {r}: acc {sc.acc:.1f}, map {scores[-1]['map_size']}, "
             f"frac_attn_out {scores[-1]['frac_attn_out']:.3f}")
@@ -79,6 +92,7 @@ def run_attention_figure(
 ) -> dict:                          # the run's metrics.json
     "Fig. 1: the source tables' models' attention maps on the same test images, and their frac_attn_out."
     fig = get_experiment(fig, preset) if isinstance(fig, str) else fig
+    check_boxes([fig], data_root)
     sources = {t: _source_folder(fig, t, seed, runs_dir) for t in fig.sources}
     t0 = time.perf_counter()
     folder, fp = start_results(fig, seed, runs_dir, device, log)
@@ -96,11 +110,12 @@ def run_attention_figure(
 def _curve(fig: CopyReplaceFigure, table: str, column: Column, src_folder: Path, data: dict, split: str, cfg, folder: Path, device) -> dict:
     "One trained model's copy-replace curve: its pool per lambda_out (or per share annotated), against vanilla fine-tuning."
     model = _model(src_folder, column, fig.row)
-    scores = score_attention(model, data["train"], device=device)
+    scores = _score(model, data["train"], cfg, device)   # the pool is drawn from what was scored (a dry run: its first batches)
     lambdas = fig.lambdas[table] if fig.lambdas else tuple(lambda_for_fraction(scores, f) for f in fig.fractions)
-    res = copy_replace_curve(model, data["train"], data[split], lambdas, cfg, fig.finetune_seeds, fig.p, fig.label_policy,
+    res = copy_replace_curve(model, data["train"], eval_part(data[split], cfg), lambdas, cfg, fig.finetune_seeds, fig.p, fig.label_policy,
                              scores=scores, out_dir=folder / "finetune" / table / column.backbone, progress=False)
     res.pop("provenance", None)
+    res["n_scored"] = len(scores)   # training images scored for the pool (all of them in a real run)
     return res
 
 def _curve_columns(fig: CopyReplaceFigure, table: str) -> list[Column]:
@@ -126,6 +141,7 @@ def run_copy_replace(
 ) -> dict:                          # the run's metrics.json
     "Figs. 8/9: copy-replace against vanilla fine-tuning of the source tables' MSABN models, per lambda_out."
     fig = get_experiment(fig, preset) if isinstance(fig, str) else fig
+    check_boxes([fig], data_root)
     sources = {t: _source_folder(fig, t, seed, runs_dir) for t in fig.sources}
     t0 = time.perf_counter()
     folder, fp = start_results(fig, seed, runs_dir, device, log)

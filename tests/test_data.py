@@ -25,6 +25,7 @@ from msabn.transforms import (RECIPES, box_check_item, box_follows_object, eval_
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_cub_fixture(root/"cub", num_classes=3, n_train=3, n_test=2)
+    write_cub_fixture(root/"cub_nobox", num_classes=3, n_train=3, n_test=2, boxes=False)   # a user's own folder without boxes
     write_cars_fixture(root/"cars", num_classes=3, n_train=3, n_test=2)
     write_cifar100_fixture(root/"cifar", n_train=24, n_test=12)
     write_imagenet_fixture(root/"imagenet", n_train=3, n_test=2)
@@ -36,6 +37,7 @@ def data_root(tmp_path_factory) -> Path:
 # name, folder, extra loader arguments, (train items, test items), classes, has boxes
 LOADERS = [
     ("cub", "cub", {}, (9, 6), 3, True),
+    ("cub", "cub_nobox", {}, (9, 6), 3, False),
     ("cars", "cars", {}, (9, 6), 3, True),
     ("cifar100", "cifar", {"verify": False}, (24, 12), 100, False),
     ("imagenet", "imagenet", {}, (9, 6), 3, False),
@@ -182,8 +184,12 @@ def _set_line(f: Path, i: int, text: str):
 
 def test_bad_cub_input_is_named(data_root, tmp_path):
     cub = data_root/"cub"/"CUB_200_2011"
-    d = _copy(cub, tmp_path/"no_boxes"); (d/"bounding_boxes.txt").unlink()
-    with pytest.raises(FileNotFoundError, match=r"bounding_boxes.txt: annotation file not found"): get_dataset("cub", d, "train")
+    d = _copy(cub, tmp_path/"no_labels"); (d/"image_class_labels.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"image_class_labels.txt: annotation file not found"): get_dataset("cub", d, "train")
+    d = _copy(cub, tmp_path/"no_boxes"); (d/"bounding_boxes.txt").unlink()   # optional: the same images, without boxes
+    assert get_dataset("cub", d, "train").boxes is None and get_dataset("cub", d, "test").image_ids == get_dataset("cub", cub, "test").image_ids
+    d = _copy(cub, tmp_path/"half_boxes"); _set_line(d/"bounding_boxes.txt", 4, "")   # present: then every image needs its line
+    with pytest.raises(DataError, match=r"bounding_boxes.txt: no line for image id\(s\) \[5\]"): get_dataset("cub", d, "train")
     d = _copy(cub, tmp_path/"no_image"); (d/"images"/"002.class_b"/"class_b_0001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"class_b_0001.jpg: image file not found"): get_dataset("cub", d, "train")
     with pytest.warns(UserWarning, match=r"skipped 1 of 9 images"): assert len(get_dataset("cub", d, "train", on_bad="skip")) == 8
@@ -357,5 +363,6 @@ def test_data_layouts_and_data_present_agree_with_the_loaders(data_root, tmp_pat
         assert data_present(name, data_root/folder) and not data_present(name, tmp_path/"nowhere"), (name, folder)
         if hasattr(ex, "_data_present") and name != "synthetic": assert ex._data_present(name, data_root/folder)
     d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"no_classes"); (d/"classes.txt").unlink()
-    assert not data_present("cub", d), "every file the loader opens is a marker"
+    assert not data_present("cub", d), "every file the loader needs is a marker"
+    assert data_present("cub", data_root/"cub_nobox"), "the boxes are optional"
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"): data_present("mnist", tmp_path)

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 
 from msabn.core import load_json
-from msabn.experiments import (TEMPLATES, cell_folder, experiment_folder, fingerprint, get_experiment, main, run_table,
-                               variant, with_overrides)
+from msabn.experiments import (TEMPLATES, cell_folder, experiment_folder, fingerprint, get_experiment, main, run_experiment,
+                               run_table, variant, with_overrides)
 from msabn.formats import (write_cars_fixture, write_cifar100_fixture, write_cub_fixture, write_diagset_fixture,
                            write_imagenet_fixture)
 from msabn.report import main as report_main
@@ -110,3 +110,44 @@ def test_own_cub_layout_dataset_with_ten_classes(tmp_path, capsys):
     assert m["data"] == {"train": 10, "test": 10} and m["overrides"]["data"] == "birds"
     ck = load_json(cell_folder(experiment_folder(tmp_path / "runs", exp, 0), "efficientnet_b3", "Base") / "config.json")
     assert ck["model"]["num_classes"] == 10, ck["model"]
+
+
+def test_own_cub_folder_without_boxes_trains_the_table_at_the_dry_run_batch(tmp_path, capsys):
+    "Tables train on a CUB-layout folder without bounding_boxes.txt (nothing they compute needs a box); a fast dev run caps the batch."
+    write_cub_fixture(tmp_path / "data" / "birds", num_classes=4, n_train=3, n_test=3, boxes=False)
+    sets = ["--set", "dataset=cub", "--set", "data=birds", "--set", "size=64", "--set", "backbones=resnet50", "--set", "rows=Base"]
+    argv = ["table4", "--preset", "paper", "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), "--seeds", "0",
+            "--fast-dev-run", "2", "--threads", "2"] + sets
+    assert main(argv) == 0, capsys.readouterr()
+    said = capsys.readouterr().out
+    assert "batch 16 -> 2 (a fast dev run's, to fit a laptop; --set batch_size=16 keeps the paper's)" in said, said   # the [run] line
+    exp = with_overrides(get_experiment("table4", "paper"), {"dataset": "cub", "data": "birds", "size": 64, "backbones": "resnet50",
+                                                             "rows": "Base", "fast_dev_run": 2})
+    folder = experiment_folder(tmp_path / "runs", exp, 0)
+    run, m = load_json(folder / "config.json"), load_json(folder / "metrics.json")
+    assert "batch 16 -> 2" in run["label"] and run["dry_run"] and m["data"] == {"train": 12, "test": 12}
+    for row in ("Base",):
+        cell = load_json(cell_folder(folder, "resnet50", row) / "config.json")
+        assert (cell["train"]["batch_size"], cell["train"]["eval_batch_size"], cell["model"]["num_classes"]) == (2, 2, 4), cell["train"]
+    assert "frac_attn_out" not in (folder / "metrics.json").read_text(), "no box, no localisation number"
+    assert (folder / "attention.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["fig1", "fig8_9"])
+def test_figures_refuse_a_folder_without_boxes_before_anything_runs(name, tmp_path):
+    write_cub_fixture(tmp_path / "data" / "birds", num_classes=10, n_train=1, n_test=1, boxes=False)
+    with pytest.raises(ValueError, match=f"{name} needs an object box per image, but table4 would read "
+                       f".*birds/CUB_200_2011, which has no bounding_boxes.txt"):
+        run_experiment(name, "paper", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=lambda s: None,
+                       overrides={"dataset": "cub", "data": "birds", "fast_dev_run": 2})
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_fast_dev_run_scores_the_figures_attention_on_its_eval_batches_only(tmp_path):
+    "Figs. 1/8/9 score attention on 2 evaluation batches (of 2: the dry run's batch), not on the whole split."
+    kw = dict(preset="tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=lambda s: None, overrides={"fast_dev_run": 2})
+    for t in ("table4", "table5"): run_experiment(t, **kw)
+    m1 = run_experiment("fig1", **kw)
+    assert m1["dry_run"] and {s["images"] for p in m1["panels"] for s in p["models"]} == {4}   # of the 8 test images: 2 batches of 2
+    m89 = run_experiment("fig8_9", **kw)
+    assert [(c["curve"]["n_scored"], c["curve"]["n_train"], c["curve"]["n_test"]) for c in m89["curves"]] == [(4, 32, 4)] * 2
