@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from .configs import PRESETS, TEMPLATES, get_experiment, resolve_name, sources_of
 from .core import get_device
 from .experiment_data import check_data
-from .overrides import BY_KEY, DRY_RUN_KEYS, overrides_label, parse_overrides, variant, with_overrides
+from .overrides import BY_KEY, DRY_RUN_KEYS, check_boxes, overrides_label, parse_overrides, variant, with_overrides
 from .progress import PROGRESS_FILE, ProgressView, machine_figure, watch
 from .run_folders import experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state, write_status
 
@@ -208,6 +208,7 @@ def run_experiments(
     exps = {n: with_overrides(get_experiment(n, preset), ov) for n, _ in todo}   # refuses what cannot be honoured, before any run
     check_used(ov, exps.values())
     check_data([e.data for e in exps.values() if e.kind == "table"], data_root)
+    check_boxes(exps.values(), data_root)   # a figure on a folder without boxes: refused before its tables train
     tdir = Path(templates).resolve() if templates else templates_dir()
     check_templates(tdir, list(exps))
     b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,

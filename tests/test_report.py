@@ -238,7 +238,7 @@ def test_runs_of_another_preset_or_seeds_are_named_with_the_command(tmp_path, ca
     _runs(tmp_path, ("table4",))
     assert main(["--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "pf")]) == 2
     err = capsys.readouterr().err
-    assert "no complete runs of preset 'smoke' and seeds [0]" in err and "complete runs there: preset tiny, seed 0" in err, err
+    assert "no complete runs of preset 'smoke' and seeds [0, 1, 2]" in err and "complete runs there: preset tiny, seed 0" in err, err
     assert "`msabn_report --preset tiny --seeds 0`" in err
     assert _report(tmp_path, "--seeds", "5") == 2
     assert "complete runs there: preset tiny, seed 0" in capsys.readouterr().err
