@@ -147,8 +147,8 @@ def report(res: dict) -> str:
          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in curve["points"]:
         L.append(f"| {p['pool_size']} ({100 * p['fraction_annotated']:.0f}%) | {p['lambda_out']:.3f} | {pm(p['acc'], p['acc_std'])} | "
-                 f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {p['frac_attn_out']:.3f} | "
-                 f"{v['frac_attn_out']:.3f} | {p['frac_attn_out'] - v['frac_attn_out']:+.3f} |")
+                 f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {pm(p['frac_attn_out'], None, 3)} | "
+                 f"{v['frac_attn_out']:.3f} | {pm(None if p['frac_attn_out'] is None else p['frac_attn_out'] - v['frac_attn_out'], None, 3, sign=True)} |")  # an empty pool: -
     L += ["", f"Before fine-tuning: test accuracy {pm(b['acc'], b['acc_std'])}%, test frac_attn_out {b['frac_attn_out']:.3f}; "
           f"training accuracy {b['train_acc']:.1f}%, training frac_attn_out {b['train_frac_attn_out']:.3f}. "
           f"Vanilla fine-tuning: test accuracy {pm(v['acc'], v['acc_std'])}%, test frac_attn_out {v['frac_attn_out']:.3f}.", "",
