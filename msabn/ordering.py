@@ -102,8 +102,8 @@ def finetune_pools(
         c = replace(cfg, seed=int(seed), progress=False)
         method = "vanilla" if name == "vanilla" else "copy_replace"
         base = {"seed": int(seed), "name": name, "method": method, "pool_size": len(pool), "fraction_annotated": len(pool) / n, "n_train": n}
-        if method == "copy_replace" and not pool:
-            rows.append({**base, "acc": None, "frac_attn_out": None, "skipped": "empty pool"}); continue
+        if method == "copy_replace" and len(pool) < 2:   # copy-replace pastes another pool image's object: it needs two
+            rows.append({**base, "acc": None, "frac_attn_out": None, "skipped": "empty pool" if not pool else "a pool of one image"}); continue
         fp = _fingerprint(pool, c, {"method": method, "p": p, "label_policy": label_policy, "n": n, "model": weights})
         key = (seed, fp)
         path = Path(out_dir) / f"seed{seed}" / f"{method}-{fp}.json" if out_dir else None

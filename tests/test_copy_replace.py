@@ -182,3 +182,19 @@ def test_widget_front_end_is_bundled():
     assert "http" not in BBoxWidget._esm[:200] and len(BBoxWidget._esm) > 10_000       # inline code, not a URL
     ext = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "anywidget"
     assert (ext / "package.json").exists() and list((ext / "static").glob("remoteEntry.*.js")), ext
+
+
+def test_a_pool_of_one_image_is_skipped_not_fatal(tmp_path):
+    "Before: finetune_pools skipped empty pools only, and a pool of one (likely in a fast dev run's 4 scored images) raised."
+    from msabn.models import create_model
+    from msabn.ordering import finetune_pools
+    from msabn.transforms import eval_transform
+    root = make_synthetic(tmp_path / "syn", "cifar", n_train=8, n_test=4, n_test_iid=4)
+    tr, te = (get_dataset("synthetic", root, s, transform=eval_transform("cifar", 32)) for s in ("train", "test"))
+    torch.manual_seed(0)
+    model = create_model("msabn", "resnet8", tr.num_classes)
+    cfg = TrainConfig(epochs=1, batch_size=2, eval_batch_size=4, device="cpu", progress=False, limit_train_batches=1)
+    rows = finetune_pools(model, tr, te, {"one": [3], "two": [3, 5]}, cfg, seeds=(0,), progress=False)
+    by = {r["name"]: r for r in rows}
+    assert by["one"]["skipped"] == "a pool of one image" and by["one"]["acc"] is None
+    assert by["two"]["acc"] is not None and by["vanilla"]["acc"] is not None
