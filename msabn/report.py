@@ -19,7 +19,7 @@ from .core import atomic_write, load_json, save_json
 from .experiments import PRESETS, TABLES, TEMPLATES, TITLES_SHORT, base_preset, get_experiment, overrides_label, templates_dir
 from .report_cost import write_cost
 from .report_pages import curve_figure, markdown_curves, markdown_fig1, markdown_table, table_figure, verdict_summary
-from .report_runs import PAPER_FIG8_9, RunRecord, collect_runs, record_experiment
+from .report_runs import RunRecord, collect_runs, fig8_9_label, record_experiment
 
 # %% auto #0
 __all__ = ['MANIFEST', 'report_folder', 'write_report', 'write_index', 'main']
@@ -154,10 +154,9 @@ def _fig1_pages(folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRe
 def _curve_pages(folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]) -> tuple[list[str], list[str]]:
     "Figs. 8/9's page and one figure per source table."
     stem, md, files = TEMPLATES[name], markdown_curves(records), []
-    for source in PAPER_FIG8_9:
-        if any(c["source"] == source for r in runs for c in r.metrics["curves"]):
-            dst = f"{PAPER_FIG8_9[source]['figure'].replace('. ', '').lower()}_copy_replace.png"
-            curve_figure(records, source).savefig(folder / dst, dpi=72, bbox_inches="tight"); md += f"\n![{dst}]({dst})\n"; files.append(dst)
+    for source in dict.fromkeys(c["source"] for r in runs for c in r.metrics["curves"]):   # fig8 (Table 4), fig9, figs8_9 (smoke: Table 1)
+        dst = f"{fig8_9_label(source)['figure'].replace('. ', '').replace('/', '_').lower()}_copy_replace.png"
+        curve_figure(records, source).savefig(folder / dst, dpi=72, bbox_inches="tight"); md += f"\n![{dst}]({dst})\n"; files.append(dst)
     (folder / f"{stem}.md").write_text(md)
     return [f"{stem}.md", *files], [_demote(md), ""]
 
@@ -303,7 +302,9 @@ def _describe_file(name: str) -> str:
         if stem == t: return f"{_short_title(k)}: ours beside the paper's" + (" (bar chart)" if name.endswith(".png") else "")
         if stem == f"{t}_attention": return f"{_short_title(k)}: attention maps of every model on the same test images (first seed)"
     if stem.startswith("fig1_attention_"): return f"Fig. 1: attention maps of the {stem.split('_')[-1]} models"
-    if stem.endswith("_copy_replace"): return f"{stem.split('_')[0].replace('fig', 'Fig. ')}: copy-replace gain against the fraction annotated"
+    if stem.endswith("_copy_replace"):
+        fig = stem[:-len("_copy_replace")].replace("figs", "Figs. ").replace("fig", "Fig. ").replace("_", "/")  # fig8 -> Fig. 8, figs8_9 -> Figs. 8/9
+        return f"{fig}: copy-replace gain against the fraction annotated"
     if ".edited" in name: return f"a copy of {re.sub(r'[.]edited(-[0-9]+)?', '', name)} with your edits (kept aside, not overwritten)"
     return {"README": "every table and figure of this folder on one page", "results": "every number collected, as JSON"}.get(
         stem, "not made by msabn_report (kept as it was)")

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .experiments import TableExperiment, base_preset, overrides_label
 from .metrics import mean_std
-from .report_runs import (PAPER_FIG8_9, PAPER_TABLES, VERDICT_RULE, RunRecord, _fmt, _one_preset, orderings, paired, paper_gain,
+from .report_runs import (PAPER_FIG8_9, PAPER_TABLES, fig8_9_label, VERDICT_RULE, RunRecord, _fmt, _one_preset, orderings, paired, paper_gain,
                                record_experiment, summarize, table_frame, verdict_counts)
 
 # %% auto #0
@@ -184,7 +184,7 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
             if pg is not None: ax.plot([x], [pg], mk, color=colours[k], mfc="none", ms=7, label=f"paper {column}, {at}")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("fraction of training images annotated (copy-replace pool)"); ax.set_ylabel("accuracy gain over vanilla (points)")
-    ax.set_title(f"{PAPER_FIG8_9[table]['figure']}: {PAPER_FIG8_9[table]['dataset']} (ours: preset {preset}, n={df.seed.nunique()} seed(s))"
+    ax.set_title(f"{fig8_9_label(table)['figure']}: {fig8_9_label(table)['dataset']} (ours: preset {preset}, n={df.seed.nunique()} seed(s))"
                  + ("\nDRY RUN: not a result" if "+dry-" in preset else ""), fontsize=9)
     ax.set_xlim(0, 1.05); ax.grid(alpha=0.3); ax.legend(fontsize=7)
     fig.tight_layout()
@@ -227,7 +227,7 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
     if fig.overrides: lines[2:2] = [f"**{overrides_label(fig)}**", ""]
     for (source, column, backbone, split), d in cv.groupby(["source", "column", "backbone", "split"], sort=False):
         src = record_experiment(runs[0], source)
-        lines += [f"## {PAPER_FIG8_9[source]['figure']} ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}, "
+        lines += [f"## {fig8_9_label(source)['figure']} ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}, "
                   f"accuracy on {_split_label(src, split)}", "",
                   "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean ± std (points) | n | "
                   "MDE (points) | paper gain | verdict |", "|" + " --- |" * 10]

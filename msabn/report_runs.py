@@ -20,8 +20,9 @@ from .metrics import mean_std
 
 # %% auto #0
 __all__ = ['PAPER_TABLES', 'PAPER_FIG8_9', 'ALPHA', 'POWER', 'VERDICTS', 'VERDICT_RULE', 'COMPARISONS', 'PaperTable',
-           'paper_gain', 'RunRecord', 'record_experiment', 'collect_runs', 'table_frame', 'write_table_run',
-           't_quantile', 'mde', 'Paired', 'paired', 'verdict', 'verdict_counts', 'summarize', 'orderings']
+           'fig8_9_label', 'paper_gain', 'RunRecord', 'record_experiment', 'collect_runs', 'table_frame',
+           'write_table_run', 't_quantile', 'mde', 'Paired', 'paired', 'verdict', 'verdict_counts', 'summarize',
+           'orderings']
 
 # %% ../nbs/api/41_report_runs.ipynb #92807b72
 @dataclass(frozen=True)
@@ -79,9 +80,13 @@ PAPER_TABLES = {
 PAPER_FIG8_9 = {"table4": {"figure": "Fig. 8", "dataset": "CUB-200-2011", "20%": "6 / 5 / 3", "almost all": "12.5 / 12.5 / 6"},
                 "table5": {"figure": "Fig. 9", "dataset": "Stanford Cars", "20%": "2 / 1.5 / 0.5", "almost all": "4.5 / 3.5 / 1.5"}}
 
+def fig8_9_label(table: str) -> dict:
+    "The paper's figure and dataset for a copy-replace source table; another table (the smoke preset's Table 1) gets 'Figs. 8/9' and its own."
+    return PAPER_FIG8_9.get(table) or {"figure": "Figs. 8/9", "dataset": PAPER_TABLES[table].dataset}
+
 def paper_gain(table: str, column: str, at: str) -> float | None:
     "The paper's copy-replace gain (points) for a backbone, at '20%' or 'almost all' of the images annotated."
-    if column not in _RN: return None
+    if column not in _RN or table not in PAPER_FIG8_9: return None
     return float(PAPER_FIG8_9[table][at].split("/")[_RN.index(column)])
 
 # %% ../nbs/api/41_report_runs.ipynb #f664830f

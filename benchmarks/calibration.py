@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The embedded benchmark's calibration, on the baseline alone (DESIGN.md, "Measuring", step 1).
 
-    python benchmarks/calibrate.py                      # both stand-ins, seeds 0 1 2 -> paper_figures/calibration/
-    python benchmarks/calibrate.py --tables table1 --seeds 0
+    python benchmarks/calibration.py                      # both stand-ins, seeds 0 1 2 -> paper_figures/calibration/
+    python benchmarks/calibration.py --tables table1 --seeds 0
 
 For the CIFAR-like stand-in (Table 1's smoke data) and the fine-grained one (Table 4's), exactly as the smoke preset
 makes, decodes and trains them (same backbone, recipe, sizes and seeds), it trains per seed:
@@ -143,7 +143,7 @@ def page(lines: list[str], machine: str) -> str:
     "The folder's page: what was trained, the table, and where the protocol and its reading are."
     return ("# Calibration of the embedded benchmark\n\nThe Base model alone, trained as the smoke preset trains it, and its "
             "companions (another initialisation, the habitat-only probe, the object oracle); mean ± std over seeds, accuracy in %. "
-            f"Made by `python benchmarks/calibrate.py` (machine figure {machine}: the bare Base ResNet-20 train step at 32 px, "
+            f"Made by `python benchmarks/calibration.py` (machine figure {machine}: the bare Base ResNet-20 train step at 32 px, "
             "batch 128). The protocol, the targets and what the table means: the synthetic page (`nbs/api/02_synthetic.ipynb`, "
             "\"Calibration\"). Every run is a line of records.jsonl.\n\n" + "\n".join(lines) + "\n")
 
