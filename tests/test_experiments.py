@@ -598,7 +598,8 @@ def test_progress_is_a_line_per_cell_and_epoch_and_changes_no_result(tmp_path, m
                f"cell {k}/4 {row.name} {column.backbone}: epoch 1/2", f"cell {k}/4 {row.name} {column.backbone}: epoch 2/2",
                f"cell {k}/4 {row.name} {column.backbone}"], mine
         assert " img/s · cell ETA " in mine[1] and " · run ETA ~" in mine[1] and " done: acc@test_iid " in mine[3], mine
-    assert lines[0].startswith("[run 1/1] table1 seed 0") and lines[-2].startswith("[done 1/1] table1 seed 0"), lines
+    assert lines[0].startswith("msabn_run: machine figure ") and " img/s (the bare Base ResNet-20 train step" in lines[0], lines
+    assert lines[1].startswith("[run 1/1] table1 seed 0") and lines[-2].startswith("[done 1/1] table1 seed 0"), lines
     assert not list((tmp_path / "shown").rglob(PROGRESS_FILE)), "the display's file is removed once shown"
     assert run_main(argv + ["--runs-dir", str(tmp_path / "quiet"), "--no-progress"]) == 0
     assert "cell 1/4" not in capsys.readouterr().out
