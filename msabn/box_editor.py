@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from .annotate import BoxStore, BoxStoreError, check_index
 from .copy_replace import PAPER_FINETUNE, AttentionScores, EmptyPoolError, FinetuneResult, finetune, score_attention
 from .datasets import collate
+from .progress import steps_per_epoch
 from .train import TrainConfig
 from .viz import attention_grid
 
@@ -213,9 +214,7 @@ class BoxEditor:
         return done
 
     # --- fine-tuning --------------------------------------------------------------------------------
-    def _steps_per_epoch(self) -> int:
-        n, b = len(self.data), self.cfg.batch_size
-        return max(1, n // b + (1 if n % b >= 2 else 0))   # fit drops a last batch of one (batch norm)
+    def _steps_per_epoch(self) -> int: return max(1, steps_per_epoch(len(self.data), self.cfg.batch_size, self.cfg.limit_train_batches))
 
     def finetune_now(self, progress: Callable[[int, int], None] | None = None) -> FinetuneResult | None:
         "Fine-tune a copy of the model with copy-replace on every boxed image; before/after on test_data."

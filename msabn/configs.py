@@ -304,7 +304,7 @@ def scaled_preset(
         "table5": _table("table5", preset, columns=(resnet("ResNet-50"),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
                          data=_fine_synthetic(S, "Stanford Cars", seed=1)),
         "fig1": _figure(AttentionFigure, "fig1", preset, sources=S.fig_sources, rows=S.fig_rows, seeds=S.seeds),
-        "fig8_9": _figure(CopyReplaceFigure, "fig8_9", preset, sources={t: FIG8_9_FIGURES.get(t, "Figs. 8/9") for t in S.fig_sources},
+        "fig8_9": _figure(CopyReplaceFigure, "fig8_9", preset, sources={t: FIG8_9_FIGURES.get(t, INFO["fig8_9"].short_title) for t in S.fig_sources},
                           row=S.finetune_row, lambdas=None, fractions=S.fractions,
                           finetune=_recipe(S.finetune_epochs, S.batch_fine, 1e-4, (0.5, 0.75)),
                           finetune_seeds=S.finetune_seeds, seeds=S.seeds, eval_split="test"),

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from .core import load_json, save_json
-from .experiments import (PRESETS, TEMPLATES, base_preset, fingerprint, get_experiment, resolve_name, run_folder, run_state, variant,
+from .experiments import (INFO, PRESETS, TEMPLATES, base_preset, fingerprint, get_experiment, resolve_name, run_folder, run_state, variant,
                                with_overrides, write_status)
 from .metrics import mean_std
 
@@ -82,7 +82,7 @@ PAPER_FIG8_9 = {"table4": {"figure": "Fig. 8", "dataset": "CUB-200-2011", "20%":
 
 def fig8_9_label(table: str) -> dict:
     "The paper's figure and dataset for a copy-replace source table; another table (the smoke preset's Table 1) gets 'Figs. 8/9' and its own."
-    return PAPER_FIG8_9.get(table) or {"figure": "Figs. 8/9", "dataset": PAPER_TABLES[table].dataset}
+    return PAPER_FIG8_9.get(table) or {"figure": INFO["fig8_9"].short_title, "dataset": PAPER_TABLES[table].dataset}
 
 def paper_gain(table: str, column: str, at: str) -> float | None:
     "The paper's copy-replace gain (points) for a backbone, at '20%' or 'almost all' of the images annotated."
