@@ -3,6 +3,8 @@
 
     python benchmarks/calibration.py                      # both stand-ins, seeds 0 1 2 -> paper_figures/calibration/
     python benchmarks/calibration.py --tables table1 --seeds 0
+    python benchmarks/calibration.py --tables table1 --seeds 0 1 2 3 4 --modes Base "Base (other init)" \
+        --vary spurious=0.9 epochs=8 n_test=3000        # a variation of the frozen smoke settings (Base only)
 
 For the CIFAR-like stand-in (Table 1's smoke data) and the fine-grained one (Table 4's), exactly as the smoke preset
 makes, decodes and trains them (same backbone, recipe, sizes and seeds), it trains per seed:
@@ -17,6 +19,11 @@ and prints one line per model and split (mean ± std over seeds), the targets of
 machine figure (bare Base ResNet-20 step at 32 px, batch 128). No ABN/MSABN model is trained here.
 Writes --out/README.md (the table), results.json and records.jsonl (one line per run, as it finishes: a rerun
 skips the runs recorded there, so an interrupted calibration continues).
+
+`--vary KEY=VALUE ...` trains a variation of the frozen settings, for the next calibration step: any field of
+msabn.synthetic.SyntheticConfig (`n_test` sets both test splits' sizes; a range as `scale=0.15,0.6`), the
+training recipe's `epochs`, `lr` and `batch_size`, and `backbone`. Its runs are recorded with the variation and
+tabled apart from the frozen settings' ones.
 """
 from __future__ import annotations
 
@@ -25,17 +32,18 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from msabn.batched import MemoryImages
-from msabn.core import save_json, set_seed
+from msabn.core import load_json, save_json, set_seed
 from msabn.experiments import get_experiment, load_splits
 from msabn.models import create_model
 from msabn.progress import machine_figure
+from msabn.synthetic import SyntheticConfig
 from msabn.train import evaluate, fit
 
 SPLITS = ("test_iid", "test")
@@ -66,17 +74,48 @@ def cropped(d: MemoryImages) -> MemoryImages:
 MODES = {"Base": (None, 0), "Base (other init)": (None, OTHER_INIT), "habitat probe": (blanked, 0), "object oracle": (cropped, 0)}
 
 
-def run(table: str, seeds: list[int], data_root: Path, modes: list[str], log: Path) -> list[dict]:
-    exp = get_experiment(table, "smoke")
+TRAIN_KEYS, SYNTHETIC_KEYS = ("epochs", "lr", "batch_size"), {f.name for f in fields(SyntheticConfig)}
+
+
+def parse_vary(items: list[str]) -> dict:
+    "KEY=VALUE strings as a dict of numbers (a comma makes a tuple); an unknown key is refused, naming the valid ones."
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SYNTHETIC_KEYS | set(TRAIN_KEYS) | {"backbone"}:
+            raise SystemExit(f"--vary {item!r}: expected KEY=VALUE with KEY one of backbone, {', '.join(TRAIN_KEYS)} or a "
+                             f"SyntheticConfig field ({', '.join(sorted(SYNTHETIC_KEYS))})")
+        num = lambda v: v if key == "backbone" else (int(v) if v.lstrip("-").isdigit() else float(v))
+        out[key] = tuple(num(v) for v in value.split(",")) if "," in value else num(value)
+    return out
+
+
+def varied(exp, vary: dict):
+    "The smoke experiment with a variation applied to its data and recipe (and its column's backbone)."
+    syn = {k: v for k, v in vary.items() if k in SYNTHETIC_KEYS}
+    if "n_test" in syn: syn["n_test_iid"] = syn["n_test"]
+    column = replace(exp.columns[0], backbone=vary["backbone"]) if "backbone" in vary else exp.columns[0]
+    return replace(exp, data=replace(exp.data, synthetic={**exp.data.synthetic, **syn}), columns=(column,),
+                   train=replace(exp.train, **{k: v for k, v in vary.items() if k in TRAIN_KEYS}))
+
+
+def label(vary: dict) -> str:
+    "A variation as the command line spells it ('' for the frozen settings)."
+    return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in vary.items())
+
+
+def run(table: str, seeds: list[int], data_root: Path, modes: list[str], log: Path, vary: dict | None = None) -> list[dict]:
+    exp = varied(get_experiment(table, "smoke"), vary or {})
     column, row = exp.columns[0], next(r for r in exp.rows if r.name == "Base")
     splits = load_splits(exp.data, data_root, decoded=True)
     assert all(isinstance(v, MemoryImages) for v in splits.values()), "the smoke data should decode into memory"
-    out, done = [], {(r["table"], r["mode"], r["seed"]) for r in _records(log)}
+    var = label(vary or {})
+    out, done = [], {(r["table"], r.get("vary", ""), r["mode"], r["seed"]) for r in _records(log)}
     for mode in modes:
         view, init = MODES[mode]
         data = {k: view(v) if view else v for k, v in splits.items()}
         for seed in seeds:
-            if (table, mode, seed) in done: continue
+            if (table, var, mode, seed) in done: continue
             cfg = exp.train_config(column, row, seed, device="cpu")
             set_seed(seed + init)
             model = create_model(row.arch, column.backbone, data["train"].num_classes, **row.model_kwargs())
@@ -84,7 +123,7 @@ def run(table: str, seeds: list[int], data_root: Path, modes: list[str], log: Pa
             fit(model, data["train"], None, cfg)
             seconds = time.perf_counter() - t
             acc = {s: evaluate(model, data[s], replace(cfg, progress=False))["acc"] for s in SPLITS}
-            rec = {"table": table, "stands_for": exp.data.stands_for, "mode": mode, "seed": seed, **acc,
+            rec = {"table": table, "stands_for": exp.data.stands_for, **({"vary": var} if var else {}), "mode": mode, "seed": seed, **acc,
                    "train_seconds": round(seconds, 1), "image_steps": len(data["train"]) * cfg.epochs}
             print(json.dumps(rec), flush=True)
             with log.open("a") as f: f.write(json.dumps(rec) + "\n")
@@ -97,22 +136,26 @@ def _records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-def summary(records: list[dict]) -> list[str]:
-    "One markdown line per (stand-in, model): mean ± std over seeds of each split, and the paired Base difference."
+def summary(records: list[dict], vary: bool = False) -> list[str]:
+    """One markdown line per (stand-in, model): mean ± std over seeds of each split, and the paired Base difference;
+    the frozen settings' runs, or (`vary`) the variations', one group per variation."""
     def ms(v): return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
-    lines = ["| stand-in | model | n | test_iid | shifted test | iid - shifted |", "| --- | --- | --- | --- | --- | --- |"]
-    for table in dict.fromkeys(r["table"] for r in records):
-        rs = [r for r in records if r["table"] == table]
+    records = [r for r in records if bool(r.get("vary")) == vary]
+    lead = "| variation " if vary else ""
+    lines = [f"{lead}| stand-in | model | n | test_iid | shifted test | iid - shifted |", "| --- " * (7 if vary else 6) + "|"]
+    for table, var in dict.fromkeys((r["table"], r.get("vary", "")) for r in records):
+        rs = [r for r in records if (r["table"], r.get("vary", "")) == (table, var)]
+        lead = f"| `{var}` " if vary else ""
         for mode in dict.fromkeys(r["mode"] for r in rs):
             m = [r for r in rs if r["mode"] == mode]
-            lines.append(f"| {m[0]['stands_for']} ({table}) | {mode} | {len(m)} | {ms([r['test_iid'] for r in m])} | "
+            lines.append(f"{lead}| {m[0]['stands_for']} ({table}) | {mode} | {len(m)} | {ms([r['test_iid'] for r in m])} | "
                          f"{ms([r['test'] for r in m])} | {ms([r['test_iid'] - r['test'] for r in m])} |")
         a = {r["seed"]: r for r in rs if r["mode"] == "Base"}
         b = {r["seed"]: r for r in rs if r["mode"] == "Base (other init)"}
         both = sorted(set(a) & set(b))
         if len(both) > 1:
             d = {s: [a[k][s] - b[k][s] for k in both] for s in SPLITS}
-            lines.append(f"| {rs[0]['stands_for']} ({table}) | Base - Base (other init), paired | {len(both)} | "
+            lines.append(f"{lead}| {rs[0]['stands_for']} ({table}) | Base - Base (other init), paired | {len(both)} | "
                          f"{ms(d['test_iid'])} | {ms(d['test'])} | |")
     return lines
 
@@ -123,29 +166,40 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vary", nargs="+", default=[], metavar="KEY=VALUE", help="a variation of the frozen settings (see above)")
     p.add_argument("--out", default="paper_figures/calibration")
     a = p.parse_args()
+    vary = parse_vary(a.vary)
     torch.set_num_threads(a.threads)
     fig = machine_figure()
     print(f"machine figure: bare Base ResNet-20 step, 32 px, batch 128, {a.threads} threads: {fig:.0f} img/s", flush=True)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
     with tempfile.TemporaryDirectory() as d:
-        for t in a.tables: run(t, a.seeds, Path(d), a.modes, log)
+        for t in a.tables: run(t, a.seeds, Path(d), a.modes, log, vary)
     records = _records(log)
-    lines = summary(records)
-    print("\n".join(lines))
-    save_json({"machine_img_per_s": round(fig), "threads": a.threads, "records": records}, out / "results.json")
-    (out / "README.md").write_text(page(lines, f"{fig:.0f} img/s"))
+    lines, variations = summary(records), summary(records, vary=True)
+    print("\n".join(variations if vary else lines))
+    res = out / "results.json"
+    machines = load_json(res).get("machine_img_per_s_by_run", []) if res.exists() else []
+    machines.append({"vary": label(vary), "machine_img_per_s": round(fig)})
+    save_json({"machine_img_per_s": round(fig), "machine_img_per_s_by_run": machines, "threads": a.threads, "records": records}, res)
+    (out / "README.md").write_text(page(lines, variations))
 
 
-def page(lines: list[str], machine: str) -> str:
-    "The folder's page: what was trained, the table, and where the protocol and its reading are."
-    return ("# Calibration of the embedded benchmark\n\nThe Base model alone, trained as the smoke preset trains it, and its "
+def page(lines: list[str], variations: list[str]) -> str:
+    "The folder's page: what was trained, the frozen settings' table, the variations' table, and where the protocol is."
+    text = ("# Calibration of the embedded benchmark\n\nThe Base model alone, trained as the smoke preset trains it, and its "
             "companions (another initialisation, the habitat-only probe, the object oracle); mean ± std over seeds, accuracy in %. "
-            f"Made by `python benchmarks/calibration.py` (machine figure {machine}: the bare Base ResNet-20 train step at 32 px, "
-            "batch 128). The protocol, the targets and what the table means: the synthetic page (`nbs/api/02_synthetic.ipynb`, "
-            "\"Calibration\"). Every run is a line of records.jsonl.\n\n" + "\n".join(lines) + "\n")
+            "Made by `python benchmarks/calibration.py`; the machine figure of each invocation (the bare Base ResNet-20 train step "
+            "at 32 px, batch 128) is in results.json, and moves times, not accuracies. The protocol, the targets and what the "
+            "tables mean: the synthetic page (`nbs/api/02_synthetic.ipynb`, \"Calibration\"). Every run is a line of "
+            "records.jsonl.\n\n## The frozen smoke settings\n\n" + "\n".join(lines) + "\n")
+    if len(variations) > 2:
+        text += ("\n## Variations of them (Base only, for the next calibration step; not frozen)\n\n"
+                 "Each made by `python benchmarks/calibration.py --tables table1 --seeds 0 1 2 3 4 --modes Base "
+                 "\"Base (other init)\" --vary ...` with the variation shown.\n\n" + "\n".join(variations) + "\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -1,40 +1,35 @@
 #!/usr/bin/env python
 """Copy-replace fine-tuning against vanilla fine-tuning on the embedded benchmark (the paper's Figs. 8/9, on a CPU).
 
-The data: the embedded benchmark's CIFAR-like preset as it ships (`make_synthetic(root, "cifar")`: 2,000
-training images of 32 px, 10 classes, each class with its own background "habitat" in 50% of the training
-images, and the *shifted* test split of 1,000 images where the habitat is independent of the class). A model
-that learned the habitat fails on the shifted split; copy-replace with the pasted object's label breaks the
-habitat-label link on the annotated images.
+The data and the model are the smoke preset's, as calibrated (msabn.synthetic, "Calibration"): Table 1's CIFAR-like
+stand-in (generator version 2: 1,000 training images of 32 px, 10 classes, each class with its own background
+"habitat" in 80% of the training images, and the *shifted* test split of 1,000 images where the habitat is
+independent of the class), and the model the smoke Figs. 8/9 fine-tune (MSABN g·(1+A), the literal variant, on
+the smoke ResNet), trained exactly as the smoke Table 1 trains it. A model that learned the habitat fails on the
+shifted split; copy-replace with the pasted object's label breaks the habitat-label link on the boxed images.
 
 Per seed (one trained model per seed, so the spread covers training and fine-tuning):
-1. train an MSABN (CIFAR ResNet-20, the efficient variant: the same 32 x 32 map as the literal one, 2.2x
-   faster to train on this CPU) with the CIFAR recipe (crop + flip, SGD lr 0.1 momentum 0.9 wd 5e-4, /10 at
-   50% and 75%, batch 64) for 10 epochs;
+1. train the model with the smoke Table 1 recipe (its seed, epochs, batch and schedule);
 2. score its attention on the training images (frac_attn_out, threshold 0.2, the dataset's true boxes: the
    paper's simulated annotator);
-3. fine-tune a copy with the paper's fine-tuning schedule shortened for the CPU (SGD lr 0.1 momentum 0.9
-   wd 1e-4, /10 at 50% and 75%, no augmentation but copy-replace; 4 epochs, batch 64):
+3. fine-tune a copy with the smoke Figs. 8/9 schedule (the paper's fine-tuning recipe shortened for the CPU):
    - vanilla (no copy-replace), the baseline;
    - copy-replace (p = 1, label of the pasted object) on the pool frac_attn_out > lambda_out, for the
-     lambda_out whose pools hold 10%, 25%, 50% and 100% of the training images (the x axis of Figs. 8/9);
-   - copy-replace on the first 10% of the images in each ordering (frac_attn_out, misclassified first,
+     lambda_out whose pools hold 25, 50, 100 and 200 boxes and 10%, 20%, 50% and 100% of the training images
+     (`--fractions`: 2.5%, 5%, 10%, 20%, 50%, 100% of 1,000 images; the x axis of Figs. 8/9);
+   - copy-replace on the first 25 and 100 images of each ordering (frac_attn_out, misclassified first,
      lowest confidence, random): the accuracy gained per box drawn;
 4. measure accuracy and mean frac_attn_out on the shifted test split.
 
-These settings were fixed before the first full run and are not tuned to its result. They are shorter than
-the paper's (300 + 50 epochs, batch 16) so that three seeds run on a 2-core CPU in about an hour;
-`--paper-finetune` uses the paper's fine-tuning schedule instead.
+These settings were fixed before the first run on generator version 2 and are not tuned to its result.
+`--paper-finetune` uses the paper's fine-tuning schedule (50 epochs, batch 16) instead.
 
 Outputs (`--out`, default paper_figures/copy_replace/): results.md (tables), curve.png (Fig. 8/9 style, with
-the gain over vanilla beside it), results.json (every run, the summaries, the settings, provenance and timing).
-Every fine-tuning's numbers are saved in `--runs` as they finish and reused on a rerun, so an interrupted run
-continues; `--replot` rewrites results.md and curve.png from results.json without running anything.
+the gain over vanilla beside it), results.json (every run, the summaries, the settings, provenance, timing and the
+machine figure). Every fine-tuning's numbers are saved in `--runs` as they finish and reused on a rerun, so an
+interrupted run continues; `--replot` rewrites results.md and curve.png from results.json without running anything.
 
-Run time: 56 min for the default (3 seeds, one thread) on the project's 2-core CPU shared with other work
-(load average 3-5); one seed is 16-22 min of it.
-
-usage: python benchmarks/copy_replace.py [--seeds 0 1 2] [--threads 1] [--quick] [--replot]
+usage: python benchmarks/copy_replace.py [--seeds 0 1 2] [--threads 2] [--quick] [--replot]
 """
 from __future__ import annotations
 
@@ -47,15 +42,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msabn.configs import get_experiment
 from msabn.copy_replace import PAPER_FINETUNE, score_attention
 from msabn.core import load_json, provenance, save_json, set_seed
-from msabn.datasets import get_dataset
+from msabn.experiment_data import load_splits
 from msabn.models import create_model
 from msabn.ordering import (ORDERINGS, compare_orderings, copy_replace_curve, lambda_for_fraction, orderings_table,
                             plot_curve, summarize_runs)
-from msabn.synthetic import make_synthetic
-from msabn.train import TrainConfig, fit
-from msabn.transforms import eval_transform, train_transform
+from msabn.progress import machine_figure
+from msabn.report_runs import VERDICT_RULE, paired
+from msabn.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_GAINS = ("CUB-200-2011, 20% annotated: +6 / +5 / +3 points (ResNet-50 / ResNeXt-50 / EfficientNet-B3); almost all: "
@@ -65,36 +61,40 @@ PAPER_GAINS = ("CUB-200-2011, 20% annotated: +6 / +5 / +3 points (ResNet-50 / Re
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=10, help="training epochs of the model to fine-tune")
-    ap.add_argument("--ft-epochs", type=int, default=4, help="fine-tuning epochs (both methods)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="pool sizes of the curve")
-    ap.add_argument("--budget", type=float, default=0.1, help="boxes drawn in the orderings comparison, as a share of the training images")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.025, 0.05, 0.1, 0.2, 0.5, 1.0],
+                    help="pool sizes of the curve, as shares of the training images")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[25, 100], help="boxes drawn in the orderings comparison")
     ap.add_argument("--orderings", nargs="+", default=list(ORDERINGS))
-    ap.add_argument("--variant", default="efficient", choices=["efficient", "literal"])
     ap.add_argument("--paper-finetune", action="store_true", help="the paper's fine-tuning schedule (50 epochs, batch 16)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--data", default=str(ROOT / "data" / "synthetic-cifar"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default=str(ROOT / "data"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "copy_replace"))
     ap.add_argument("--out", default=str(ROOT / "paper_figures" / "copy_replace"))
     ap.add_argument("--replot", action="store_true", help="rewrite results.md and curve.png from --out/results.json, running nothing")
-    ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run on 96 images (for tests), not a result")
+    ap.add_argument("--quick", action="store_true", help="a seconds-long run on the tiny preset's data (for tests), not a result")
     a = ap.parse_args(argv)
-    if a.quick:
-        a.seeds, a.epochs, a.ft_epochs, a.batch, a.fractions, a.budget = a.seeds[:1], 1, 1, 16, [0.5, 1.0], 0.25
+    a.preset = "tiny" if a.quick else "smoke"
+    if a.quick: a.seeds, a.fractions, a.budgets = a.seeds[:1], [0.5, 1.0], [4]
     return a
 
 
-def train_base(seed: int, a, train, out_dir: Path) -> torch.nn.Module:
-    "The model to fine-tune: trained once per seed, then found again in out_dir (fit resumes a finished run as is)."
+def setup(preset: str):
+    "The preset's Table 1 experiment, its column, the row the smoke Figs. 8/9 fine-tune, and the preset's fine-tuning schedule."
+    table, fig = get_experiment("table1", preset), get_experiment("fig8_9", preset)
+    row = next(r for r in table.rows if r.name == get_experiment("fig8_9", "smoke").row)
+    return table, table.columns[0], row, fig.finetune
+
+
+def train_base(table, column, row, seed: int, train, out_dir: Path) -> torch.nn.Module:
+    "The model to fine-tune, trained as the preset's Table 1 trains it; found again in out_dir (fit resumes a finished run as is)."
+    cfg = replace(table.train_config(column, row, seed, device="cpu"), progress=False)
     set_seed(seed)
-    model = create_model("msabn", "resnet20", train.num_classes, variant=a.variant)
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch, lr=0.1, weight_decay=5e-4, seed=seed, progress=False)
+    model = create_model(row.arch, column.backbone, train.num_classes, **row.model_kwargs())
     fit(model, train, None, cfg, out_dir=out_dir, resume=True)
     return model.eval()
 
 
-def merge(per_seed: list[dict], fractions: list[float], budget: int) -> tuple[dict, dict]:
+def merge(per_seed: list[dict], fractions: list[float]) -> tuple[dict, dict]:
     "Curve and orderings results of all seeds as one of each: names by nominal fraction, spread over seeds."
     rows, orows, lams, before = [], [], {f: [] for f in fractions}, []
     for s in per_seed:
@@ -123,8 +123,14 @@ def merge(per_seed: list[dict], fractions: list[float], budget: int) -> tuple[di
     return curve, {"table": table, "vanilla": next(r for r in osum if r["name"] == "vanilla"), "runs": orows}
 
 
+def gains(rows: list[dict], name: str) -> list[float]:
+    "Copy-replace minus vanilla fine-tuning of the same seed, per seed, for the point `name`."
+    van = {r["seed"]: r["acc"] for r in rows if r["name"] == "vanilla"}
+    return [r["acc"] - van[r["seed"]] for r in rows if r["name"] == name and r["acc"] is not None]
+
+
 def pm(m, s, nd=1, sign=False):
-    if m is None: return "-"
+    if m is None or m != m: return "-"
     t = f"{m:+.{nd}f}" if sign else f"{m:.{nd}f}"
     return t if s is None else f"{t} ± {s:.{nd}f}"
 
@@ -134,21 +140,28 @@ def report(res: dict) -> str:
     curve, orders, st = res["curve"], res["orderings"], res["settings"]
     seeds, n_train, n_test, seconds, cmd = st["seeds"], res["n_train"], res["n_test"], res["timing"]["total_s"], res["command"]
     v, b = curve["vanilla"], curve["before"]
+    machine = f"machine figure {res['machine_img_per_s']} img/s" if "machine_img_per_s" in res else "the machine figure was not recorded"
     L = ["# Copy-replace fine-tuning on the embedded benchmark", "",
          f"Produced by `{cmd}` ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))}; {seconds / 60:.0f} min on the "
-         f"project's 2-core CPU shared with other work, {st['threads']} thread(s)). Mean ± standard deviation over seeds; one "
-         f"trained model per seed ({n_train} training images). Accuracy and frac_attn_out are measured on the **shifted test split** ({n_test} images whose "
-         f"background habitat is independent of the class). See `benchmarks/copy_replace.py` for every setting.", "",
-         "## Accuracy against the fraction of training images annotated (Figs. 8/9)", "",
+         f"project's 2-core CPU, {st['threads']} thread(s), {machine}: the bare Base ResNet-20 train step at 32 px, batch 128). "
+         f"Data: the {st.get('data', 'CIFAR-like stand-in')}; model: {st.get('model', 'MSABN')}, one trained model per seed "
+         f"({n_train} training images). Mean ± standard deviation over seeds. Accuracy and frac_attn_out are measured on the "
+         f"**shifted test split** ({n_test} images whose background habitat is independent of the class). See "
+         f"`benchmarks/copy_replace.py` for every setting.", "",
+         "## Accuracy against the number of training images annotated (Figs. 8/9)", "",
          "The pool for a point is every training image with frac_attn_out > lambda_out (the dataset's true boxes stand in "
-         "for the person); lambda_out is chosen per model so that the pool holds the stated share (its mean over seeds is shown). "
-         "Gain: copy-replace minus vanilla fine-tuning of the same seed, same schedule.", "",
-         "| images annotated | lambda_out (mean) | copy-replace acc (%) | vanilla acc (%) | gain (points) | test frac_attn_out: copy-replace | vanilla | change |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "for the person); lambda_out is chosen per model so that the pool holds the stated number of boxes (its mean over seeds "
+         "is shown). Gain: copy-replace minus vanilla fine-tuning of the same seed, same schedule; its verdict against the "
+         "paper's sign (copy-replace ahead) follows the report's rule below.", "",
+         "| images annotated | lambda_out (mean) | copy-replace acc (%) | vanilla acc (%) | gain (points) | n | verdict | "
+         "test frac_attn_out: copy-replace | vanilla | change |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in curve["points"]:
-        L.append(f"| {p['pool_size']} ({100 * p['fraction_annotated']:.0f}%) | {p['lambda_out']:.3f} | {pm(p['acc'], p['acc_std'])} | "
-                 f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {pm(p['frac_attn_out'], None, 3)} | "
-                 f"{v['frac_attn_out']:.3f} | {pm(None if p['frac_attn_out'] is None else p['frac_attn_out'] - v['frac_attn_out'], None, 3, sign=True)} |")  # an empty pool: -
+        g = paired(1.0, gains(curve["runs"], p["name"]))
+        L.append(f"| {p['pool_size']} ({100 * p['fraction_annotated']:.1f}%) | {p['lambda_out']:.3f} | {pm(p['acc'], p['acc_std'])} | "
+                 f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {g.n} | {g.verdict} | "
+                 f"{pm(p['frac_attn_out'], None, 3)} | {v['frac_attn_out']:.3f} | "
+                 f"{pm(None if p['frac_attn_out'] is None else p['frac_attn_out'] - v['frac_attn_out'], None, 3, sign=True)} |")  # an empty pool: -
     L += ["", f"Before fine-tuning: test accuracy {pm(b['acc'], b['acc_std'])}%, test frac_attn_out {b['frac_attn_out']:.3f}; "
           f"training accuracy {b['train_acc']:.1f}%, training frac_attn_out {b['train_frac_attn_out']:.3f}. "
           f"Vanilla fine-tuning: test accuracy {pm(v['acc'], v['acc_std'])}%, test frac_attn_out {v['frac_attn_out']:.3f}.", "",
@@ -156,9 +169,10 @@ def report(res: dict) -> str:
           "![accuracy against the fraction of training images annotated](curve.png)", "",
           "Left: test accuracy (mean and spread over seeds; the seeds' models differ, so the spread is mostly theirs). "
           "Right: the gain over vanilla fine-tuning of the same model and seed (mean ± std of the paired differences).", "",
+          VERDICT_RULE, "",
           "## Which images to box first: accuracy gained per box drawn", "",
           f"Each ordering shows the person (the simulated annotator: the dataset's true boxes) its first "
-          f"{orders['table'][0]['budget'] if orders['table'] else '?'} training images ({100 * st['budget']:.0f}%); copy-replace "
+          f"{' or '.join(str(b) for b in dict.fromkeys(t['budget'] for t in orders['table'])) or '?'} training images; copy-replace "
           f"fine-tuning on those, minus vanilla fine-tuning of the same seed.", "",
           orderings_table(orders), ""]
     return "\n".join(L)
@@ -169,23 +183,21 @@ def main(argv=None):
     if a.replot:  # the pictures and tables again, from results.json (keeps the run's own timing)
         return write(load_json(Path(a.out) / "results.json"), Path(a.out))
     torch.set_num_threads(a.threads)
+    fig = machine_figure()
+    print(f"machine figure: bare Base ResNet-20 step, 32 px, batch 128, {a.threads} threads: {fig:.0f} img/s", flush=True)
     t_start = time.perf_counter()
-    if a.quick:
-        root = make_synthetic(Path(a.data) / "quick", "cifar", n_train=96, n_test=48, n_test_iid=8)
-    else:
-        root = make_synthetic(a.data, "cifar")
-    ev = eval_transform("cifar", 32)
-    train_aug = get_dataset("synthetic", root, "train", transform=train_transform("cifar", 32))
-    train_ev, test_ev = (get_dataset("synthetic", root, s, transform=ev) for s in ("train", "test"))
+    table, column, row, ft = setup(a.preset)
+    train_aug = load_splits(table.data, Path(a.data), decoded=True)["train"]
+    ev = load_splits(table.data, Path(a.data), train_augment=False)
+    train_ev, test_ev = ev["train"], ev["test"]
     n = len(train_ev)
-    ft = PAPER_FINETUNE if a.paper_finetune else replace(PAPER_FINETUNE, epochs=a.ft_epochs, batch_size=a.batch)
-    ft = replace(ft, progress=False)
-    budget = max(2, int(round(a.budget * n)))
-    runs = Path(a.runs) / ("quick" if a.quick else "")
+    ft = replace(PAPER_FINETUNE if a.paper_finetune else ft, progress=False)
+    budgets = [b for b in a.budgets if b <= n]
+    runs = Path(a.runs) / a.preset
     per_seed, timing = [], {}
     for seed in a.seeds:
         t0 = time.perf_counter()
-        model = train_base(seed, a, train_aug, runs / f"seed{seed}" / "base")
+        model = train_base(table, column, row, seed, train_aug, runs / f"seed{seed}" / "base")
         scores = score_attention(model, train_ev)
         lams = [lambda_for_fraction(scores, f) for f in a.fractions]
         print(f"seed {seed}: model trained/loaded in {time.perf_counter() - t0:.0f} s; training accuracy {scores.acc:.1f}%, "
@@ -195,12 +207,12 @@ def main(argv=None):
         for p in curve["points"]:
             print(f"  lambda_out {p['lambda_out']:.3f} ({p['pool_size']} images): copy-replace {pm(p['acc'], None)}% vs vanilla "
                   f"{pm(curve['vanilla']['acc'], None)}%", flush=True)
-        orders = compare_orderings(model, train_ev, test_ev, [budget], ft, seeds=[seed], orderings=a.orderings, scores=scores,
+        orders = compare_orderings(model, train_ev, test_ev, budgets, ft, seeds=[seed], orderings=a.orderings, scores=scores,
                                    out_dir=runs / "finetune", progress=False)
         per_seed.append({"seed": seed, "lambdas": lams, "names": names, "curve": curve, "orderings": orders})
         timing[f"seed{seed}_s"] = time.perf_counter() - t0
         print(f"seed {seed} done in {timing[f'seed{seed}_s']:.0f} s", flush=True)
-    curve, orders = merge(per_seed, a.fractions, budget)
+    curve, orders = merge(per_seed, a.fractions)
     seconds = time.perf_counter() - t_start
     args, skip = [], False
     for t in sys.argv[1:]:  # the command as run, without the folder options (no paths in what is committed)
@@ -209,9 +221,11 @@ def main(argv=None):
         if not t.startswith(("--data=", "--runs=", "--out=")): args.append(t)
     cmd = " ".join(["python benchmarks/copy_replace.py"] + args)
     settings = {k: v for k, v in vars(a).items() if k not in ("data", "runs", "out", "replot")}
+    settings |= {"data": table.data.stands_for + " stand-in (" + a.preset + " Table 1)", "model": f"{row.name} ({column.backbone})",
+                 "train": asdict(table.train_config(column, row, a.seeds[0], device="cpu"))}
     res = {"curve": curve, "orderings": orders, "per_seed": per_seed, "settings": settings,
            "finetune": asdict(ft), "n_train": n, "n_test": len(test_ev), "timing": {**timing, "total_s": seconds},
-           "provenance": provenance("cpu"), "command": cmd}
+           "provenance": provenance("cpu"), "command": cmd, "machine_img_per_s": round(fig)}
     write(res, Path(a.out))
     print(f"total {seconds / 60:.1f} min")
 
@@ -221,7 +235,7 @@ def write(res: dict, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     save_json(res, out / "results.json")
     st = res["settings"]
-    fig = plot_curve({f"(MSABN-{st['variant']}, ResNet-20)": res["curve"]}, gain=True,
+    fig = plot_curve({f"({st.get('model', 'MSABN')})": res["curve"]}, gain=True,
                      title=f"embedded benchmark, shifted test split ({len(st['seeds'])} seed{'s' if len(st['seeds']) > 1 else ''})")
     fig.savefig(out / "curve.png", dpi=100)
     (out / "results.md").write_text(report(res))

@@ -1,0 +1,42 @@
+"""The calibration instrument (benchmarks/calibration.py): a variation of the frozen smoke settings is trained,
+recorded with its variation, tabled apart from the frozen settings' runs, and not trained twice; a bad variation
+is refused before anything trains."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+SCRIPT = [sys.executable, "benchmarks/calibration.py"]
+TINY = ["--tables", "table1", "--seeds", "0", "1", "--modes", "Base", "Base (other init)", "--threads", "1",
+        "--vary", "n_train=48", "n_test=24", "epochs=1", "spurious=0.9"]
+
+
+def _run(args, out):
+    return subprocess.run(SCRIPT + args + ["--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+
+
+def test_a_variation_is_recorded_tabled_apart_and_resumed(tmp_path):
+    out = tmp_path / "cal"
+    r = _run(TINY, out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and {x["vary"] for x in recs} == {"n_train=48 n_test=24 epochs=1 spurious=0.9"}
+    assert {(x["mode"], x["seed"]) for x in recs} == {(m, s) for m in ("Base", "Base (other init)") for s in (0, 1)}
+    assert all(x["image_steps"] == 48 and 0 <= x["test"] <= 100 for x in recs)   # 48 images x 1 epoch: the variation was applied
+    page = (out / "README.md").read_text()
+    assert "## Variations of them" in page and "| `n_train=48 n_test=24 epochs=1 spurious=0.9` | CIFAR-100 (table1) | Base - Base (other init), paired | 2 |" in page
+    assert "## The frozen smoke settings" in page and str(tmp_path) not in page
+    again = _run(TINY, out)                                # every run recorded: nothing is trained again
+    assert again.returncode == 0 and len((out / "records.jsonl").read_text().splitlines()) == 4, again.stderr[-2000:]
+    assert len(json.loads((out / "results.json").read_text())["machine_img_per_s_by_run"]) == 2
+
+
+def test_a_bad_variation_is_refused_naming_the_valid_keys(tmp_path):
+    r = _run(["--tables", "table1", "--vary", "spurios=0.9"], tmp_path / "cal")
+    assert r.returncode != 0 and "--vary 'spurios=0.9'" in r.stderr and "spurious" in r.stderr and "epochs" in r.stderr
+    assert not (tmp_path / "cal").exists()                 # refused before anything was written
