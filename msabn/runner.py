@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad: return 2
     if a.threads: torch.set_num_threads(a.threads)
     print(f"msabn_run: machine figure {machine_figure():.0f} img/s (the bare Base ResNet-20 train step, 32 px, batch 128, "
-          f"{torch.get_num_threads()} threads; run times scale about as 1 / this figure, and the README gives each time with its machine's figure)")
+          f"{torch.get_num_threads()} threads; a slower machine takes longer: the README gives each time with the figure of the machine it was measured on)")
     try:
         rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
                               device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads,
