@@ -112,21 +112,14 @@ def merge(per_seed: list[dict], fractions: list[float]) -> tuple[dict, dict]:
              "before": {"acc": mean("acc"), "acc_std": sd("acc"), "frac_attn_out": mean("frac_attn_out"),
                         "train_acc": mean("train_acc"), "train_frac_attn_out": mean("train_frac_attn_out")}}
     osum = summarize_runs(orows)
-    van = {r["seed"]: r["acc"] for r in orows if r["name"] == "vanilla"}
     table = []
     for r in osum:
         if r["name"] == "vanilla": continue
         by, b = r["name"].rsplit("@", 1)
-        per_box = [(x["acc"] - van[x["seed"]]) / int(b) for x in orows if x["name"] == r["name"]]
+        per_box = [g / int(b) for g in r["gains"]]
         table.append({**r, "ordering": by, "budget": int(b), "gain_per_box": float(np.mean(per_box)),
                       "gain_per_box_std": float(np.std(per_box, ddof=1)) if len(per_box) > 1 else None})
     return curve, {"table": table, "vanilla": next(r for r in osum if r["name"] == "vanilla"), "runs": orows}
-
-
-def gains(rows: list[dict], name: str) -> list[float]:
-    "Copy-replace minus vanilla fine-tuning of the same seed, per seed, for the point `name`."
-    van = {r["seed"]: r["acc"] for r in rows if r["name"] == "vanilla"}
-    return [r["acc"] - van[r["seed"]] for r in rows if r["name"] == name and r["acc"] is not None]
 
 
 def pm(m, s, nd=1, sign=False):
@@ -156,8 +149,9 @@ def report(res: dict) -> str:
          "| images annotated | lambda_out (mean) | copy-replace acc (%) | vanilla acc (%) | gain (points) | n | verdict | "
          "test frac_attn_out: copy-replace | vanilla | change |",
          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    gains = {r["name"]: r["gains"] for r in summarize_runs(curve["runs"])}   # per seed, paired with vanilla
     for p in curve["points"]:
-        g = paired(1.0, gains(curve["runs"], p["name"]))
+        g = paired(1.0, gains[p["name"]])
         L.append(f"| {p['pool_size']} ({100 * p['fraction_annotated']:.1f}%) | {p['lambda_out']:.3f} | {pm(p['acc'], p['acc_std'])} | "
                  f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {g.n} | {g.verdict} | "
                  f"{pm(p['frac_attn_out'], None, 3)} | {v['frac_attn_out']:.3f} | "

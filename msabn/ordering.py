@@ -129,7 +129,7 @@ def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
 
 def summarize_runs(
     rows: Sequence[dict],    # finetune_pools' rows
-) -> list[dict]:             # one row per run name: pool size, mean/std accuracy, gain over vanilla, frac_attn_out
+) -> list[dict]:             # one row per run name: pool size, mean/std accuracy, gain over vanilla (and per seed), frac_attn_out
     "Mean and spread over seeds of each run, and its gain over vanilla fine-tuning of the same seed."
     vanilla = {r["seed"]: r["acc"] for r in rows if r["name"] == "vanilla"}
     out = []
@@ -140,7 +140,7 @@ def summarize_runs(
         gain, gain_sd = _mean_std(gains)
         frac, _ = _mean_std([r["frac_attn_out"] for r in rs])
         row = {"name": name, "method": rs[0]["method"], "pool_size": rs[0]["pool_size"], "fraction_annotated": rs[0]["fraction_annotated"],
-               "seeds": len(rs), "acc": acc, "acc_std": acc_sd, "gain": gain, "gain_std": gain_sd, "frac_attn_out": frac}
+               "seeds": len(rs), "acc": acc, "acc_std": acc_sd, "gain": gain, "gain_std": gain_sd, "gains": gains, "frac_attn_out": frac}
         if any("skipped" in r for r in rs): row["skipped"] = rs[0].get("skipped")
         out.append(row)
     return out
