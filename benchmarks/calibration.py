@@ -21,9 +21,9 @@ Writes --out/README.md (the table), results.json and records.jsonl (one line per
 skips the runs recorded there, so an interrupted calibration continues).
 
 `--vary KEY=VALUE ...` trains a variation of the frozen settings, for the next calibration step: any field of
-msabn.synthetic.SyntheticConfig (`n_test` sets both test splits' sizes; a range as `scale=0.15,0.6`), the
-training recipe's `epochs`, `lr` and `batch_size`, and `backbone`. Its runs are recorded with the variation and
-tabled apart from the frozen settings' ones.
+msabn.synthetic.SyntheticConfig (`n_test` sets both test splits' sizes, `size` both the drawing's side and the
+network's input side; a range as `scale=0.15,0.6`), the training recipe's `epochs`, `lr` and `batch_size`, and
+`backbone`. Its runs are recorded with the variation and tabled apart from the frozen settings' ones.
 """
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ def varied(exp, vary: dict):
     syn = {k: v for k, v in vary.items() if k in SYNTHETIC_KEYS}
     if "n_test" in syn: syn["n_test_iid"] = syn["n_test"]
     column = replace(exp.columns[0], backbone=vary["backbone"]) if "backbone" in vary else exp.columns[0]
-    return replace(exp, data=replace(exp.data, synthetic={**exp.data.synthetic, **syn}), columns=(column,),
+    data = replace(exp.data, synthetic={**exp.data.synthetic, **syn}, **({"size": syn["size"]} if "size" in syn else {}))
+    return replace(exp, data=data, columns=(column,),
                    train=replace(exp.train, **{k: v for k, v in vary.items() if k in TRAIN_KEYS}))
 
 
@@ -197,8 +198,8 @@ def page(lines: list[str], variations: list[str]) -> str:
             "records.jsonl.\n\n## The frozen smoke settings\n\n" + "\n".join(lines) + "\n")
     if len(variations) > 2:
         text += ("\n## Variations of them (Base only, for the next calibration step; not frozen)\n\n"
-                 "Each made by `python benchmarks/calibration.py --tables table1 --seeds 0 1 2 3 4 --modes Base "
-                 "\"Base (other init)\" --vary ...` with the variation shown.\n\n" + "\n".join(variations) + "\n")
+                 "Each made by `python benchmarks/calibration.py --tables TABLE --seeds 0 1 2 3 4 --modes Base "
+                 "\"Base (other init)\" --vary ...`, TABLE the stand-in's table, with the variation shown.\n\n" + "\n".join(variations) + "\n")
     return text
 
 

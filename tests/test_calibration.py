@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import importlib.util
 import subprocess
 import sys
 
@@ -40,3 +41,14 @@ def test_a_bad_variation_is_refused_naming_the_valid_keys(tmp_path):
     r = _run(["--tables", "table1", "--vary", "spurios=0.9"], tmp_path / "cal")
     assert r.returncode != 0 and "--vary 'spurios=0.9'" in r.stderr and "spurious" in r.stderr and "epochs" in r.stderr
     assert not (tmp_path / "cal").exists()                 # refused before anything was written
+
+
+def test_a_size_variation_draws_and_feeds_the_network_at_that_size():
+    spec = importlib.util.spec_from_file_location("calibration", ROOT / "benchmarks" / "calibration.py")
+    cal = importlib.util.module_from_spec(spec); spec.loader.exec_module(cal)
+    from msabn.experiments import get_experiment
+    frozen = get_experiment("table4", "smoke")
+    exp = cal.varied(frozen, cal.parse_vary(["size=48", "spurious=0.4", "epochs=16"]))
+    assert exp.data.size == 48 and exp.data.synthetic["size"] == 48    # no resize between the drawing and the network
+    assert exp.data.synthetic["spurious"] == 0.4 and exp.train.epochs == 16
+    assert frozen.data.size == 32 and "spurious" not in frozen.data.synthetic   # the frozen preset is untouched
