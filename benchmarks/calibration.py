@@ -15,6 +15,8 @@ makes, decodes and trains them (same backbone, recipe, sizes and seeds), it trai
   habitat alone gives (about `spurious` in distribution, chance on the shifted test);
 - object oracle: Base trained and tested on the object's crop (its box, resized to the input size): whether the
   class-deciding details are learnable at the network's input size.
+(the probe and the oracle need the splits decoded in memory: Tables 1, 4 and 5; Tables 2 and 3, whose recipes
+augment image by image, train Base and Base (other init) from the files, as their smoke tables do)
 and prints one line per model and split (mean ± std over seeds), the targets of issue 11 beside them, and the
 machine figure (bare Base ResNet-20 step at 32 px, batch 128). No ABN/MSABN model is trained here.
 Writes --out/README.md (the table), results.json and records.jsonl (one line per run, as it finishes: a rerun
@@ -38,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from msabn.batched import MemoryImages
+from msabn.batched import BATCHED_RECIPES, MemoryImages
 from msabn.core import load_json, save_json, set_seed
 from msabn.experiments import get_experiment, load_splits
 from msabn.models import create_model
@@ -105,11 +107,21 @@ def label(vary: dict) -> str:
     return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in vary.items())
 
 
+def check_modes(table: str, modes: list[str]):
+    "Refuse, before anything runs, a probe or oracle on a table whose smoke data are read image by image (Tables 2/3)."
+    recipe = get_experiment(table, "smoke").data.recipe
+    views = [m for m in modes if MODES[m][0]]
+    if views and recipe not in BATCHED_RECIPES:
+        raise SystemExit(f"{table}: its smoke data are read image by image (the {recipe!r} recipe has no batch-wise augmentation), "
+                         f"so only the modes Base and 'Base (other init)' can train on it, not {', '.join(map(repr, views))}")
+
+
 def run(table: str, seeds: list[int], data_root: Path, modes: list[str], log: Path, vary: dict | None = None) -> list[dict]:
     exp = varied(get_experiment(table, "smoke"), vary or {})
     column, row = exp.columns[0], next(r for r in exp.rows if r.name == "Base")
     splits = load_splits(exp.data, data_root, decoded=True)
-    assert all(isinstance(v, MemoryImages) for v in splits.values()), "the smoke data should decode into memory"
+    views = any(MODES[m][0] for m in modes)
+    assert not views or all(isinstance(v, MemoryImages) for v in splits.values()), "check_modes lets views through on decoded data only"
     var = label(vary or {})
     out, done = [], {(r["table"], r.get("vary", ""), r["mode"], r["seed"]) for r in _records(log)}
     for mode in modes:
@@ -171,6 +183,7 @@ def main():
     p.add_argument("--out", default="paper_figures/calibration")
     a = p.parse_args()
     vary = parse_vary(a.vary)
+    for t in a.tables: check_modes(t, a.modes)
     torch.set_num_threads(a.threads)
     fig = machine_figure()
     print(f"machine figure: bare Base ResNet-20 step, 32 px, batch 128, {a.threads} threads: {fig:.0f} img/s", flush=True)

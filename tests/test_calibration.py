@@ -52,3 +52,9 @@ def test_a_size_variation_draws_and_feeds_the_network_at_that_size():
     assert exp.data.size == 48 and exp.data.synthetic["size"] == 48    # no resize between the drawing and the network
     assert exp.data.synthetic["spurious"] == 0.4 and exp.train.epochs == 16
     assert frozen.data.size == 32 and "spurious" not in frozen.data.synthetic   # the frozen preset is untouched
+
+
+def test_a_probe_on_data_read_image_by_image_is_refused_before_anything_runs(tmp_path):
+    r = _run(["--tables", "table2", "--modes", "Base", "habitat probe"], tmp_path / "cal")
+    assert r.returncode != 0 and "table2" in r.stderr and "'imagenet' recipe" in r.stderr and "'habitat probe'" in r.stderr
+    assert "machine figure" not in r.stdout and not (tmp_path / "cal").exists()
