@@ -3,13 +3,15 @@ recorded with its variation, tabled apart from the frozen settings' runs, and no
 is refused before anything trains."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import importlib.util
 import subprocess
 import sys
 
 from conftest import ROOT
+
+from msabn.experiments import get_experiment
 
 SCRIPT = [sys.executable, "benchmarks/calibration.py"]
 TINY = ["--tables", "table1", "--seeds", "0", "1", "--modes", "Base", "Base (other init)", "--threads", "1",
@@ -46,7 +48,6 @@ def test_a_bad_variation_is_refused_naming_the_valid_keys(tmp_path):
 def test_a_size_variation_draws_and_feeds_the_network_at_that_size():
     spec = importlib.util.spec_from_file_location("calibration", ROOT / "benchmarks" / "calibration.py")
     cal = importlib.util.module_from_spec(spec); spec.loader.exec_module(cal)
-    from msabn.experiments import get_experiment
     frozen = get_experiment("table4", "smoke")
     exp = cal.varied(frozen, cal.parse_vary(["size=48", "spurious=0.4", "epochs=16"]))
     assert exp.data.size == 48 and exp.data.synthetic["size"] == 48    # no resize between the drawing and the network
