@@ -44,7 +44,7 @@ from msabn.batched import BATCHED_RECIPES, MemoryImages
 from msabn.core import load_json, save_json, set_seed
 from msabn.experiments import get_experiment, load_splits
 from msabn.models import create_model
-from msabn.progress import machine_figure
+from msabn.progress import machine_figure, machine_figure_line
 from msabn.synthetic import SyntheticConfig
 from msabn.train import evaluate, fit
 
@@ -186,7 +186,7 @@ def main():
     for t in a.tables: check_modes(t, a.modes)
     torch.set_num_threads(a.threads)
     fig = machine_figure()
-    print(f"machine figure: bare Base ResNet-20 step, 32 px, batch 128, {a.threads} threads: {fig:.0f} img/s", flush=True)
+    print(machine_figure_line(fig, a.threads), flush=True)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
     with tempfile.TemporaryDirectory() as d:

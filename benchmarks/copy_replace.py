@@ -49,7 +49,7 @@ from msabn.experiment_data import load_splits
 from msabn.models import create_model
 from msabn.ordering import (ORDERINGS, compare_orderings, copy_replace_curve, lambda_for_fraction, orderings_table,
                             plot_curve, summarize_runs)
-from msabn.progress import machine_figure
+from msabn.progress import machine_figure, machine_figure_line
 from msabn.report_runs import VERDICT_RULE, paired
 from msabn.train import fit
 
@@ -178,7 +178,7 @@ def main(argv=None):
         return write(load_json(Path(a.out) / "results.json"), Path(a.out))
     torch.set_num_threads(a.threads)
     fig = machine_figure()
-    print(f"machine figure: bare Base ResNet-20 step, 32 px, batch 128, {a.threads} threads: {fig:.0f} img/s", flush=True)
+    print(machine_figure_line(fig, a.threads), flush=True)
     t_start = time.perf_counter()
     table, column, row, ft = setup(a.preset)
     train_aug = load_splits(table.data, Path(a.data), decoded=True)["train"]
