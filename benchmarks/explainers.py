@@ -2,13 +2,14 @@
 """Explanation quality and cost, measured: intrinsic attention maps (CAM, ABN, MSABN, Puzzle-MSABN) against post-hoc
 explainers (Grad-CAM, Grad-CAM++, Eigen-CAM, Score-CAM on the Base model), on the same test images and boxes.
 
-    python benchmarks/explainers.py                      # the embedded benchmark: trains its small models (CPU, minutes)
+    python benchmarks/explainers.py                      # Table 1's embedded stand-in: trains its small models (CPU, minutes)
     python benchmarks/explainers.py --dataset cub --data-root PATH [--checkpoint "Base=runs/.../checkpoint.pt" ...]
 
 What it does, in one run:
-1. Data: the embedded benchmark's fine-grained preset (written to data/ on first use, reused after), or CUB-200-2011 /
-   Stanford Cars from --data-root; the training split trains, the test split is scored (the embedded benchmark's
-   `test` split is the shifted one: habitat independent of the class).
+1. Data: the embedded stand-in of Table 1's smoke preset, the calibrated one (the same files `msabn_run table1` makes
+   under data/, reused when there), read at --size; or CUB-200-2011 / Stanford Cars from --data-root. The training
+   split trains, the test split is scored (the embedded benchmark's `test` split is the shifted one: habitat independent
+   of the class; its `test_iid` split gives the models' in-distribution accuracy beside it).
 2. Models: Base, ABN, MSABN (literal), MSABN (efficient) and Puzzle-MSABN (literal MSABN + Puzzle module), each trained
    with msabn.train.fit (seeded, deterministic kernels; runs/explainers/<settings>/<model>/, resumed when already
    there) or loaded from --checkpoint LABEL=PATH (an msabn checkpoint; the model is rebuilt from its signature).
@@ -35,6 +36,7 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -43,12 +45,15 @@ import PIL.Image
 import torch
 from threadpoolctl import threadpool_limits
 
+from msabn.batched import decode
+from msabn.configs import get_experiment
 from msabn.core import provenance, save_json, set_seed
 from msabn.datasets import collate, get_dataset
+from msabn.experiment_data import load_splits
 from msabn.explainers import Explainer, Explanation, create_explainer, evaluate_explainer
 from msabn.localization import normalize_maps
 from msabn.models import count_params, create_model
-from msabn.synthetic import make_synthetic
+from msabn.progress import machine_figure, machine_figure_line
 from msabn.train import TrainConfig, evaluate, fit, load_checkpoint
 from msabn.transforms import eval_transform, recipe_for, train_transform
 
@@ -76,7 +81,7 @@ LOCALIZE = {
 }
 PRESETS = {  # dataset -> defaults (all overridable on the command line)
     "synthetic": dict(backbone="resnet10t", backbone_kwargs={"channels": [16, 32, 64, 128], "stem_width": 16}, size=64,
-                      epochs=10, batch_size=32, lr=0.1, weight_decay=1e-4),
+                      epochs=10, batch_size=32, lr=0.1, weight_decay=5e-4),   # Table 1's weight decay
     "cub": dict(backbone="resnet50", backbone_kwargs={}, size=352, epochs=300, batch_size=16, lr=0.1, weight_decay=1e-4),
     "cars": dict(backbone="resnet50", backbone_kwargs={}, size=352, epochs=300, batch_size=16, lr=0.1, weight_decay=1e-4),
 }
@@ -109,7 +114,7 @@ def slug(s: str) -> str: return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=tuple(PRESETS), default="synthetic")
-    ap.add_argument("--data-root", type=Path, default=None, help="CUB/Cars root; for synthetic: where to write it (default data/synthetic-fine_grained)")
+    ap.add_argument("--data-root", type=Path, default=None, help="CUB/Cars root; for synthetic: the data root it is made under (default data/)")
     ap.add_argument("--backbone"); ap.add_argument("--backbone-kwargs", type=json.loads, help='JSON, e.g. \'{"channels": [16, 32, 64, 128]}\'')
     ap.add_argument("--size", type=int); ap.add_argument("--epochs", type=int); ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float); ap.add_argument("--weight-decay", type=float)
@@ -123,7 +128,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--throughput-batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=10); ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--grid-images", type=int, default=5)
-    ap.add_argument("--synthetic-overrides", type=json.loads, default={}, help="SyntheticConfig fields (smoke tests only)")
+    ap.add_argument("--synthetic-overrides", type=json.loads, default={}, help="SyntheticConfig fields over Table 1's stand-in (quick tests only)")
     ap.add_argument("--out", type=Path, default=ROOT / "paper_figures" / "explainers")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "explainers")
     a = ap.parse_args(argv)
@@ -138,23 +143,23 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def load_data(a):
-    if a.dataset == "synthetic":
-        root = make_synthetic(a.data_root or ROOT / "data" / "synthetic-fine_grained", "fine_grained", **a.synthetic_overrides)
-        fine = json.loads((root / "synthetic.json").read_text())["config"]["fine_grained"]
-        recipe = recipe_for("synthetic", fine)
-    else:
-        if a.data_root is None: sys.exit(f"--dataset {a.dataset} needs --data-root (the dataset's folder in its real layout)")
-        root, recipe = a.data_root, recipe_for(a.dataset)
-    train = get_dataset(a.dataset, root, "train", transform=train_transform(recipe, a.size))
-    test = get_dataset(a.dataset, root, "test", transform=eval_transform(recipe, a.size))
-    return train, test, recipe
+    "Training split (decoded into memory where it fits), the scored test split, the in-distribution one (or None), the recipe."
+    if a.dataset == "synthetic":   # Table 1's calibrated stand-in, its files drawn at 32 px, read at --size
+        spec = get_experiment("table1", "smoke").data
+        spec = replace(spec, size=a.size, synthetic={**spec.synthetic, **a.synthetic_overrides})
+        splits = load_splits(spec, a.data_root or ROOT / "data")
+        return decode(splits["train"], spec.recipe, a.size), splits["test"], splits["test_iid"], spec.recipe
+    if a.data_root is None: sys.exit(f"--dataset {a.dataset} needs --data-root (the dataset's folder in its real layout)")
+    recipe = recipe_for(a.dataset)
+    train = get_dataset(a.dataset, a.data_root, "train", transform=train_transform(recipe, a.size))
+    return train, get_dataset(a.dataset, a.data_root, "test", transform=eval_transform(recipe, a.size)), None, recipe
 
 
-def get_models(a, train, test) -> tuple[dict, dict]:
+def get_models(a, train, test, test_iid=None) -> tuple[dict, dict]:
     "Train (or resume, or load) every model; returns label -> model and label -> facts."
     settings = dict(dataset=a.dataset, backbone=a.backbone, backbone_kwargs=a.backbone_kwargs, size=a.size, epochs=a.epochs,
                     batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, n_train=len(train),
-                    synthetic=a.synthetic_overrides)
+                    synthetic=a.synthetic_overrides, **({"stand_in": "table1 smoke"} if a.dataset == "synthetic" else {}))
     run_dir = a.runs / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     models, facts = {}, {}
     for label, (arch, opts, puzzle) in MODELS.items():
@@ -177,10 +182,13 @@ def get_models(a, train, test) -> tuple[dict, dict]:
                 rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
             train_info = {"train_seconds": sum(float(r["seconds"]) for r in rows), "train_acc_last_epoch": float(rows[-1]["acc"])}
         model = model.to(a.device).eval()
-        ev = evaluate(model, test, TrainConfig(eval_batch_size=a.eval_batch, device=a.device, channels_last=False, progress=False))
+        ev_cfg = TrainConfig(eval_batch_size=a.eval_batch, device=a.device, channels_last=False, progress=False)
+        ev = evaluate(model, test, ev_cfg)
+        iid = {} if test_iid is None else {"test_iid_acc": evaluate(model, test_iid, ev_cfg)["acc"]}
         facts[label] = {"source": source, "arch": model.config["arch"], "options": {k: model.config[k] for k in ("variant", "mechanism") if k in model.config},
-                        "puzzle": puzzle, "params": count_params(model), "test_acc": ev["acc"], **train_info}
-        print(f"{label}: {source}, test accuracy {ev['acc']:.1f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
+                        "puzzle": puzzle, "params": count_params(model), "test_acc": ev["acc"], **iid, **train_info}
+        print(f"{label}: {source}, test accuracy {ev['acc']:.1f}%" + (f" (in distribution {iid['test_iid_acc']:.1f}%)" if iid else "")
+              + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         models[label] = model
     return models, facts, run_dir
 
@@ -255,15 +263,17 @@ def table(res: dict) -> str:
     lines += ["", "In brackets: 95% bootstrap intervals over test images (results.json has them for every score).", "",
               f"The models ({res['settings']['backbone']} {res['settings']['backbone_kwargs'] or ''}, {res['settings']['size']} px, "
               f"{res['settings']['epochs']} epochs at batch {res['settings']['batch_size']}, seed {res['settings']['seed']}):", "",
-              "| model | parameters | training (s) | train accuracy, last epoch (%) | test accuracy (%) | prediction = habitat's class (%) |",
-              "|---|---|---|---|---|---|"]
+              "| model | parameters | training (s) | train accuracy, last epoch (%) | in-distribution test accuracy (%) | test accuracy (%) | prediction = habitat's class (%) |",
+              "|---|---|---|---|---|---|---|"]
     for m, f in res["models"].items():
         val = lambda k, spec: format(f[k], spec) if k in f else "-"
-        lines.append(f"| {m} | {f['params']:,} | {val('train_seconds', '.0f')} | {val('train_acc_last_epoch', '.1f')} | {f['test_acc']:.1f} | "
+        lines.append(f"| {m} | {f['params']:,} | {val('train_seconds', '.0f')} | {val('train_acc_last_epoch', '.1f')} | {val('test_iid_acc', '.1f')} | {f['test_acc']:.1f} | "
                      f"{val('pred_is_habitat_class', '.1f')} |")
     tp = res["throughput"]
+    machine = "" if tp.get("machine_figure_img_s") is None else \
+        f"; {machine_figure_line(tp['machine_figure_img_s'], tp['threads']).replace('machine figure: ', 'machine figure (')})"
     lines += ["", f"Explanation throughput (images/s, forward pass included; batch {tp['batch']}, {tp['device']}, {tp['threads']} thread(s), "
-              f"median of {tp['rounds']} round-robin rounds) and the cost of Grad-CAM relative to the intrinsic map on the same model:", "",
+              f"median of {tp['rounds']} round-robin rounds{machine}) and the cost of Grad-CAM relative to the intrinsic map on the same model:", "",
               "| model | intrinsic map (img/s) | Grad-CAM on the same model (img/s) | Grad-CAM time / intrinsic time: median (range) of the rounds |",
               "|---|---|---|---|"]
     for m, r in tp["same_model"].items():
@@ -290,10 +300,12 @@ def main(argv=None) -> dict:
 def run(a) -> dict:
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
+    fig = machine_figure() if a.device == "cpu" else None   # the figure beside every time below (DESIGN.md, "Measuring")
+    if fig is not None: print(machine_figure_line(fig, a.threads), flush=True)
     t_start = time.perf_counter()
-    train, test, recipe = load_data(a)
+    train, test, test_iid, recipe = load_data(a)
     print(f"data: {a.dataset}, {len(train)} training and {len(test)} test images, {train.num_classes} classes, {a.size} px", flush=True)
-    models, facts, run_dir = get_models(a, train, test)
+    models, facts, run_dir = get_models(a, train, test, test_iid)
 
     scores, intervals, per_image, native = {}, {}, {}, {}
     for label, (m, name) in LOCALIZE.items():
@@ -338,11 +350,11 @@ def run(a) -> dict:
     grid(models, test, recipe, a.grid_images, a.out / "grid.png")
     res = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
                         if k not in ("out", "runs", "data_root", "checkpoint", "checkpoints")},
-           "data": {"name": "embedded fine-grained (shifted test)" if a.dataset == "synthetic" else a.dataset, "train": len(train),
+           "data": {"name": "embedded CIFAR-like stand-in of Table 1 (shifted test)" if a.dataset == "synthetic" else a.dataset, "train": len(train),
                     "test": len(test), "classes": train.num_classes, "recipe": recipe},
            "models": facts, "native": native, "scores": scores, "intervals_95": intervals,
            "throughput": {"batch": len(x), "rounds": a.rounds, "warmup": a.warmup, "threads": torch.get_num_threads(),
-                          "device": a.device, "per_explainer": tp, "same_model": same},
+                          "device": a.device, "machine_figure_img_s": fig, "per_explainer": tp, "same_model": same},
            "per_image_file": "runs/explainers/<settings>/per_image.npz (not committed)",
            "seconds": time.perf_counter() - t_start, "provenance": provenance(a.device)}
     run_dir.mkdir(parents=True, exist_ok=True)
