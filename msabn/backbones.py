@@ -17,8 +17,8 @@ import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
 # %% auto #0
-__all__ = ['CIFAR_RESNETS', 'BLOCKS', 'PAPER_TIMM', 'init_weights', 'CifarResNet', 'chain_names', 'make_stride1', 'Backbone',
-           'list_backbones', 'create_backbone']
+__all__ = ['CIFAR_RESNETS', 'BLOCKS', 'PAPER_TIMM', 'SMOKE_TIMM', 'init_weights', 'CifarResNet', 'chain_names', 'make_stride1',
+           'Backbone', 'list_backbones', 'create_backbone']
 
 # %% ../nbs/api/10_backbones.ipynb #e03c8461
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -258,13 +258,16 @@ class Backbone(nn.Module):
 
 # %% ../nbs/api/10_backbones.ipynb #58a2eb27
 PAPER_TIMM = ("resnet50", "resnet101", "resnext50_32x4d", "efficientnet_b1", "efficientnet_b3")
+SMOKE_TIMM = {  # smoke-only timm stand-ins, by name: (timm model, its arguments); the paper's strides at a laptop's width
+    "resnet10t_narrow": ("resnet10t", {"channels": (16, 32, 64, 128), "stem_width": 16}),
+}
 
 def list_backbones() -> list[str]:
     "The backbone names of the paper: the CIFAR ResNets and the timm CNNs (any other timm CNN works too)."
     return [n for n, (depth, _) in CIFAR_RESNETS.items() if depth >= 20] + list(PAPER_TIMM)  # not the smoke-only 8, 14
 
 def create_backbone(
-    name: str,                # "resnet20"/"resnet56"/"resnet110"/... (CIFAR) or a timm CNN name
+    name: str,                # "resnet20"/"resnet56"/"resnet110"/... (CIFAR), a timm CNN name or one of SMOKE_TIMM
     in_chans: int = 3,        # input channels
     block: str | None = None, # CIFAR ResNets only: "basic" or "bottleneck" (None: the official ABN code's choice)
     **timm_kwargs,            # passed to timm.create_model (e.g. drop_path_rate); never pretrained weights
@@ -278,9 +281,10 @@ def create_backbone(
     if block is not None: raise ValueError(f"block={block!r} applies to the CIFAR ResNets {list(CIFAR_RESNETS)} only, not {name!r}")
     if timm_kwargs.pop("pretrained", False):
         raise ValueError("pretrained weights are not used: every model starts from Kaiming initialisation (pretrained=False)")
-    if not isinstance(name, str) or not timm.is_model(name):
+    timm_name, defaults = SMOKE_TIMM.get(name, (name, {}))
+    if not isinstance(name, str) or not timm.is_model(timm_name):
         close = difflib.get_close_matches(str(name), list(CIFAR_RESNETS) + timm.list_models(), n=4)
         raise ValueError(f"unknown backbone {name!r}: use a CIFAR ResNet {list(CIFAR_RESNETS)} or a timm CNN with "
                          f"feature_info, e.g. {list(PAPER_TIMM)}" + (f"; closest names: {close}" if close else ""))
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **timm_kwargs)
+    model = timm.create_model(timm_name, pretrained=False, num_classes=0, in_chans=in_chans, **{**defaults, **timm_kwargs})
     return Backbone(model, name, in_chans)
