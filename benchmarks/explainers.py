@@ -261,7 +261,7 @@ def table(res: dict) -> str:
         cell = lambda k: fmt(s[k], k) + (f" [{fmt(ci[k][0], k)}, {fmt(ci[k][1], k)}]" if k in ("gt_known_loc", "max_box_acc_v2") else "")
         lines.append(f"| {label} | {res['native'][label]} | " + " | ".join(cell(k) for k, _ in SCORES) + " |")
     lines += ["", "In brackets: 95% bootstrap intervals over test images (results.json has them for every score).", "",
-              f"The models ({res['settings']['backbone']} {res['settings']['backbone_kwargs'] or ''}, {res['settings']['size']} px, "
+              f"The models ({' '.join(str(v) for v in (res['settings']['backbone'], res['settings']['backbone_kwargs']) if v)}, {res['settings']['size']} px, "
               f"{res['settings']['epochs']} epochs at batch {res['settings']['batch_size']}, seed {res['settings']['seed']}):", "",
               "| model | parameters | training (s) | train accuracy, last epoch (%) | in-distribution test accuracy (%) | test accuracy (%) | prediction = habitat's class (%) |",
               "|---|---|---|---|---|---|---|"]

@@ -283,7 +283,7 @@ def create_backbone(
         raise ValueError("pretrained weights are not used: every model starts from Kaiming initialisation (pretrained=False)")
     timm_name, defaults = SMOKE_TIMM.get(name, (name, {}))
     if not isinstance(name, str) or not timm.is_model(timm_name):
-        close = difflib.get_close_matches(str(name), list(CIFAR_RESNETS) + timm.list_models(), n=4)
+        close = difflib.get_close_matches(str(name), list(CIFAR_RESNETS) + list(SMOKE_TIMM) + timm.list_models(), n=4)
         raise ValueError(f"unknown backbone {name!r}: use a CIFAR ResNet {list(CIFAR_RESNETS)} or a timm CNN with "
                          f"feature_info, e.g. {list(PAPER_TIMM)}" + (f"; closest names: {close}" if close else ""))
     model = timm.create_model(timm_name, pretrained=False, num_classes=0, in_chans=in_chans, **{**defaults, **timm_kwargs})

@@ -133,7 +133,7 @@ def test_comparison_script_on_table1s_stand_in_reads_its_files_and_both_test_spl
     "The default data: Table 1's smoke stand-in (here a smaller draw of it), in-distribution accuracy beside the shifted one."
     bench = _load_benchmark()
     res = bench.main(["--synthetic-overrides", json.dumps({"n_train": 8, "n_test": 4, "n_test_iid": 6}), "--data-root", str(tmp_path / "data"),
-                      "--backbone-kwargs", json.dumps(TINY), "--epochs", "1", "--batch-size", "4", "--runs", str(tmp_path / "runs"),
+                      "--epochs", "1", "--batch-size", "4", "--runs", str(tmp_path / "runs"),
                       "--out", str(tmp_path / "out"), "--rounds", "1", "--warmup", "0", "--throughput-batch", "2", "--grid-images", "2"])
     made = json.loads(next((tmp_path / "data" / "synthetic").glob("synthetic-*/synthetic.json")).read_text())["config"]
     assert made["fine_grained"] is False and made["size"] == 32 and made["n_train"] == 8   # Table 1's drawing, read at 64 px
@@ -143,4 +143,5 @@ def test_comparison_script_on_table1s_stand_in_reads_its_files_and_both_test_spl
     for m, f in res["models"].items():
         assert 0 <= f["test_iid_acc"] <= 100 and 0 <= f["pred_is_habitat_class"] <= 100, m
     assert res["throughput"]["machine_figure_img_s"] > 0
-    assert "| in-distribution test accuracy (%) |" in (tmp_path / "out" / "table.md").read_text()
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| in-distribution test accuracy (%) |" in table and "The models (resnet10t_narrow, 64 px," in table   # the named backbone
