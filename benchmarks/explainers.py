@@ -19,6 +19,9 @@ What it does, in one run:
    alike), the first --warmup rounds untimed, the median of the rest; images/s includes the forward pass. The ratio
    "Grad-CAM time / intrinsic time" is measured on the *same* model and batch for each model.
 5. A grid of maps on the same test images (grid.png).
+6. More seeds (--more-seeds; on the embedded benchmark seeds 1 and 2 by default): the models trained again from those
+   seeds and scored the same way, so that each map's lead over CAM is a paired difference over seeds, stated with its
+   minimum detectable effect (msabn_report's rule); throughput and the grid stay on the --seed models.
 Outputs go to --out (default paper_figures/explainers/): table.md, grid.png, results.json.
 
 Threads: one by default (--threads) for torch, OpenCV and NumPy's BLAS: the CPU is shared, and one thread measures the
@@ -54,6 +57,7 @@ from msabn.explainers import Explainer, Explanation, create_explainer, evaluate_
 from msabn.localization import normalize_maps
 from msabn.models import count_params, create_model
 from msabn.progress import machine_figure, machine_figure_line
+from msabn.report_runs import mde
 from msabn.train import TrainConfig, evaluate, fit, load_checkpoint
 from msabn.transforms import eval_transform, recipe_for, train_transform
 
@@ -118,7 +122,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--backbone"); ap.add_argument("--backbone-kwargs", type=json.loads, help='JSON, e.g. \'{"channels": [16, 32, 64, 128]}\'')
     ap.add_argument("--size", type=int); ap.add_argument("--epochs", type=int); ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float); ap.add_argument("--weight-decay", type=float)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the models scored, timed and shown")
+    ap.add_argument("--more-seeds", type=int, nargs="*", default=None,
+                    help="seeds trained again for the paired differences (default: 1 2 on the embedded benchmark, none on CUB/Cars)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="where to train and explain (timings are for this device)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
@@ -134,11 +140,14 @@ def parse(argv=None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     for k, v in PRESETS[a.dataset].items():
         if getattr(a, k) is None: setattr(a, k, v)
+    if a.more_seeds is None: a.more_seeds = [1, 2] if a.dataset == "synthetic" else []
+    if a.seed in a.more_seeds: ap.error(f"--more-seeds {a.more_seeds} repeats --seed {a.seed}")
     a.checkpoints = {}
     for c in a.checkpoint:
         label, sep, path = c.partition("=")
         if not sep or label not in MODELS: ap.error(f"--checkpoint {c!r}: expected LABEL=PATH with LABEL one of {list(MODELS)}")
         a.checkpoints[label] = Path(path)
+    if a.checkpoints and a.more_seeds: ap.error(f"--checkpoint loads one model per label; pass --more-seeds without seeds (not {a.more_seeds})")
     return a
 
 
@@ -155,10 +164,11 @@ def load_data(a):
     return train, get_dataset(a.dataset, a.data_root, "test", transform=eval_transform(recipe, a.size)), None, recipe
 
 
-def get_models(a, train, test, test_iid=None) -> tuple[dict, dict]:
-    "Train (or resume, or load) every model; returns label -> model and label -> facts."
+def get_models(a, train, test, test_iid=None, seed: int | None = None) -> tuple[dict, dict]:
+    "Train (or resume, or load) every model from `seed` (--seed by default); returns label -> model and label -> facts."
+    seed = a.seed if seed is None else seed
     settings = dict(dataset=a.dataset, backbone=a.backbone, backbone_kwargs=a.backbone_kwargs, size=a.size, epochs=a.epochs,
-                    batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, n_train=len(train),
+                    batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=seed, n_train=len(train),
                     synthetic=a.synthetic_overrides, **({"stand_in": "table1 smoke"} if a.dataset == "synthetic" else {}))
     run_dir = a.runs / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     models, facts = {}, {}
@@ -171,10 +181,10 @@ def get_models(a, train, test, test_iid=None) -> tuple[dict, dict]:
             model.load_state_dict(ckpt["model"])
             source = f"checkpoint {a.checkpoints[label].name}"
         else:
-            set_seed(a.seed)
+            set_seed(seed)
             model = create_model(arch, a.backbone, train.num_classes, backbone_kwargs=a.backbone_kwargs, **opts)
             cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, momentum=0.9,
-                              milestones=(0.5, 0.75), puzzle=puzzle, seed=a.seed, deterministic=True, device=a.device,
+                              milestones=(0.5, 0.75), puzzle=puzzle, seed=seed, deterministic=True, device=a.device,
                               progress=False, channels_last=False)
             fit(model, train, None, cfg, out_dir=run_dir / slug(label), resume=True, extra_config={"benchmark": settings})
             source = "trained here"
@@ -191,6 +201,37 @@ def get_models(a, train, test, test_iid=None) -> tuple[dict, dict]:
               + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         models[label] = model
     return models, facts, run_dir
+
+
+def localize(models: dict, test, a) -> tuple[dict, dict]:
+    "Every explainer of LOCALIZE on the test split (GT-known): label -> summary, label -> per-image scores."
+    scores, per_image = {}, {}
+    for label, (m, name) in LOCALIZE.items():
+        t0 = time.perf_counter()
+        r = evaluate_explainer(make_explainer(name, models[m]), test, batch_size=a.eval_batch, targets="label", limit=a.limit)
+        scores[label], per_image[label] = r["summary"], r["per_image"]
+        s = r["summary"]
+        print(f"{label}: GT-known {s['gt_known_loc']:.1f}%, MaxBoxAccV2 {s['max_box_acc_v2']:.1f}%, pointing {s['pointing']:.1f}%, "
+              f"energy {s['energy_pointing']:.1f}%, frac_attn_out {s['frac_attn_out']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return scores, per_image
+
+
+PAIRED = ("max_box_acc_v2", "gt_known_loc", "pointing")   # the scores whose lead over CAM is tabled over seeds
+
+
+def paired_over_seeds(by_seed: dict) -> dict:
+    "Per explainer and score: each seed's difference to CAM (Base), their mean, std and minimum detectable effect."
+    out = {}
+    for label in LOCALIZE:
+        if label == "CAM (Base)": continue
+        out[label] = {}
+        for key in PAIRED:
+            d = [s[label][key] - s["CAM (Base)"][key] for s in by_seed.values()]
+            sd = statistics.stdev(d) if len(d) > 1 else float("nan")
+            e = mde(sd, len(d)) if len(d) > 1 else float("nan")
+            out[label][key] = {"diffs": d, "mean": statistics.mean(d), "std": sd, "mde": e,
+                               "detectable": bool(len(d) > 1 and statistics.mean(d) != 0 and abs(statistics.mean(d)) >= e)}  # as msabn_report
+    return out
 
 
 def bootstrap(per: dict, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -252,6 +293,31 @@ def fmt(v, key):
     return f"{v:.1f}"
 
 
+def seeds_section(res: dict) -> list[str]:
+    "The scores on every seed's models and each map's lead over CAM as a paired difference over seeds (lines of table.md)."
+    paired, seeds = res.get("paired_over_seeds"), res.get("seeds", {})
+    if not paired: return []
+    names = {"max_box_acc_v2": "MaxBoxAccV2", "gt_known_loc": "GT-known loc", "pointing": "pointing"}
+    per = lambda f: " / ".join(f(v) for v in seeds.values())
+    lines = ["", f"The same models trained from seeds {', '.join(seeds)} and scored the same way (values in seed order), and each "
+             f"explainer's score minus CAM (Base)'s on the same seed's models: mean ± std over the {len(seeds)} seeds, with the "
+             "minimum detectable effect at that n (msabn_report's rule: alpha 0.05, power 0.8); *beyond* when |mean| >= MDE:", "",
+             "| explainer | " + " | ".join(f"{names[k]} per seed (%)" for k in PAIRED) + " | " + " | ".join(f"{names[k]} - CAM" for k in PAIRED) + " |",
+             "|---|" + "---|" * (2 * len(PAIRED))]
+    for label in LOCALIZE:
+        cells = [per(lambda v, k=k: f"{v['scores'][label][k]:.1f}") for k in PAIRED]
+        if label in paired:
+            cells += [f"{d['mean']:+.1f} ± {d['std']:.1f}, MDE {d['mde']:.1f}: {'beyond' if d['detectable'] else 'within'}"
+                      for d in (paired[label][k] for k in PAIRED)]
+        else: cells += ["-"] * len(PAIRED)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | test accuracy per seed (%) | in-distribution test accuracy per seed (%) |", "|---|---|---|"]
+    for m in res["models"]:
+        acc = lambda k: per(lambda v: f"{v['models'][m][k]:.1f}" if k in v["models"][m] else "-")
+        lines.append(f"| {m} | {acc('test_acc')} | {acc('test_iid_acc')} |")
+    return lines
+
+
 def table(res: dict) -> str:
     lines = [f"Localisation on the {res['data']['name']} test split ({res['scores']['CAM (Base)']['n']} images, {res['settings']['size']} px, "
              f"GT-known: maps of the true class); accuracy is the explained model's. Higher is better except frac_attn_out.", "",
@@ -269,6 +335,7 @@ def table(res: dict) -> str:
         val = lambda k, spec: format(f[k], spec) if k in f else "-"
         lines.append(f"| {m} | {f['params']:,} | {val('train_seconds', '.0f')} | {val('train_acc_last_epoch', '.1f')} | {val('test_iid_acc', '.1f')} | {f['test_acc']:.1f} | "
                      f"{val('pred_is_habitat_class', '.1f')} |")
+    lines += seeds_section(res)
     tp = res["throughput"]
     machine = "" if tp.get("machine_figure_img_s") is None else \
         f"; {machine_figure_line(tp['machine_figure_img_s'], tp['threads']).replace('machine figure: ', 'machine figure (')})"
@@ -307,15 +374,9 @@ def run(a) -> dict:
     print(f"data: {a.dataset}, {len(train)} training and {len(test)} test images, {train.num_classes} classes, {a.size} px", flush=True)
     models, facts, run_dir = get_models(a, train, test, test_iid)
 
-    scores, intervals, per_image, native = {}, {}, {}, {}
-    for label, (m, name) in LOCALIZE.items():
-        t0 = time.perf_counter()
-        r = evaluate_explainer(make_explainer(name, models[m]), test, batch_size=a.eval_batch, targets="label", limit=a.limit)
-        scores[label], per_image[label] = r["summary"], r["per_image"]
-        intervals[label] = bootstrap(r["per_image"], seed=a.seed)
-        s = r["summary"]
-        print(f"{label}: GT-known {s['gt_known_loc']:.1f}%, MaxBoxAccV2 {s['max_box_acc_v2']:.1f}%, pointing {s['pointing']:.1f}%, "
-              f"energy {s['energy_pointing']:.1f}%, frac_attn_out {s['frac_attn_out']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    scores, per_image = localize(models, test, a)
+    intervals = {label: bootstrap(per_image[label], seed=a.seed) for label in LOCALIZE}
+    native = {}
     habitats = getattr(test, "habitats", None)
     if habitats is not None:  # the embedded benchmark: how often a model's prediction is the class of the image's habitat
         intrinsic = {m: label for label, (m, name) in LOCALIZE.items() if name in ("cam", "attention")}
@@ -346,6 +407,14 @@ def run(a) -> dict:
         print(f"throughput {m}: intrinsic {i['images_per_s']:.0f} img/s, Grad-CAM {g['images_per_s']:.0f} img/s, "
               f"ratio {same[m]['ratio']:.1f}x (rounds: {min(per_round):.1f}-{max(per_round):.1f})", flush=True)
 
+    accuracies = lambda f: {m: {k: v[k] for k in ("test_acc", "test_iid_acc") if k in v} for m, v in f.items()}
+    seeds = {a.seed: {"models": accuracies(facts), "scores": scores}}
+    for seed in a.more_seeds:   # the same models from other seeds, scored the same way (not timed, not shown)
+        print(f"seed {seed}:", flush=True)
+        more, more_facts, _ = get_models(a, train, test, test_iid, seed=seed)
+        seeds[seed] = {"models": accuracies(more_facts), "scores": localize(more, test, a)[0]}
+    paired = paired_over_seeds({k: v["scores"] for k, v in seeds.items()}) if len(seeds) > 1 else None
+
     a.out.mkdir(parents=True, exist_ok=True)
     grid(models, test, recipe, a.grid_images, a.out / "grid.png")
     res = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
@@ -355,6 +424,7 @@ def run(a) -> dict:
            "models": facts, "native": native, "scores": scores, "intervals_95": intervals,
            "throughput": {"batch": len(x), "rounds": a.rounds, "warmup": a.warmup, "threads": torch.get_num_threads(),
                           "device": a.device, "machine_figure_img_s": fig, "per_explainer": tp, "same_model": same},
+           "seeds": {str(k): v for k, v in seeds.items()}, "paired_over_seeds": paired,
            "per_image_file": "runs/explainers/<settings>/per_image.npz (not committed)",
            "seconds": time.perf_counter() - t_start, "provenance": provenance(a.device)}
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -122,18 +122,24 @@ def test_comparison_script_end_to_end_on_a_cub_fixture_then_from_its_checkpoints
             assert second["scores"][label][key] == pytest.approx(first["scores"][label][key], abs=1e-9), (label, key)
 
 
-def test_comparison_script_refuses_a_bad_checkpoint_label(tmp_path, capsys):
+def test_comparison_script_refuses_a_bad_checkpoint_label_and_conflicting_seeds(tmp_path, capsys):
     bench = _load_benchmark()
     with pytest.raises(SystemExit):
         bench.parse(["--checkpoint", "GradCAM=x.pt"])
     assert "LABEL one of" in capsys.readouterr().err
+    for argv, says in ((["--seed", "1", "--more-seeds", "1", "2"], "repeats --seed 1"),
+                       (["--checkpoint", "Base=x.pt"], "pass --more-seeds without seeds")):   # the embedded default: seeds 1 2
+        with pytest.raises(SystemExit):
+            bench.parse(argv)
+        assert says in capsys.readouterr().err, argv
+    assert bench.parse(["--dataset", "cub", "--data-root", "x"]).more_seeds == [] and bench.parse([]).more_seeds == [1, 2]
 
 
 def test_comparison_script_on_table1s_stand_in_reads_its_files_and_both_test_splits(tmp_path):
     "The default data: Table 1's smoke stand-in (here a smaller draw of it), in-distribution accuracy beside the shifted one."
     bench = _load_benchmark()
     res = bench.main(["--synthetic-overrides", json.dumps({"n_train": 8, "n_test": 4, "n_test_iid": 6}), "--data-root", str(tmp_path / "data"),
-                      "--epochs", "1", "--batch-size", "4", "--runs", str(tmp_path / "runs"),
+                      "--epochs", "1", "--batch-size", "4", "--runs", str(tmp_path / "runs"), "--more-seeds", "3",
                       "--out", str(tmp_path / "out"), "--rounds", "1", "--warmup", "0", "--throughput-batch", "2", "--grid-images", "2"])
     made = json.loads(next((tmp_path / "data" / "synthetic").glob("synthetic-*/synthetic.json")).read_text())["config"]
     assert made["fine_grained"] is False and made["size"] == 32 and made["n_train"] == 8   # Table 1's drawing, read at 64 px
@@ -143,5 +149,13 @@ def test_comparison_script_on_table1s_stand_in_reads_its_files_and_both_test_spl
     for m, f in res["models"].items():
         assert 0 <= f["test_iid_acc"] <= 100 and 0 <= f["pred_is_habitat_class"] <= 100, m
     assert res["throughput"]["machine_figure_img_s"] > 0
+    # seed 3's models were trained too, and each map's lead over CAM is the paired difference over the two seeds
+    assert list(res["seeds"]) == ["0", "3"] and len(list((tmp_path / "runs").iterdir())) == 2
+    for label, by_key in res["paired_over_seeds"].items():
+        for key, d in by_key.items():
+            want = [res["seeds"][s]["scores"][label][key] - res["seeds"][s]["scores"]["CAM (Base)"][key] for s in ("0", "3")]
+            assert d["diffs"] == pytest.approx(want) and d["mean"] == pytest.approx(sum(want) / 2), (label, key)
+    assert "CAM (Base)" not in res["paired_over_seeds"]
     table = (tmp_path / "out" / "table.md").read_text()
+    assert "The same models trained from seeds 0, 3" in table and "| ABN |" in table.split("The same models")[1]
     assert "| in-distribution test accuracy (%) |" in table and "The models (resnet10t_narrow, 64 px," in table   # the named backbone
