@@ -57,7 +57,7 @@ from msabn.explainers import Explainer, Explanation, create_explainer, evaluate_
 from msabn.localization import normalize_maps
 from msabn.models import count_params, create_model
 from msabn.progress import machine_figure, machine_figure_line
-from msabn.report_runs import mde
+from msabn.report_runs import paired
 from msabn.train import TrainConfig, evaluate, fit, load_checkpoint
 from msabn.transforms import eval_transform, recipe_for, train_transform
 
@@ -227,10 +227,9 @@ def paired_over_seeds(by_seed: dict) -> dict:
         out[label] = {}
         for key in PAIRED:
             d = [s[label][key] - s["CAM (Base)"][key] for s in by_seed.values()]
-            sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-            e = mde(sd, len(d)) if len(d) > 1 else float("nan")
-            out[label][key] = {"diffs": d, "mean": statistics.mean(d), "std": sd, "mde": e,
-                               "detectable": bool(len(d) > 1 and statistics.mean(d) != 0 and abs(statistics.mean(d)) >= e)}  # as msabn_report
+            p = paired(1.0, d)   # msabn_report's one verdict rule; "ahead of CAM" stands in for a paper's sign
+            out[label][key] = {"diffs": d, "mean": p.mean, "std": p.std, "mde": p.mde,
+                               "detectable": p.verdict in ("as in the paper", "opposite to the paper")}
     return out
 
 
