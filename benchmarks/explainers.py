@@ -294,8 +294,8 @@ def fmt(v, key):
 
 def seeds_section(res: dict) -> list[str]:
     "The scores on every seed's models and each map's lead over CAM as a paired difference over seeds (lines of table.md)."
-    paired, seeds = res.get("paired_over_seeds"), res.get("seeds", {})
-    if not paired: return []
+    leads, seeds = res.get("paired_over_seeds"), res.get("seeds", {})
+    if not leads: return []
     names = {"max_box_acc_v2": "MaxBoxAccV2", "gt_known_loc": "GT-known loc", "pointing": "pointing"}
     per = lambda f: " / ".join(f(v) for v in seeds.values())
     lines = ["", f"The same models trained from seeds {', '.join(seeds)} and scored the same way (values in seed order), and each "
@@ -305,9 +305,9 @@ def seeds_section(res: dict) -> list[str]:
              "|---|" + "---|" * (2 * len(PAIRED))]
     for label in LOCALIZE:
         cells = [per(lambda v, k=k: f"{v['scores'][label][k]:.1f}") for k in PAIRED]
-        if label in paired:
+        if label in leads:
             cells += [f"{d['mean']:+.1f} ± {d['std']:.1f}, MDE {d['mde']:.1f}: {'beyond' if d['detectable'] else 'within'}"
-                      for d in (paired[label][k] for k in PAIRED)]
+                      for d in (leads[label][k] for k in PAIRED)]
         else: cells += ["-"] * len(PAIRED)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| model | test accuracy per seed (%) | in-distribution test accuracy per seed (%) |", "|---|---|---|"]
@@ -412,7 +412,7 @@ def run(a) -> dict:
         print(f"seed {seed}:", flush=True)
         more, more_facts, _ = get_models(a, train, test, test_iid, seed=seed)
         seeds[seed] = {"models": accuracies(more_facts), "scores": localize(more, test, a)[0]}
-    paired = paired_over_seeds({k: v["scores"] for k, v in seeds.items()}) if len(seeds) > 1 else None
+    leads = paired_over_seeds({k: v["scores"] for k, v in seeds.items()}) if len(seeds) > 1 else None
 
     a.out.mkdir(parents=True, exist_ok=True)
     grid(models, test, recipe, a.grid_images, a.out / "grid.png")
@@ -423,7 +423,7 @@ def run(a) -> dict:
            "models": facts, "native": native, "scores": scores, "intervals_95": intervals,
            "throughput": {"batch": len(x), "rounds": a.rounds, "warmup": a.warmup, "threads": torch.get_num_threads(),
                           "device": a.device, "machine_figure_img_s": fig, "per_explainer": tp, "same_model": same},
-           "seeds": {str(k): v for k, v in seeds.items()}, "paired_over_seeds": paired,
+           "seeds": {str(k): v for k, v in seeds.items()}, "paired_over_seeds": leads,
            "per_image_file": "runs/explainers/<settings>/per_image.npz (not committed)",
            "seconds": time.perf_counter() - t_start, "provenance": provenance(a.device)}
     run_dir.mkdir(parents=True, exist_ok=True)
