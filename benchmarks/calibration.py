@@ -212,7 +212,9 @@ def page(lines: list[str], variations: list[str]) -> str:
     if len(variations) > 2:
         text += ("\n## Variations of them (Base only, for the next calibration step; not frozen)\n\n"
                  "Each made by `python benchmarks/calibration.py --tables TABLE --seeds 0 1 2 3 4 --modes Base "
-                 "\"Base (other init)\" --vary ...`, TABLE the stand-in's table, with the variation shown.\n\n" + "\n".join(variations) + "\n")
+                 "\"Base (other init)\" --vary ...`, TABLE the stand-in's table, with the variation shown. Table 4's runs from before "
+                 "its stand-in was frozen at 64 px spell their settings out in full (backbone, size, n_train, epochs, n_test, lr, "
+                 "spurious), so that they stay what they were whatever the frozen settings are.\n\n" + "\n".join(variations) + "\n")
     return text
 
 

@@ -246,6 +246,10 @@ class ScaledSizes:
     fine_size: int                    # Tables 4/5's input side
     n_train_fine: int                 # training images of Tables 4/5
     epochs_fine: int                  # Tables 4/5
+    resnet_fine: str                  # the backbone that stands for Tables 4/5's ResNet-50
+    n_test_fine: int                  # images per test split of Tables 4/5
+    lr_fine: float                    # Tables 4/5's peak learning rate
+    spurious_fine: float              # Tables 4/5: how often a training (and test_iid) bird shows its class's habitat
     fractions: tuple[float, ...]      # Figs. 8/9: the shares of training images annotated
     finetune_epochs: int              # Figs. 8/9
     finetune_seeds: tuple[int, ...]   # Figs. 8/9: fine-tuning repeats per model
@@ -255,16 +259,17 @@ class ScaledSizes:
 
 SMOKE_SIZES = ScaledSizes(  # calibrated on the Base model alone (msabn.synthetic, "Calibration"), then frozen
     seeds=(0, 1, 2), resnet="resnet8", effnet=None, n_train=1000, n_test=1000, epochs=4, batch=32, batch_fine=32,
-    fine_size=32, n_train_fine=1000, epochs_fine=4, fractions=(0.5, 1.0), finetune_epochs=2, finetune_seeds=(0,),
+    fine_size=64, n_train_fine=4000, epochs_fine=10, resnet_fine="resnet10t_narrow", n_test_fine=3000, lr_fine=0.01,
+    spurious_fine=0.925, fractions=(0.5, 1.0), finetune_epochs=2, finetune_seeds=(0,),
     fig_sources=("table1",), fig_rows=tuple(r.name for r in CIFAR_ROWS), finetune_row="MSABN g·(1+A)")
 TINY_SIZES = replace(SMOKE_SIZES, seeds=(0,), resnet="resnet20", effnet="tinynet_e", n_train=32, n_test=8, epochs=1, batch=16, batch_fine=16,
-                     n_train_fine=32, epochs_fine=1, fractions=(0.5, 1.0), finetune_epochs=1,
+                     fine_size=32, n_train_fine=32, epochs_fine=1, resnet_fine="resnet20", n_test_fine=8, fractions=(0.5, 1.0), finetune_epochs=1,
                      fig_sources=_FINE, fig_rows=FIG1_ROWS, finetune_row="MSABN")
 
 def _recipe(epochs: int, batch_size: int, weight_decay: float, milestones: tuple[float, ...], **kw) -> TrainConfig:
-    "A smoke-like recipe: the paper's SGD and step decay, evaluated once at the end."
+    "A smoke-like recipe: the paper's SGD and step decay (its lr unless `kw` gives one), evaluated once at the end."
     return TrainConfig(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, milestones=milestones, eval_every=epochs,
-                       eval_batch_size=128, **_SGD, **kw)
+                       eval_batch_size=128, **{**_SGD, **kw})
 
 # %% ../nbs/api/40_configs.ipynb #e17084a9
 def _synthetic(sizes: ScaledSizes, stands_for: str, recipe: str, input_size: int = 32,
@@ -277,7 +282,8 @@ def _synthetic(sizes: ScaledSizes, stands_for: str, recipe: str, input_size: int
 def _fine_synthetic(sizes: ScaledSizes, stands_for: str, **seed) -> DataSpec:
     "The fine-grained birds of Tables 4/5 (drawn at the input size, `fine_size`); Table 5's is a second draw (seed=1)."
     return _synthetic(sizes, stands_for, "fine_grained", sizes.fine_size, size=sizes.fine_size, num_classes=10, fine_grained=True,
-                      clutter=1.0, scale=(0.6, 0.8), n_train=sizes.n_train_fine, **seed)
+                      clutter=1.0, scale=(0.6, 0.8), n_train=sizes.n_train_fine, n_test=sizes.n_test_fine,
+                      n_test_iid=sizes.n_test_fine, spurious=sizes.spurious_fine, **seed)
 
 # %% ../nbs/api/40_configs.ipynb #9b4f433a
 def scaled_preset(
@@ -289,7 +295,7 @@ def scaled_preset(
     resnet = lambda paper: Column(paper=paper, backbone=S.resnet)
     t23 = (resnet("ResNet-101"),) + ((Column(paper="EfficientNet-B1", backbone=S.effnet),) if S.effnet else ())
     coarse = lambda wd, milestones, **kw: _recipe(S.epochs, S.batch, wd, milestones, **kw)
-    fine = _recipe(S.epochs_fine, S.batch_fine, 1e-4, (0.5, 0.75))
+    fine = _recipe(S.epochs_fine, S.batch_fine, 1e-4, (0.5, 0.75), lr=S.lr_fine)
     return {
         "table1": _table("table1", preset, columns=(resnet("ResNet-20"),), rows=CIFAR_ROWS, train=coarse(5e-4, (0.5, 0.75)),
                          seeds=S.seeds, data=_synthetic(S, "CIFAR-100", "cifar", size=32, num_classes=10, n_train=S.n_train)),
@@ -299,9 +305,9 @@ def scaled_preset(
                          seeds=S.seeds, metrics=("acc", "balanced_acc"),
                          data=_synthetic(S, "DiagSet-10x", "diagset", keep_fractions=geometric_fractions(8),
                                          size=37, num_classes=8, n_train=S.n_train, seed=3)),
-        "table4": _table("table4", preset, columns=(resnet("ResNet-50"),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
+        "table4": _table("table4", preset, columns=(Column(paper="ResNet-50", backbone=S.resnet_fine),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
                          data=_fine_synthetic(S, "CUB-200-2011")),
-        "table5": _table("table5", preset, columns=(resnet("ResNet-50"),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
+        "table5": _table("table5", preset, columns=(Column(paper="ResNet-50", backbone=S.resnet_fine),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
                          data=_fine_synthetic(S, "Stanford Cars", seed=1)),
         "fig1": _figure(AttentionFigure, "fig1", preset, sources=S.fig_sources, rows=S.fig_rows, seeds=S.seeds),
         "fig8_9": _figure(CopyReplaceFigure, "fig8_9", preset, sources={t: FIG8_9_FIGURES.get(t, INFO["fig8_9"].short_title) for t in S.fig_sources},

@@ -52,7 +52,7 @@ def test_a_size_variation_draws_and_feeds_the_network_at_that_size():
     exp = cal.varied(frozen, cal.parse_vary(["size=48", "spurious=0.4", "epochs=16"]))
     assert exp.data.size == 48 and exp.data.synthetic["size"] == 48    # no resize between the drawing and the network
     assert exp.data.synthetic["spurious"] == 0.4 and exp.train.epochs == 16
-    assert frozen.data.size == 32 and "spurious" not in frozen.data.synthetic   # the frozen preset is untouched
+    assert frozen.data.size == 64 and frozen.data.synthetic["spurious"] == 0.925   # the frozen preset is untouched
 
 
 def test_a_probe_on_data_read_image_by_image_is_refused_before_anything_runs(tmp_path):
