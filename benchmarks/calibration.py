@@ -23,7 +23,7 @@ Writes --out/README.md (the table), results.json and records.jsonl (one line per
 skips the runs recorded there, so an interrupted calibration continues).
 
 `--vary KEY=VALUE ...` trains a variation of the frozen settings, for the next calibration step: any field of
-msabn.synthetic.SyntheticConfig (`n_test` sets both test splits' sizes, `size` both the drawing's side and the
+msabn.data.synthetic.SyntheticConfig (`n_test` sets both test splits' sizes, `size` both the drawing's side and the
 network's input side; a range as `scale=0.15,0.6`), the training recipe's `epochs`, `lr` and `batch_size`, and
 `backbone`. Its runs are recorded with the variation and tabled apart from the frozen settings' ones.
 """
@@ -40,12 +40,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from msabn.batched import BATCHED_RECIPES, MemoryImages
+from msabn.data import BATCHED_RECIPES, MemoryImages
 from msabn.core import load_json, save_json, set_seed
 from msabn.experiments import get_experiment, load_splits
 from msabn.models import create_model
-from msabn.progress import machine_figure, machine_figure_line
-from msabn.synthetic import SyntheticConfig
+from msabn.train import machine_figure, machine_figure_line
+from msabn.data import SyntheticConfig
 from msabn.train import evaluate, fit
 
 SPLITS = ("test_iid", "test")
@@ -207,7 +207,7 @@ def page(lines: list[str], variations: list[str]) -> str:
             "companions (another initialisation, the habitat-only probe, the object oracle); mean ± std over seeds, accuracy in %. "
             "Made by `python benchmarks/calibration.py`; the machine figure of each invocation (the bare Base ResNet-20 train step "
             "at 32 px, batch 128) is in results.json, and moves times, not accuracies. The protocol, the targets and what the "
-            "tables mean: the synthetic page (`nbs/api/02_synthetic.ipynb`, \"Calibration\"). Every run is a line of "
+            "tables mean: the synthetic page (`nbs/api/data/03_synthetic.ipynb`, \"Calibration\"). Every run is a line of "
             "records.jsonl.\n\n## The frozen smoke settings\n\n" + "\n".join(lines) + "\n")
     if len(variations) > 2:
         text += ("\n## Variations of them (Base only, for the next calibration step; not frozen)\n\n"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Copy-replace fine-tuning against vanilla fine-tuning on the embedded benchmark (the paper's Figs. 8/9, on a CPU).
 
-The data and the model are the smoke preset's, as calibrated (msabn.synthetic, "Calibration"): Table 1's CIFAR-like
+The data and the model are the smoke preset's, as calibrated (msabn.data.synthetic, "Calibration"): Table 1's CIFAR-like
 stand-in (generator version 2: 1,000 training images of 32 px, 10 classes, each class with its own background
 "habitat" in 80% of the training images, and the *shifted* test split of 1,000 images where the habitat is
 independent of the class), and the model the smoke Figs. 8/9 fine-tune (MSABN g·(1+A), the literal variant, on
@@ -42,15 +42,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msabn.configs import get_experiment
-from msabn.copy_replace import PAPER_FINETUNE, score_attention
+from msabn.experiments import get_experiment
+from msabn.hitl import PAPER_FINETUNE, score_attention
 from msabn.core import load_json, provenance, save_json, set_seed
-from msabn.experiment_data import load_splits
+from msabn.experiments import load_splits
 from msabn.models import create_model
-from msabn.ordering import (ORDERINGS, compare_orderings, copy_replace_curve, lambda_for_fraction, orderings_table,
-                            plot_curve, summarize_runs)
-from msabn.progress import machine_figure, machine_figure_line
-from msabn.report_runs import VERDICT_RULE, paired
+from msabn.hitl import (ORDERINGS, compare_orderings, copy_replace_curve, lambda_for_fraction, orderings_table,
+                        plot_curve, summarize_runs)
+from msabn.train import machine_figure, machine_figure_line
+from msabn.report import VERDICT_RULE, paired
 from msabn.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from msabn.datasets import collate, get_dataset, write_cifar100_fixture, write_cub_fixture
-from msabn.synthetic import SYNTHETIC_PRESETS, make_synthetic
-from msabn.transforms import train_transform
+from msabn.data import collate, get_dataset, write_cifar100_fixture, write_cub_fixture
+from msabn.data import SYNTHETIC_PRESETS, make_synthetic
+from msabn.data import train_transform
 
 
 def images_per_second(ds, batch_size: int, workers: int, passes: int, threads: int | None = None) -> float:

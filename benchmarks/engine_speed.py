@@ -5,7 +5,7 @@ Prints the machine figure first (the bare Base ResNet-20 step at 32 px, batch 12
 round-robin in one process (same model, batch and threads) and reported as medians over the rounds:
 - bare: the train step alone (forward, loss, backward, SGD step) on one batch already in memory;
 - fit new / fit old: the images/s of a fit epoch (the epoch after a warm-up epoch: data, step, bookkeeping; the
-  checkpoint written after it is not counted) on the decoded dataset (msabn.batched.decode) and on the file-backed one
+  checkpoint written after it is not counted) on the decoded dataset (msabn.data.memory.decode) and on the file-backed one
   (PNG files, train_transform per image, a DataLoader with --workers workers);
 - the ratios fit / bare, taken per round, then the median.
 The target is fit new / bare >= 0.9. On a shared machine the absolute numbers move; read the ratios.
@@ -20,7 +20,7 @@ The official step is its train() loop's (cifar.py / imagenet.py): model(inputs) 
 CrossEntropyLoss on both, summed, optimizer.zero_grad(), backward, SGD step (lr 0.1, momentum 0.9, its script's weight
 decay: 5e-4 CIFAR, 1e-4 ImageNet), loss.item(), NCHW input as its DataLoader gives it; its DataParallel wrapper is a
 pass-through on a CPU and its top-1/top-5 bookkeeping is left out (as our confusion matrix is). Ours is fit's step:
-the batch made channels_last, msabn.train.TrainStep (model + L_attn + L_cls), zero_grad, backward, SGD step with the same
+the batch made channels_last, msabn.train.engine.TrainStep (model + L_attn + L_cls), zero_grad, backward, SGD step with the same
 hyper-parameters, float(loss); with --compile SIZE also TrainConfig(compile=True)'s torch.compile(TrainStep) at that size
 (its compile time is printed, not timed). Same batch (one fixed random batch), classes and threads; each round times
 --abn-steps steps of every variant in turn (after one warm-up step each); ratios per round, then the median.
@@ -42,13 +42,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from msabn.batched import decode
+from msabn.data import decode
 from msabn.core import device_name, set_seed
-from msabn.datasets import get_dataset
+from msabn.data import get_dataset
 from msabn.models import create_model
-from msabn.synthetic import make_synthetic
+from msabn.data import make_synthetic
 from msabn.train import TrainConfig, TrainStep, fit
-from msabn.transforms import train_transform
+from msabn.data import train_transform
 
 MODELS = {"Base": dict(arch="base"), "ABN": dict(arch="abn"),
           "MSABN (literal)": dict(arch="msabn"), "MSABN (efficient)": dict(arch="msabn", variant="efficient")}

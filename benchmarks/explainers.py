@@ -11,10 +11,10 @@ What it does, in one run:
    split trains, the test split is scored (the embedded benchmark's `test` split is the shifted one: habitat independent
    of the class; its `test_iid` split gives the models' in-distribution accuracy beside it).
 2. Models: Base, ABN, MSABN (literal), MSABN (efficient) and Puzzle-MSABN (literal MSABN + Puzzle module), each trained
-   with msabn.train.fit (seeded, deterministic kernels; runs/explainers/<settings>/<model>/, resumed when already
+   with msabn.train.engine.fit (seeded, deterministic kernels; runs/explainers/<settings>/<model>/, resumed when already
    there) or loaded from --checkpoint LABEL=PATH (an msabn checkpoint; the model is rebuilt from its signature).
 3. Localisation: every explainer on the test split (GT-known: the maps of the true class), every score of
-   msabn.localization, per image in results.json, summarised in table.md.
+   msabn.explain.localization, per image in results.json, summarised in table.md.
 4. Throughput: one batch of test images, every explainer in turn per round (round-robin, so a load change hits all
    alike), the first --warmup rounds untimed, the median of the rest; images/s includes the forward pass. The ratio
    "Grad-CAM time / intrinsic time" is measured on the *same* model and batch for each model.
@@ -48,18 +48,18 @@ import PIL.Image
 import torch
 from threadpoolctl import threadpool_limits
 
-from msabn.batched import decode
-from msabn.configs import get_experiment
+from msabn.data import decode
+from msabn.experiments import get_experiment
 from msabn.core import provenance, save_json, set_seed
-from msabn.datasets import collate, get_dataset
-from msabn.experiment_data import load_splits
-from msabn.explainers import Explainer, Explanation, create_explainer, evaluate_explainer
-from msabn.localization import normalize_maps
+from msabn.data import collate, get_dataset
+from msabn.experiments import load_splits
+from msabn.explain import Explainer, Explanation, create_explainer, evaluate_explainer
+from msabn.explain import normalize_maps
 from msabn.models import count_params, create_model
-from msabn.progress import machine_figure, machine_figure_line
-from msabn.report_runs import paired
+from msabn.train import machine_figure, machine_figure_line
+from msabn.report import paired
 from msabn.train import TrainConfig, evaluate, fit, load_checkpoint
-from msabn.transforms import eval_transform, recipe_for, train_transform
+from msabn.data import eval_transform, recipe_for, train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ SHORT = {"CAM (Base)": "CAM", "ABN": "ABN", "MSABN": "MSABN", "MSABN (efficient)
 def grid(models, test, recipe, n: int, path: Path):
     "Test images in rows; the input and every explainer's map (true class) side by side, with the object box."
     import matplotlib.pyplot as plt
-    from msabn.viz import denormalize, draw_box, overlay_attention
+    from msabn.explain import denormalize, draw_box, overlay_attention
     b = collate([test[i] for i in range(min(n, len(test)))])
     imgs, H = denormalize(b["image"], recipe), b["image"].shape[-2]
     cols = [("input", None)] + [(label, make_explainer(name, models[m])(b["image"], b["label"])) for label, (m, name) in LOCALIZE.items()

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Speed of the MaxBoxAccV2 threshold sweep (msabn.localization.box_hits), old and new side by side in one run.
+"""Speed of the MaxBoxAccV2 threshold sweep (msabn.explain.localization.box_hits), old and new side by side in one run.
 
     python benchmarks/localization_speed.py [--rounds 5] [--threads 1]
 
-"old" is the first version of msabn.localization.box_hits, kept here verbatim in behaviour: for every image and
+"old" is the first version of msabn.explain.localization.box_hits, kept here verbatim in behaviour: for every image and
 every threshold, `scipy.ndimage.label` (4-connected) and `find_objects` in a Python loop. "new" is the current
 `box_hits`: all (image, threshold) binary images of a chunk stacked into one tall image, one `cv2.findContours`
 call, vectorised IoUs. The two differ in what they count as a region (4- vs 8-connectivity, holes' contours), so
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from msabn.localization import _as_boxes, box_hits, normalize_maps
+from msabn.explain import as_boxes, box_hits, normalize_maps
 
 
 def old_box_hits(maps, boxes, thresholds=tuple(np.arange(0, 1, 0.01)), deltas=(0.3, 0.5, 0.7), image_size=None):
     "The first version: a Python loop over images and thresholds, one scipy label per binary image."
     maps = normalize_maps(maps, image_size)
-    gt = _as_boxes(boxes, len(maps), tuple(maps.shape[-2:])).numpy()
+    gt = as_boxes(boxes, len(maps), tuple(maps.shape[-2:])).numpy()
     d = np.asarray(deltas)
     hits = np.zeros((len(maps), len(thresholds), len(d)), dtype=bool)
     for i, m in enumerate(maps[:, 0].cpu().numpy()):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from msabn.models import count_macs, count_params, create_model
-from msabn.puzzle import puzzle_loss
+from msabn.models import puzzle_loss
 
 MODELS = {  # label -> (arch, options, puzzle)
     "Base": ("base", {}, False),

@@ -4,7 +4,7 @@
     python benchmarks/synthetic_regimes.py --preset cifar --spurious 0.1 0.5 0.7 0.9 --epochs 10
     python benchmarks/synthetic_regimes.py --preset fine_grained --spurious 0.1 0.5 --epochs 10
 
-A design check of msabn.synthetic, not a result of the paper's models: for each value of `spurious` (the
+A design check of msabn.data.synthetic, not a result of the paper's models: for each value of `spurious` (the
 probability that a training image shows its class's habitat) it makes the preset's dataset, trains a plain
 6-layer CNN (BN-ReLU convolutions of width W, 2W, 4W, global average pooling; a stride-2 stem at 64 px and up)
 from scratch with SGD for a few epochs on the CPU, and prints its accuracy on the training split, the
@@ -24,9 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from msabn.core import set_seed
-from msabn.datasets import collate, get_dataset
-from msabn.synthetic import SYNTHETIC_PRESETS, make_synthetic
-from msabn.transforms import eval_transform, recipe_for
+from msabn.data import collate, get_dataset
+from msabn.data import SYNTHETIC_PRESETS, make_synthetic
+from msabn.data import eval_transform, recipe_for
 
 SPLITS = ("train", "test_iid", "test")
 

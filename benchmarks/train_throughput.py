@@ -1,4 +1,4 @@
-"""Training throughput of the engine (msabn.train.fit) and the share of time spent outside the model.
+"""Training throughput of the engine (msabn.train.engine.fit) and the share of time spent outside the model.
 
 Trains Base, ABN and MSABN (literal and efficient) on CIFAR ResNet-20 at 32 px, batch 128, on the embedded
 benchmark (2048 training images), for a few epochs each, and prints per model: images/s end to end, images/s
@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 
 from msabn.core import device_name, set_seed
-from msabn.datasets import get_dataset
+from msabn.data import get_dataset
 from msabn.models import create_model
-from msabn.synthetic import make_synthetic
+from msabn.data import make_synthetic
 from msabn.train import TrainConfig, fit
-from msabn.transforms import train_transform
+from msabn.data import train_transform
 
 MODELS = {"Base": dict(arch="base"), "ABN": dict(arch="abn"),
           "MSABN (literal)": dict(arch="msabn"), "MSABN (efficient)": dict(arch="msabn", variant="efficient")}

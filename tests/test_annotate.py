@@ -15,11 +15,11 @@ import pytest
 import torch
 from filelock import FileLock
 
-from msabn.annotate import BoxStore, BoxStoreError
-from msabn.box_editor import BoxEditor
-from msabn.datasets import get_dataset
-from msabn.synthetic import make_synthetic
-from msabn.transforms import eval_transform
+from msabn.hitl import BoxStore, BoxStoreError
+from msabn.hitl import BoxEditor
+from msabn.data import get_dataset
+from msabn.data import make_synthetic
+from msabn.data import eval_transform
 
 torch.set_num_threads(1)
 N_SETS = 100

@@ -1,4 +1,4 @@
-"""The in-memory engine (msabn.batched): decoded datasets give the file-backed items, the batch-wise augmentation is the
+"""The in-memory engine (msabn.data.memory): decoded datasets give the file-backed items, the batch-wise augmentation is the
 per-image transforms v2 pipeline given the same random parameters (boxes moved exactly alike), and fit on it trains and
 resumes exactly after a kill."""
 import os
@@ -14,14 +14,14 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torchvision.transforms import v2
 
 from conftest import ROOT
-from msabn.batched import augment_batch, decode, memory_batches, sample_params, select_params
-from msabn.batches import EpochBatches
+from msabn.data import augment_batch, decode, memory_batches, sample_params, select_params
+from msabn.train import EpochBatches
 from msabn.core import set_seed
-from msabn.datasets import get_dataset, make_box
+from msabn.data import get_dataset, make_box
 from msabn.models import create_model
-from msabn.synthetic import make_synthetic
+from msabn.data import make_synthetic
 from msabn.train import TrainConfig, evaluate, fit
-from msabn.transforms import eval_transform, train_transform
+from msabn.data import eval_transform, train_transform
 
 SCRIPT = ROOT / "tests" / "scripts" / "train_tiny.py"
 

@@ -16,14 +16,14 @@ import torch.nn as nn
 from torchvision.transforms.v2 import functional as TF
 
 from conftest import ROOT
-from msabn.annotate import BoxStore
-from msabn.box_editor import BoxEditor
-from msabn.copy_replace import CopyReplace, EmptyPoolError, box_pixels, finetune, score_attention
-from msabn.datasets import ImageDataset, get_dataset
+from msabn.hitl import BoxStore
+from msabn.hitl import BoxEditor
+from msabn.hitl import CopyReplace, EmptyPoolError, box_pixels, finetune, score_attention
+from msabn.data import ImageDataset, get_dataset
 from msabn.models import ModelOutput
-from msabn.synthetic import make_synthetic
+from msabn.data import make_synthetic
 from msabn.train import SeededSamples, TrainConfig
-from msabn.transforms import eval_transform, train_transform
+from msabn.data import eval_transform, train_transform
 
 torch.set_num_threads(1)
 
@@ -154,7 +154,7 @@ def test_quiet_finetune_switches_progress_off_through_the_config(bench, monkeypa
     assert (out.getvalue(), err.getvalue()) == ("", ""), (out.getvalue()[-300:], err.getvalue()[-300:])
     assert r.pool_size == 3 and cfg.progress                   # the caller's config is left as it was
     seen = []
-    import msabn.copy_replace as cr
+    import msabn.hitl.copy_replace as cr
     monkeypatch.setattr(cr, "fit", lambda m, d, v, c, **k: seen.append(c.progress))
     finetune(model, train, test, cfg, "vanilla", quiet=True); finetune(model, train, test, cfg, "vanilla")
     assert seen == [False, True]
@@ -189,8 +189,8 @@ def test_widget_front_end_is_bundled():
 def test_a_pool_of_one_image_is_skipped_not_fatal(tmp_path):
     "Before: finetune_pools skipped empty pools only, and a pool of one (likely in a fast dev run's 4 scored images) raised."
     from msabn.models import create_model
-    from msabn.ordering import finetune_pools
-    from msabn.transforms import eval_transform
+    from msabn.hitl import finetune_pools
+    from msabn.data import eval_transform
     root = make_synthetic(tmp_path / "syn", "cifar", n_train=8, n_test=4, n_test_iid=4)
     tr, te = (get_dataset("synthetic", root, s, transform=eval_transform("cifar", 32)) for s in ("train", "test"))
     torch.manual_seed(0)

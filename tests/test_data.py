@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from msabn.datasets import (DataError, BoxWarning, collate, get_dataset, write_cars_fixture, write_cifar100_fixture,
-                            write_cub_fixture, write_diagset_fixture, write_imagenet_fixture)
-from msabn.synthetic import SyntheticConfig, make_synthetic, split_plan
-from msabn.transforms import (RECIPES, box_check_item, box_follows_object, eval_transform, recipe_for, train_transform,
-                              _resize_short)
+from msabn.data import (DataError, BoxWarning, collate, get_dataset, write_cars_fixture, write_cifar100_fixture,
+                        write_cub_fixture, write_diagset_fixture, write_imagenet_fixture)
+from msabn.data import SyntheticConfig, make_synthetic, split_plan
+from msabn.data import RECIPES, box_check_item, box_follows_object, eval_transform, recipe_for, train_transform
+from msabn.data.transforms import _resize_short
 
 
 # --- fixtures written once per session in the real formats ---------------------------------------------
@@ -232,7 +232,7 @@ def test_16bit_images_are_scaled_not_saturated(tmp_path):
     "convert('RGB') clipped 16-bit grayscale at 255 (98% white); now scaled by 255/65535, in read_image and a loader."
     import cv2
     from PIL import Image
-    from msabn.datasets import read_image
+    from msabn.data import read_image
     cv2.imwrite(str(tmp_path/"g16.png"), _ramp16())
     assert Image.open(tmp_path/"g16.png").mode == "I;16"
     im = read_image(tmp_path/"g16.png").float()
@@ -255,7 +255,7 @@ def test_16bit_images_are_scaled_not_saturated(tmp_path):
 
 def test_empty_annotations_and_empty_splits_are_named(data_root, tmp_path):
     "Empty annotation files gave a CUB dataset of 0 items; every loader now refuses an empty split, naming where it looked."
-    from msabn.datasets import CUB_FILES
+    from msabn.data import CUB_FILES
     d = _copy(data_root/"cub"/"CUB_200_2011", tmp_path/"cub")
     for f in CUB_FILES: (d/f).write_text("")
     with pytest.raises(DataError, match=r"empty annotation file\(s\) images.txt, image_class_labels.txt, train_test_split.txt, "
@@ -313,7 +313,7 @@ def test_fault_sweep_images(tmp_path):
     import warnings
     import zlib
     from PIL import Image
-    from msabn.datasets import read_image
+    from msabn.data import read_image
     chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
     (tmp_path/"bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
                                       + chunk(b"IEND", b""))
@@ -355,7 +355,7 @@ def test_fault_sweep_layouts(data_root, tmp_path):
 def test_data_layouts_and_data_present_agree_with_the_loaders(data_root, tmp_path):
     "DATA_LAYOUTS (moved from msabn.experiments) keeps its texts; data_present finds every fixture the loaders read."
     import msabn.experiments as ex
-    from msabn.datasets import DATA_LAYOUTS, DATASETS, data_present
+    from msabn.data import DATA_LAYOUTS, DATASETS, data_present
     assert DATA_LAYOUTS == ex.DATA_LAYOUTS
     assert set(DATA_LAYOUTS) == set(DATASETS) - {"synthetic"}
     for name, folder in (("cub", "cub"), ("cars", "cars"), ("cifar100", "cifar"), ("imagenet", "imagenet"),

@@ -20,12 +20,12 @@ import pytest
 from conftest import ROOT
 
 from msabn.core import load_json, save_json
-from msabn.datasets import write_cub_fixture
-from msabn.experiments import (TEMPLATES, data_folder, fingerprint, get_experiment, main as run_main, run_experiments,
-                               run_folder, run_state, write_status)
+from msabn.data import write_cub_fixture
+from msabn.experiments import (TEMPLATES, data_folder, fingerprint, get_experiment, main as run_main,
+                               run_experiments, run_folder, run_state, write_status)
 from msabn.report import collect_runs, main as report_main, table_frame, write_table_run
-from msabn.progress import PROGRESS_FILE, ProgressFile
-from msabn.transforms import train_transform
+from msabn.experiments import PROGRESS_FILE, ProgressFile
+from msabn.data import train_transform
 
 TEMPLATE_DIR = ROOT / "nbs" / "experiments"
 QUIET = lambda s: None

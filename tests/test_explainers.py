@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import ROOT
 
-from msabn.datasets import collate, get_dataset, write_cub_fixture
-from msabn.explainers import POST_HOC, create_explainer, evaluate_explainer, target_layer
-from msabn.localization import localization_scores, summarize_localization
+from msabn.data import collate, get_dataset, write_cub_fixture
+from msabn.explain import POST_HOC, create_explainer, evaluate_explainer, target_layer
+from msabn.explain import localization_scores, summarize_localization
 from msabn.models import create_model
-from msabn.synthetic import make_synthetic
-from msabn.transforms import eval_transform
+from msabn.data import make_synthetic
+from msabn.data import eval_transform
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msabn.backbones import CIFAR_RESNETS, PAPER_TIMM
+from msabn.models import CIFAR_RESNETS, PAPER_TIMM
 from msabn.core import atomic_torch_save, set_seed
 from msabn.models import ModelOutput, count_macs, create_model, upsample_map
-from msabn.puzzle import puzzle_loss
+from msabn.models import puzzle_loss
 
 CIFAR = ("resnet20", "resnet56", "resnet110")
 VARIANTS = {"base": ("base", {}), "abn": ("abn", {}), "msabn": ("msabn", {}),

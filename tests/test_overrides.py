@@ -8,10 +8,10 @@ import nbformat
 import pytest
 
 from msabn.core import load_json
-from msabn.experiments import (TEMPLATES, cell_folder, experiment_folder, fingerprint, get_experiment, main, run_experiment,
-                               run_table, variant, with_overrides)
-from msabn.formats import (write_cars_fixture, write_cifar100_fixture, write_cub_fixture, write_diagset_fixture,
-                           write_imagenet_fixture)
+from msabn.experiments import (TEMPLATES, cell_folder, experiment_folder, fingerprint, get_experiment, main,
+                               run_experiment, run_table, preset_folder, with_overrides)
+from msabn.data import (write_cars_fixture, write_cifar100_fixture, write_cub_fixture, write_diagset_fixture,
+                        write_imagenet_fixture)
 from msabn.report import main as report_main
 
 
@@ -30,7 +30,7 @@ def test_an_override_changes_the_trained_config_and_the_fingerprint(tmp_path):
     assert experiment_folder(tmp_path, exp, 0) != experiment_folder(tmp_path, base, 0)   # never the preset's folder
     run_table(exp, 0, tmp_path / "runs", tmp_path / "data", log=lambda s: None)
     folder = experiment_folder(tmp_path / "runs", exp, 0)
-    assert folder.parent.parent.name == variant(exp) and variant(exp).startswith("tiny+")
+    assert folder.parent.parent.name == preset_folder(exp) and preset_folder(exp).startswith("tiny+")
     cfg = load_json(cell_folder(folder, "resnet20", "Base") / "config.json")
     assert (cfg["train"]["epochs"], cfg["train"]["lr"]) == (2, 0.05)
     run = load_json(folder / "config.json")

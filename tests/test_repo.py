@@ -66,7 +66,7 @@ def test_modules_and_functions_stay_small():
     # the orchestration issue's rule: a module reads top-down, a function fits on a screen (msabn/_modidx.py is nbdev's index)
     import ast
     long = []
-    for f in sorted((ROOT / "msabn").glob("*.py")):
+    for f in sorted((ROOT / "msabn").rglob("*.py")):
         if f.name == "_modidx.py": continue
         text = f.read_text(encoding="utf-8")
         if len(text.splitlines()) > MAX_MODULE_LINES: long.append(f"{f.name}: {len(text.splitlines())} lines")
@@ -80,3 +80,49 @@ def test_modules_and_functions_stay_small():
 def test_ci_runs_the_linter():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "ruff check" in ci
+
+
+# the package's layers, lowest first: a module imports only from its own layer or the ones before it
+LAYERS = ("core", "data", "models", "train", "explain", "hitl", "experiments", "report")
+
+
+def _imported_modules(f, tree):
+    "The msabn modules a file imports, as dotted names (relative imports resolved)."
+    import ast
+    pkg = f.relative_to(ROOT).with_suffix("").parts[:-1]   # ('msabn', 'train') for msabn/train/engine.py
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level: base = ".".join(pkg[:len(pkg) - node.level + 1] + ((node.module,) if node.module else ()))
+            else: base = node.module or ""
+            if base.startswith("msabn"): yield node.lineno, base
+        elif isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names if a.name.startswith("msabn"))
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    import ast
+    files = [f for f in sorted((ROOT / "msabn").rglob("*.py")) if f.name != "_modidx.py" and f.parent != ROOT / "msabn"
+             or f.name == "core.py"]
+    assert {f.parent.name for f in files} >= set(LAYERS[1:]), "every layer is a subpackage of msabn/"
+    upward = []
+    for f in files:
+        own = _layer(".".join(f.relative_to(ROOT).with_suffix("").parts))
+        for line, mod in _imported_modules(f, ast.parse(f.read_text(encoding="utf-8"))):
+            other = _layer(mod)
+            if other is None and mod != "msabn.core": upward.append(f"{f.relative_to(ROOT)}:{line} imports {mod} (the top)")
+            elif other is not None and other > own: upward.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
+    assert not upward, "imports from a layer above: " + "; ".join(upward)
+
+
+def test_the_layer_rule_catches_an_upward_import(tmp_path):
+    import ast
+    f = ROOT / "msabn" / "models" / "networks.py"   # a models module importing the training engine would be refused
+    tree = ast.parse("from ..train.engine import fit\nfrom .attention import AttentionBranch\nimport msabn.data.items\n")
+    found = {mod: _layer(mod) for _, mod in _imported_modules(f, tree)}
+    assert found == {"msabn.train.engine": LAYERS.index("train"), "msabn.models.attention": LAYERS.index("models"),
+                     "msabn.data.items": LAYERS.index("data")}

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import msabn.report as report
+import msabn.report.write as report
 from msabn.experiments import RESULTS_VERSION, fingerprint, get_experiment, run_folder, write_status
 from msabn.report import MANIFEST, main, write_report
-from msabn.report_pages import markdown_curves
-from msabn.report_runs import ALPHA, POWER, RunRecord, collect_runs, mde, orderings, paired, t_quantile, verdict, write_table_run
+from msabn.report import markdown_curves
+from msabn.report import (ALPHA, POWER, RunRecord, collect_runs, mde, orderings, paired, t_quantile, verdict,
+                          write_table_run)
 
 ACC = {"Base": [50, 52, 54], "ABN": [55, 55, 58], "MSABN": [54, 56, 58], "MSABN+Puzzle": [51, 52, 56], "MSABN (efficient)": [60, 60, 60]}
 QUIET = lambda s: None

@@ -14,18 +14,18 @@ import torch
 
 from conftest import ROOT
 from msabn.core import load_json, set_seed
-from msabn.datasets import get_dataset
+from msabn.data import get_dataset
 from msabn.models import create_model
-from msabn.synthetic import make_synthetic
+from msabn.data import make_synthetic
 from torch.utils.data import Dataset
 
-import msabn.checkpoints
+import msabn.train.checkpoints
 import msabn.core
-import msabn.train
-from msabn.attention_export import collect_attention
-from msabn.train import (CheckpointError, ConfigChangedError, NonFiniteLossError, RunExistsError, RunInUseError, TrainConfig,
-                         evaluate, fit, load_checkpoint)
-from msabn.transforms import eval_transform, train_transform
+import msabn.train.engine
+from msabn.explain import collect_attention
+from msabn.train import (CheckpointError, ConfigChangedError, NonFiniteLossError, RunExistsError, RunInUseError,
+                         TrainConfig, evaluate, fit, load_checkpoint)
+from msabn.data import eval_transform, train_transform
 
 SCRIPT = ROOT / "tests" / "scripts" / "train_tiny.py"
 
@@ -296,7 +296,7 @@ def test_read_only_out_dir_is_refused_before_training(tmp_path, monkeypatch):
         def __init__(self, *a, **kw): pass
         def acquire(self): raise PermissionError(errno.EACCES, "Permission denied")
         def release(self): pass
-    monkeypatch.setattr(msabn.checkpoints, "FileLock", ReadOnly)
+    monkeypatch.setattr(msabn.train.checkpoints, "FileLock", ReadOnly)
     steps = []
     with pytest.raises(PermissionError, match="cannot write to out_dir .*run.*choose a folder you can write to"):
         _fit(tmp_path / "run", on_step=lambda e, s: steps.append(s))
@@ -324,7 +324,7 @@ def test_ctrl_c_during_the_epochs_evaluation_loses_no_epoch(tmp_path, monkeypatc
     two = TrainConfig(**{**CFG.__dict__, "epochs": 2})
     data = Tensors(6)
     whole = _model(); fit(whole, data, data, two, out_dir=tmp_path / "whole")
-    real, calls = msabn.train.evaluate, []
+    real, calls = msabn.train.engine.evaluate, []
     def ctrl_c(*a, **kw):
         calls.append(1)
         if len(calls) == 1: raise KeyboardInterrupt
@@ -340,7 +340,7 @@ def test_ctrl_c_during_the_epochs_evaluation_loses_no_epoch(tmp_path, monkeypatc
 
 
 def test_killed_before_the_history_is_written_is_repaired_on_resume(tmp_path, monkeypatch):
-    out, real = tmp_path / "run", msabn.train._write_history
+    out, real = tmp_path / "run", msabn.train.engine._write_history
     def killed(rows, path):
         if len(rows) == 2: raise _Killed()
         real(rows, path)

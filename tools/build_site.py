@@ -33,6 +33,9 @@ from nbconvert import MarkdownExporter
 from nbdev.config import get_config
 
 SECTIONS = {"api": "API", "tutorials": "Tutorials", "experiments": "Experiments"}  # folder -> nav title, in order
+# nbs/api/<layer>/ -> its title in the API section, in the package's order (a layer imports only the ones before it)
+API_LAYERS = {"data": "Data", "models": "Models", "train": "Training", "explain": "Explaining",
+              "hitl": "Human in the loop", "experiments": "Experiments", "report": "Report"}
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 
@@ -148,11 +151,20 @@ def render_pages(proc: Path, dst: Path, site_url: str) -> list[tuple[Path, str]]
     return pages
 
 
+def _index_first(pages: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    "Pages in notebook order, each folder's index page (its overview) first."
+    return sorted(pages, key=lambda pt: (pt[0].parent.parts, pt[0].stem != "index"))
+
+
 def mkdocs_config(cfg, pages: list[tuple[Path, str]], docs_dir: Path, site_dir: Path, css: Path | None) -> dict:
     "MkDocs settings: Material theme, no web fonts or CDN, nav = home, then one section per notebook folder."
     nav = [{"Home": "index.md"}]
     for folder, title in SECTIONS.items():
-        sec = [{t: p.as_posix()} for p, t in pages if p.parts[0] == folder]
+        sec = [{t: p.as_posix()} for p, t in _index_first(pages) if p.parts[0] == folder and len(p.parts) == 2]
+        if folder == "api":
+            for layer, name in API_LAYERS.items():
+                sub = [{t: p.as_posix()} for p, t in _index_first(pages) if p.parts[:2] == ("api", layer)]
+                if sub: sec.append({name: sub})
         if sec: nav.append({title: sec})
     conf = {
         "site_name": cfg.get("title", cfg.lib_name),

@@ -1,18 +1,18 @@
 """A tiny training run used by tests/test_train.py: single process, under torchrun, or killed and resumed.
 
 usage: python train_tiny.py DATA_ROOT OUT_DIR [--arch msabn] [--epochs 2] [--resume] [--deterministic] [--memory]
-(--memory: train and evaluate on the decoded in-memory data, msabn.batched)
+(--memory: train and evaluate on the decoded in-memory data, msabn.data.memory)
 """
 import argparse
 
 import torch
 
-from msabn.batched import decode
+from msabn.data import decode
 from msabn.core import set_seed
-from msabn.datasets import get_dataset
+from msabn.data import get_dataset
 from msabn.models import create_model
 from msabn.train import TrainConfig, distributed, fit
-from msabn.transforms import eval_transform, train_transform
+from msabn.data import eval_transform, train_transform
 
 ap = argparse.ArgumentParser()
 ap.add_argument("root"); ap.add_argument("out")
