@@ -50,7 +50,7 @@ from msabn.models import create_model
 from msabn.hitl import (ORDERINGS, compare_orderings, copy_replace_curve, lambda_for_fraction, orderings_table,
                         plot_curve, summarize_runs)
 from msabn.train import machine_figure, machine_figure_line
-from msabn.report import VERDICT_RULE, paired
+from msabn.report import VERDICT_RULE, fmt_interval, paired
 from msabn.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,14 +146,15 @@ def report(res: dict) -> str:
          "for the person); lambda_out is chosen per model so that the pool holds the stated number of boxes (its mean over seeds "
          "is shown). Gain: copy-replace minus vanilla fine-tuning of the same seed, same schedule; its verdict against the "
          "paper's sign (copy-replace ahead) follows the report's rule below.", "",
-         "| images annotated | lambda_out (mean) | copy-replace acc (%) | vanilla acc (%) | gain (points) | n | verdict | "
-         "test frac_attn_out: copy-replace | vanilla | change |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "| images annotated | lambda_out (mean) | copy-replace acc (%) | vanilla acc (%) | gain (points) | n | "
+         "gain: mean [95% CI] | verdict | test frac_attn_out: copy-replace | vanilla | change |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     gains = {r["name"]: r["gains"] for r in summarize_runs(curve["runs"])}   # per seed, paired with vanilla
     for p in curve["points"]:
         g = paired(1.0, gains[p["name"]])
         L.append(f"| {p['pool_size']} ({100 * p['fraction_annotated']:.1f}%) | {p['lambda_out']:.3f} | {pm(p['acc'], p['acc_std'])} | "
-                 f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {g.n} | {g.verdict} | "
+                 f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {g.n} | "
+                 f"{fmt_interval(g.mean, g.lo, g.hi)} | {g.verdict} | "
                  f"{pm(p['frac_attn_out'], None, 3)} | {v['frac_attn_out']:.3f} | "
                  f"{pm(None if p['frac_attn_out'] is None else p['frac_attn_out'] - v['frac_attn_out'], None, 3, sign=True)} |")  # an empty pool: -
     L += ["", f"Before fine-tuning: test accuracy {pm(b['acc'], b['acc_std'])}%, test frac_attn_out {b['frac_attn_out']:.3f}; "

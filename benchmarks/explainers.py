@@ -57,7 +57,7 @@ from msabn.explain import Explainer, Explanation, create_explainer, evaluate_exp
 from msabn.explain import normalize_maps
 from msabn.models import count_params, create_model
 from msabn.train import machine_figure, machine_figure_line
-from msabn.report import paired
+from msabn.report import fmt_interval, paired
 from msabn.train import TrainConfig, evaluate, fit, load_checkpoint
 from msabn.data import eval_transform, recipe_for, train_transform
 
@@ -220,16 +220,16 @@ PAIRED = ("max_box_acc_v2", "gt_known_loc", "pointing")   # the scores whose lea
 
 
 def paired_over_seeds(by_seed: dict) -> dict:
-    "Per explainer and score: each seed's difference to CAM (Base), their mean, std and minimum detectable effect."
+    "Per explainer and score: each seed's difference to CAM (Base), their mean, 95% interval, MDE and verdict."
     out = {}
     for label in LOCALIZE:
         if label == "CAM (Base)": continue
         out[label] = {}
         for key in PAIRED:
             d = [s[label][key] - s["CAM (Base)"][key] for s in by_seed.values()]
-            p = paired(1.0, d)   # msabn_report's one verdict rule; "ahead of CAM" stands in for a paper's sign
-            out[label][key] = {"diffs": d, "mean": p.mean, "std": p.std, "mde": p.mde,
-                               "detectable": p.verdict in ("as in the paper", "opposite to the paper")}
+            p = paired(None, d)   # msabn_report's one verdict rule; "above 0": ahead of CAM
+            out[label][key] = {"diffs": d, "mean": p.mean, "std": p.std, "lo": p.lo, "hi": p.hi, "mde": p.mde,
+                               "verdict": p.verdict}
     return out
 
 
@@ -299,20 +299,21 @@ def seeds_section(res: dict) -> list[str]:
     names = {"max_box_acc_v2": "MaxBoxAccV2", "gt_known_loc": "GT-known loc", "pointing": "pointing"}
     per = lambda f: " / ".join(f(v) for v in seeds.values())
     lines = ["", f"The same models trained from seeds {', '.join(seeds)} and scored the same way (values in seed order), and each "
-             f"explainer's score minus CAM (Base)'s on the same seed's models: mean ± std over the {len(seeds)} seeds, with the "
-             "minimum detectable effect at that n (msabn_report's rule: alpha 0.05, power 0.8); *beyond* when |mean| >= MDE:", "",
+             f"explainer's score minus CAM (Base)'s on the same seed's models: the mean and its 95% interval over the "
+             f"{len(seeds)} seeds, and msabn_report's verdict (*above 0*: ahead of CAM; *smaller than X*: a lead or lag of X "
+             "points or more is ruled out; *undecided*: neither):", "",
              "| explainer | " + " | ".join(f"{names[k]} per seed (%)" for k in PAIRED) + " | " + " | ".join(f"{names[k]} - CAM" for k in PAIRED) + " |",
              "|---|" + "---|" * (2 * len(PAIRED))]
     for label in LOCALIZE:
-        cells = [per(lambda v, k=k: f"{v['scores'][label][k]:.1f}") for k in PAIRED]
-        if label in leads:
-            cells += [f"{d['mean']:+.1f} ± {d['std']:.1f}, MDE {d['mde']:.1f}: {'beyond' if d['detectable'] else 'within'}"
-                      for d in (leads[label][k] for k in PAIRED)]
+        cells = [per(lambda v, k=k, label=label: f"{v['scores'][label][k]:.1f}") for k in PAIRED]
+        if label in leads:   # recomputed from the per-seed differences: one rule, whichever version wrote results.json
+            ps = [paired(None, leads[label][k]["diffs"]) for k in PAIRED]
+            cells += [f"{fmt_interval(p.mean, p.lo, p.hi)}: {p.verdict}" for p in ps]
         else: cells += ["-"] * len(PAIRED)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| model | test accuracy per seed (%) | in-distribution test accuracy per seed (%) |", "|---|---|---|"]
     for m in res["models"]:
-        acc = lambda k: per(lambda v: f"{v['models'][m][k]:.1f}" if k in v["models"][m] else "-")
+        acc = lambda k, m=m: per(lambda v: f"{v['models'][m][k]:.1f}" if k in v["models"][m] else "-")
         lines.append(f"| {m} | {acc('test_acc')} | {acc('test_iid_acc')} |")
     return lines
 

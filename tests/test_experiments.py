@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from conftest import ROOT
 
 from msabn.core import load_json, save_json
@@ -635,3 +636,56 @@ def test_ctrl_c_while_progress_is_shown_still_exits_130(tmp_path, monkeypatch, c
     assert "[1/1] table1 tiny seed 0: cell 1/2 Base resnet20: 1 epoch of 2 steps" in cap.out and "interrupted" in cap.err, cap
     assert not any(t.name == "msabn-progress" for t in threading.enumerate()), "the display's thread ends with the run"
     assert not (run_folder(tmp_path / "runs", "tiny", "table1", 0) / PROGRESS_FILE).exists()
+
+
+# --- common random numbers: what the paired studies rely on ----------------------------------------------
+class _Logged(torch.utils.data.Dataset):
+    "A training split that records every item it hands out: (index, sum of the augmented pixels)."
+    def __init__(self, data, log):
+        self.data, self.log = data, log
+        self.targets, self.num_classes, self.classes = data.targets, data.num_classes, getattr(data, "classes", None)
+
+    def __len__(self): return len(self.data)
+
+    def __getitem__(self, i):
+        item = self.data[i]
+        self.log.append((int(i), round(float(item["image"].float().sum()), 3)))
+        return item
+
+
+def _start_and_batches(tmp_path, monkeypatch, common_init: bool):
+    import msabn.experiments.tables as T
+    from msabn.experiments import load_splits, train_cell, with_overrides
+    exp = get_experiment("table1", "tiny")
+    if common_init: exp = with_overrides(exp, {"common_init": "true"})
+    data = load_splits(exp.data, tmp_path / "data")   # the per-image pipeline: every training item passes _Logged
+    real_fit, starts, logs = T.fit, {}, {}
+    def fit(model, *a, **kw):
+        starts[current] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_fit(model, *a, **kw)
+    monkeypatch.setattr(T, "fit", fit)
+    for row in exp.rows:
+        current, logs[row.name] = row.name, []
+        split = {**data, "train": _Logged(data["train"], logs[row.name])}
+        train_cell(exp, exp.columns[0], row, 0, split, tmp_path / f"{common_init}-{row.slug}-{row.mechanism}", log=lambda s: None)
+    return starts, logs
+
+
+def test_common_init_gives_the_rows_of_a_seed_one_start_and_one_sequence_of_batches(tmp_path, monkeypatch):
+    starts, logs = _start_and_batches(tmp_path, monkeypatch, common_init=True)
+    base = starts["Base"]
+    for row, sd in starts.items():
+        shared = [k for k in sd if k in base]
+        assert len(shared) == len(base), f"{row} lacks some of Base's layers"
+        for k in shared: assert torch.equal(sd[k], base[k]), f"{row}'s {k} starts elsewhere than Base's"
+        assert (row == "Base") == all(k in base for k in sd), "the branch's own layers are its own"
+    assert all(len(v) > 0 and v == logs["Base"] for v in logs.values()), "every row sees the same items, augmented alike"
+    # the MSABN mechanisms differ in nothing but the mechanism: every weight starts equal
+    assert all(torch.equal(starts["MSABN g·A"][k], v) for k, v in starts["MSABN g·(1+A)"].items())
+
+
+def test_without_common_init_the_backbones_start_apart(tmp_path, monkeypatch):
+    starts, logs = _start_and_batches(tmp_path, monkeypatch, common_init=False)
+    conv = "backbone.model.conv1.weight"
+    assert not torch.equal(starts["Base"][conv], starts["ABN"][conv]), "the draw, not the architecture, set ABN's start"
+    assert logs["Base"] == logs["ABN"], "the batches and augmentation are shared already"

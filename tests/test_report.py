@@ -1,6 +1,6 @@
 """msabn_report never loses a report: written aside and swapped in whole, user files kept, tables it can no longer update named;
 and the faults of its input and output (damaged or stale runs, a wrong preset, an output it cannot write) end in clear messages;
-its verdicts carry their power (n, mean ± std, the minimum detectable effect) and are made, and counted, by one rule."""
+its verdicts say what the seeds rule out (n, the mean and its 95% interval, the MDE) and are made, and counted, by one rule."""
 from __future__ import annotations
 
 import json
@@ -290,7 +290,7 @@ def test_deleting_a_table_that_is_not_updated_drops_it(tmp_path, capsys):
     assert "table5" not in json.loads((folder / MANIFEST).read_text())["tables"]
 
 
-# --- issue 11: verdicts with their power ----------------------------------------------------------------------
+# --- verdicts: what the seeds rule out ---------------------------------------------------------------------------
 def test_the_mde_is_the_hand_computed_one():
     assert (ALPHA, POWER) == (0.05, 0.8)
     assert mde(1.0, 3) == pytest.approx((4.303 + 1.061) / math.sqrt(3), abs=1e-3) == pytest.approx(3.097, abs=1e-3)
@@ -301,25 +301,29 @@ def test_the_mde_is_the_hand_computed_one():
 
 
 @pytest.mark.parametrize("paper, ours, expected", [
-    (4.0, [5.0, 3.0, 4.0], "as in the paper"),                # 4 ± 1, n = 3: 4 >= MDE 3.10
-    (-4.0, [5.0, 3.0, 4.0], "opposite to the paper"),
-    (4.0, [-2.0, -4.0, -3.0], "not detectable (MDE 3.1)"),    # |-3| < 3.10: no sign verdict either way
-    (4.0, [3.0, 1.0, 2.0, 2.0, 2.0], "as in the paper"),      # 2 ± 0.71, n = 5: MDE 1.17
+    (4.0, [5.0, 3.0, 4.0], "the paper's sign"),               # 4 ± 1, n = 3: [+1.5, +6.5]
+    (-4.0, [5.0, 3.0, 4.0], "the opposite sign"),
+    (4.0, [-2.0, -4.0, -3.0], "the opposite sign"),           # -3 ± 1: [-5.5, -0.5] excludes 0
+    (4.0, [0.5, -0.5, 0.0], "smaller than 1.3"),              # 0 ± 0.5: [-1.24, +1.24], 1.3 points or more ruled out
+    (4.0, [5.0, -5.0, 0.0], "undecided"),                     # 0 ± 5: [-12.4, +12.4]
+    (4.0, [3.0, 1.0, 2.0, 2.0, 2.0], "the paper's sign"),     # 2 ± 0.71, n = 5: [+1.1, +2.9]
     (4.0, [2.0], "one seed: not judged"), (-4.0, [-9.0], "one seed: not judged"), (4.0, [0.0], "one seed: not judged"),
-    (4.0, [1.5, 1.5, 1.5], "as in the paper"),                # std 0, n >= 2: MDE 0, a nonzero mean is detectable
-    (-4.0, [1.5, 1.5], "opposite to the paper"),
-    (4.0, [0.0, 0.0, 0.0], "not detectable (MDE 0.0)"),       # ... a zero one is not
-    (None, [5.0, 3.0, 4.0], "no paper number"), (0.0, [5.0, 3.0, 4.0], "no paper claim"), (4.0, [], "not run"),
+    (4.0, [1.5, 1.5, 1.5], "the paper's sign"),               # std 0: the interval is the mean itself
+    (-4.0, [1.5, 1.5], "the opposite sign"),
+    (4.0, [0.0, 0.0, 0.0], "smaller than 0.1"),               # ... a zero one rules out everything but 0
+    (None, [5.0, 3.0, 4.0], "above 0"), (0.0, [-5.0, -3.0, -4.0], "below 0"), (None, [5.0, -5.0, 0.0], "undecided"),
+    (4.0, [], "not run"),
 ])
 def test_each_verdict_branch(paper, ours, expected):
     assert verdict(paper, ours) == expected
 
 
-def test_paired_reports_n_mean_std_and_mde():
+def test_paired_reports_n_mean_interval_and_mde():
     p = paired(4.0, [5.0, 3.0, 4.0, math.nan])                # a seed without both numbers is dropped
-    assert (p.n, p.mean, p.std, p.verdict) == (3, 4.0, 1.0, "as in the paper") and p.mde == pytest.approx(3.097, abs=1e-3)
+    assert (p.n, p.mean, p.std, p.verdict) == (3, 4.0, 1.0, "the paper's sign") and p.mde == pytest.approx(3.097, abs=1e-3)
+    assert (p.lo, p.hi) == pytest.approx((4 - 4.303 / math.sqrt(3), 4 + 4.303 / math.sqrt(3)), abs=1e-3)
     one = paired(4.0, [7.0])
-    assert one.n == 1 and one.mean == 7.0 and math.isnan(one.std) and math.isnan(one.mde)
+    assert one.n == 1 and one.mean == 7.0 and math.isnan(one.std) and math.isnan(one.mde) and math.isnan(one.lo)
 
 
 def test_one_seed_is_not_judged_on_any_page(tmp_path):
@@ -327,29 +331,32 @@ def test_one_seed_is_not_judged_on_any_page(tmp_path):
     assert _report(tmp_path) == 0
     page = (tmp_path / "pf" / "tiny_seeds-0" / "table4_cub.md").read_text()
     rows = [l for l in page.splitlines() if " vs " in l and l.startswith("| ")]
-    assert rows and all(l.endswith("| 1 | - | one seed: not judged |") or l.endswith("no paper number |") for l in rows), rows
-    assert "as in the paper |" not in page and "opposite to the paper |" not in page
+    assert rows and all(l.endswith("| 1 | - | one seed: not judged |") for l in rows), rows
+    assert "the paper's sign |" not in page and "the opposite sign |" not in page
 
 
-ACC_OPP = {**ACC, "MSABN+Puzzle": [50, 51, 55]}   # loses 4 ± 1 to MSABN: beyond the MDE of 3.10, against the paper's +2.33
+ACC_OPP = {**ACC, "MSABN+Puzzle": [50, 51, 55]}   # loses 4 ± 1 to MSABN: [-6.5, -1.5], against the paper's +2.33
 
 
-def test_the_table_page_shows_n_mean_std_mde_verdict_and_the_rule(tmp_path):
+def test_the_table_page_shows_n_mean_interval_mde_verdict_and_the_rule(tmp_path):
     _runs(tmp_path, ("table4",), seeds=(0, 1, 2))
     for s in (0, 1, 2): shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table4", s)); write_table_run(tmp_path / "runs", "table4", s, ACC_OPP)
     assert _report(tmp_path, "--seeds", "0", "1", "2") == 0
     folder = tmp_path / "pf" / "tiny_seeds-0-1-2"
     page = (folder / "table4_cub.md").read_text()
-    assert "| pair | ours: backbone (stands for) | split | paper (points) | ours: mean ± std (points) | n | MDE (points) | verdict |" in page
-    assert "| ABN vs Base | resnet20 (ResNet-50) | test_iid | +10.34 | +4.00 ± 1.00 | 3 | 3.10 | as in the paper |" in page
-    assert "| MSABN vs ABN | resnet20 (ResNet-50) | test_iid | +4.02 | +0.00 ± 1.00 | 3 | 3.10 | not detectable (MDE 3.1) |" in page
-    assert "| MSABN+Puzzle vs MSABN | resnet20 (ResNet-50) | test (shifted) | +2.33 | -4.00 ± 1.00 | 3 | 3.10 | opposite to the paper |" in page
-    assert "|mean| ≥ MDE" in page and "3.10 × std for n = 3" in page        # the rule, so that a reader can check each verdict
-    counted = "10 orderings: 4 as in the paper, 2 opposite to the paper, 2 not detectable, 2 no paper number"
+    assert ("| pair | ours: backbone (stands for) | split | paper (points) | ours: mean [95% CI] (points) | n | MDE (points) "
+            "| verdict |") in page
+    assert "| ABN vs Base | resnet20 (ResNet-50) | test_iid | +10.34 | +4.0 [+1.5, +6.5] | 3 | 3.10 | the paper's sign |" in page
+    assert "| MSABN vs ABN | resnet20 (ResNet-50) | test_iid | +4.02 | +0.0 [-2.5, +2.5] | 3 | 3.10 | smaller than 2.5 |" in page
+    assert ("| MSABN+Puzzle vs MSABN | resnet20 (ResNet-50) | test (shifted) | +2.33 | -4.0 [-6.5, -1.5] | 3 | 3.10 "
+            "| the opposite sign |") in page
+    assert "95% confidence interval" in page and "ruled out" in page   # the rule, so that a reader can check each verdict
+    counted = "10 orderings: 4 the paper's sign, 2 the opposite sign, 2 smaller than X, 2 undecided"
     assert f"Counted (accuracy (%)): {counted}." in page
     assert f"- Table 4 (CUB-200-2011), accuracy (%): {counted}" in (folder / "README.md").read_text()   # the summary: the same rule
     od = orderings(collect_runs(tmp_path / "runs", "tiny")[0], "table4")
-    assert list(od.columns) == ["pair", "column", "backbone", "split", "paper", "ours_mean", "ours_std", "n", "mde", "verdict"]
+    assert list(od.columns) == ["pair", "column", "backbone", "split", "paper", "ours_mean", "ours_std", "ci_lo", "ci_hi", "n",
+                                "mde", "verdict"]
 
 
 def _fig_run(seed: int, gain: float) -> RunRecord:
@@ -363,10 +370,10 @@ def _fig_run(seed: int, gain: float) -> RunRecord:
 
 def test_copy_replace_gains_get_the_tables_treatment():
     md = markdown_curves([_fig_run(0, 5.0), _fig_run(1, 7.0), _fig_run(2, 6.0)])   # Fig. 9, ResNet-50: paper +2 at 20%, +4.5 with all
-    assert "| gain: mean ± std (points) | n | MDE (points) | paper gain | verdict |" in md, md
-    assert "| +6.00 ± 1.00 | 3 | 3.10 | +2.0 | as in the paper |" in md, md
-    assert "| +0.00 ± 1.00 | 3 | 3.10 | +4.5 | not detectable (MDE 3.1) |" in md, md
-    assert "Counted: 2 orderings: 1 as in the paper, 0 opposite to the paper, 1 not detectable." in md
+    assert "| gain: mean [95% CI] (points) | n | MDE (points) | paper gain | verdict |" in md, md
+    assert "| +6.0 [+3.5, +8.5] | 3 | 3.10 | +2.0 | the paper's sign |" in md, md
+    assert "| +0.0 [-2.5, +2.5] | 3 | 3.10 | +4.5 | smaller than 2.5 |" in md, md   # the paper's +4.5 is ruled out
+    assert "Counted: 2 orderings: 1 the paper's sign, 0 the opposite sign, 1 smaller than X, 0 undecided." in md
     md = markdown_curves([_fig_run(0, -5.0), _fig_run(1, -7.0), _fig_run(2, -6.0)])
-    assert "| -6.00 ± 1.00 | 3 | 3.10 | +2.0 | opposite to the paper |" in md, md
-    assert "| -6.00 | 1 | - | +2.0 | one seed: not judged |" in markdown_curves([_fig_run(0, -6.0)])
+    assert "| -6.0 [-8.5, -3.5] | 3 | 3.10 | +2.0 | the opposite sign |" in md, md
+    assert "| -6.0 | 1 | - | +2.0 | one seed: not judged |" in markdown_curves([_fig_run(0, -6.0)])

@@ -68,6 +68,7 @@ class DataSpec:
     keep_fractions: tuple[float, ...] | None = None  # per class: the share of its images kept (imbalance)
     stands_for: str | None = None         # the paper's dataset this stand-in replaces, for the labels
     loader_kwargs: Mapping[str, Any] | None = None   # more options of the dataset's loader (e.g. CIFAR-100's verify=False)
+    train_images: int | None = None       # a class-balanced subset of this many training images (None: all of them)
 
 def geometric_fractions(num_classes: int, smallest: float = 0.1) -> tuple[float, ...]:
     "Shares 1 ... `smallest` in geometric steps: a class-imbalanced stand-in."
@@ -90,6 +91,7 @@ class TableExperiment:
     n_attention: int = 6              # test images whose attention maps every run keeps
     kind: str = "table"
     overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
+    common_init: bool = False         # every row of a seed starts from the same weights where its layers share a name
 
     def cells(self) -> list[tuple[Column, Row]]:
         "The (column, row) pairs that are trained: every row on every column it does not skip."

@@ -18,8 +18,8 @@ from ..data.synthetic import SyntheticConfig, make_synthetic
 from ..data.transforms import eval_transform, train_transform
 
 # %% auto #0
-__all__ = ['MEMORY_BUDGET', 'DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'ClassSubset',
-           'fits_in_memory', 'load_splits']
+__all__ = ['MEMORY_BUDGET', 'DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'first_per_class',
+           'ClassSubset', 'fits_in_memory', 'load_splits']
 
 # %% ../../nbs/api/experiments/03_data.ipynb #14066885
 class DataMissingError(FileNotFoundError):
@@ -60,6 +60,17 @@ def keep_by_class(targets: torch.Tensor, fractions: Sequence[float]) -> list[int
     for k, f in enumerate(fractions):
         idx = torch.nonzero(targets == k).flatten().tolist()
         keep += idx[:max(1, round(f * len(idx)))]
+    return sorted(keep)
+
+def first_per_class(targets: torch.Tensor, n: int) -> list[int]:
+    "Indices of a class-balanced subset of `n` images: each class's first n // K (the first n % K classes one more)."
+    targets = torch.as_tensor(targets)
+    k = int(targets.max()) + 1 if len(targets) else 0
+    if not k <= n <= len(targets):
+        raise ValueError(f"train_images={n}: expected a whole number from the number of classes ({k}) to the number of "
+                         f"training images ({len(targets)})")
+    keep = []
+    for c in range(k): keep += torch.nonzero(targets == c).flatten().tolist()[:n // k + (c < n % k)]
     return sorted(keep)
 
 # %% ../../nbs/api/experiments/03_data.ipynb #95fe0f26
@@ -108,6 +119,8 @@ def load_splits(
         if len(spec.keep_fractions) != out["train"].num_classes:
             raise ValueError(f"keep_fractions has {len(spec.keep_fractions)} entries; the dataset has {out['train'].num_classes} classes")
         out = {k: ClassSubset(d, keep_by_class(d.targets, spec.keep_fractions)) for k, d in out.items()}
+    if spec.train_images is not None:
+        out["train"] = ClassSubset(out["train"], first_per_class(out["train"].targets, spec.train_images))
     if decoded and fits_in_memory(spec, out):
         out = {k: decode(d, spec.recipe, spec.size, train=k == "train" and train_augment) for k, d in out.items()}
     return out

@@ -74,6 +74,11 @@ OVERRIDES = (
     Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)", _T, _names),
     Override("dataset", "which loader reads the data: the layout of the folder", f"one of {', '.join(DATA_LAYOUTS)}", _T, _dataset),
     Override("data", "the dataset's folder", "a folder, relative to --data-root or absolute", _T, _folder),
+    Override("train_images", "own data: train on a class-balanced subset of N training images (each class's first N / K "
+             "in the loader's order)", "a whole number >= the number of classes", _T, _whole()),
+    Override("common_init", "common random numbers: every row of a seed starts from the same weights wherever its layers share "
+             "a name (the branch's own layers from streams of their own); the batches and augmentation are shared already",
+             "true or false", _T, _bool),
     Override("verify", "CIFAR-100 only: check the official files' md5 sums (false: files in the same format that are not the official ones)",
              "true or false", _T, _bool),
     Override("finetune_epochs", "Figs. 8/9: fine-tuning epochs", "a whole number >= 1", _CR, _whole()),

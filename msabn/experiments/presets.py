@@ -278,6 +278,8 @@ def _table(exp, v: dict):
                                  f"(its feature_info's largest reduction), so its last stage has no pixel; expected size >= {backbone_stride(c.backbone)}")
         data = replace(data, size=v["size"])
     if "verify" in v and data.dataset == "cifar100": data = replace(data, loader_kwargs={"verify": v["verify"]})
+    if "train_images" in v: data = replace(data, train_images=v["train_images"])
+    if "common_init" in v: exp = replace(exp, common_init=v["common_init"])
     return replace(exp, columns=columns, rows=rows, data=data, train=replace(exp.train, **_train_kw(v, "epochs", exp.train)))
 
 def _copy_replace(fig, v: dict):

@@ -21,6 +21,7 @@ from .presets import get_experiment
 from ..core import atomic_write, load_json, provenance, save_json, set_seed
 from ..data.items import collate
 from .data import load_splits
+from ..models.backbones import init_weights
 from ..models.networks import count_params, create_model
 from .presets import is_dry_run, overrides_label
 from .progress import PROGRESS_FILE, ProgressFile
@@ -131,6 +132,7 @@ def train_cell(
             f"kept aside in {keep_aside(out).name}, trained again")
     set_seed(seed)
     model = create_model(row.arch, column.backbone, data["train"].num_classes, **row.model_kwargs())
+    if exp.common_init: init_weights(model, seed=seed)   # common random numbers: the rows share what they can
     headline = exp.data.eval_splits[0]
     extra = {**config_header(exp), "cell": {"experiment": exp.name, "preset": exp.preset, "column": column.paper, "row": row.name, "seed": int(seed), "fingerprint": fp}}
     ours = out.is_dir() and any(out.iterdir())   # this cell's own files (another's were moved aside): resume from its checkpoint

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import math
 from collections import OrderedDict
 from typing import Sequence
@@ -17,25 +18,36 @@ import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
 # %% auto #0
-__all__ = ['CIFAR_RESNETS', 'BLOCKS', 'PAPER_TIMM', 'SMOKE_TIMM', 'init_weights', 'CifarResNet', 'chain_names', 'make_stride1',
-           'Backbone', 'list_backbones', 'create_backbone']
+__all__ = ['CIFAR_RESNETS', 'BLOCKS', 'PAPER_TIMM', 'SMOKE_TIMM', 'layer_stream', 'init_weights', 'CifarResNet', 'chain_names',
+           'make_stride1', 'Backbone', 'list_backbones', 'create_backbone']
 
 # %% ../../nbs/api/models/00_backbones.ipynb #e03c8461
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
+def layer_stream(seed: int, name: str) -> torch.Generator:
+    "A random stream of one's own for the layer `name` of a model seeded with `seed`."
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1)
+
 def init_weights(
-    module: nn.Module,  # a model or any part of one; changed in place
-) -> nn.Module:         # the same module
+    module: nn.Module,        # a model or any part of one; changed in place
+    seed: int | None = None,  # None: draw from torch's global stream; a seed: each layer from its own (layer_stream)
+) -> nn.Module:               # the same module
     "Kaiming-initialise every conv (normal, fan_out, ReLU gain) and linear layer; norms start as the identity."
-    for m in module.modules():
+    for name, m in module.named_modules():
+        g = None if seed is None else layer_stream(seed, name)
         if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out), generator=g)
             if m.bias is not None: nn.init.zeros_(m.bias)
         elif isinstance(m, _NORMS):
             m.reset_parameters()  # weight 1, bias 0 (and fresh running statistics for BN)
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, nn.Linear) and g is None:
             m.reset_parameters()  # PyTorch's Kaiming-uniform default
+        elif isinstance(m, nn.Linear):  # the same default, drawn from the layer's stream
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+            if m.bias is not None:
+                bound = 1 / math.sqrt(m.weight.shape[1])
+                nn.init.uniform_(m.bias, -bound, bound, generator=g)
     return module
 
 # %% ../../nbs/api/models/00_backbones.ipynb #f2acf9de

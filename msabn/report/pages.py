@@ -16,7 +16,7 @@ from ..experiments.presets import base_preset, overrides_label
 from ..train.metrics import mean_std
 from .runs import (PAPER_FIG8_9, PAPER_TABLES, fig8_9_label, VERDICT_RULE, RunRecord, fmt_mean_std,
                                one_preset, orderings, paired, paper_gain, record_experiment, summarize, table_frame,
-                               verdict_counts)
+                               verdict_counts, fmt_interval)
 
 # %% auto #0
 __all__ = ['SHORT_SPLITS', 'METRIC_NAMES', 'markdown_table', 'table_figure', 'curve_frame', 'curve_figure', 'curve_verdicts',
@@ -73,11 +73,12 @@ def _ordering_lines(exp: TableExperiment, od: pd.DataFrame, mname: str) -> list[
     "The orderings of one metric as a markdown table (n, mean ± std, MDE, verdict per pair), their count, and the rule."
     if od.empty: return []
     lines = [f"### Orderings ({mname}, ours paired by seed: the difference of the two rows on the same seed)", "",
-             "| pair | ours: backbone (stands for) | split | paper (points) | ours: mean ± std (points) | n | MDE (points) | verdict |",
+             "| pair | ours: backbone (stands for) | split | paper (points) | ours: mean [95% CI] (points) | n | MDE (points) "
+             "| verdict |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, o in od.iterrows():
         lines.append(f"| {o.pair} | {o.backbone} ({o.column}) | {_split_label(exp, o.split)} | {fmt_mean_std(o.paper, sign=True)} | "
-                     f"{fmt_mean_std(o.ours_mean, o.ours_std, sign=True)} | {o.n} | {fmt_mean_std(o.mde)} | {o.verdict} |")
+                     f"{fmt_interval(o.ours_mean, o.ci_lo, o.ci_hi)} | {o.n} | {fmt_mean_std(o.mde)} | {o.verdict} |")
     return lines + ["", f"Counted ({mname}): {verdict_counts(list(od.verdict))}.", "", VERDICT_RULE, ""]
 
 def markdown_table(
@@ -205,7 +206,7 @@ def curve_verdicts(records: Sequence[RunRecord]) -> pd.DataFrame:
             lines.append({"source": source, "column": column, "backbone": backbone, "split": split, "point": point, "lambda_out": lam,
                           "pool_size": p.pool_size.mean(), "fraction": f, "acc": fmt_mean_std(*mean_std(ok.acc)) if len(ok) else None,
                           "vanilla": fmt_mean_std(*mean_std(p.vanilla)), "paper": ref, "n": g.n, "gain_mean": g.mean, "gain_std": g.std,
-                          "mde": g.mde, "verdict": g.verdict if len(ok) else "not run (empty pool)"})
+                          "gain_lo": g.lo, "gain_hi": g.hi, "mde": g.mde, "verdict": g.verdict if len(ok) else "not run (empty pool)"})
     return pd.DataFrame(lines)
 
 def markdown_curves(records: Sequence[RunRecord]) -> str:
@@ -231,11 +232,11 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
         src = record_experiment(runs[0], source)
         lines += [f"## {fig8_9_label(source)['figure']} ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}, "
                   f"accuracy on {_split_label(src, split)}", "",
-                  "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean ± std (points) | n | "
+                  "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean [95% CI] (points) | n | "
                   "MDE (points) | paper gain | verdict |", "|" + " --- |" * 10]
         for _, p in d.iterrows():
             lines.append(f"| {p.lambda_out} | {p.pool_size:.0f} | {p.fraction:.2f} | {p.acc or 'not run (empty pool)'} | {p.vanilla} | "
-                         f"{fmt_mean_std(p.gain_mean, p.gain_std, sign=True)} | {p.n} | {fmt_mean_std(p.mde)} | {fmt_mean_std(p.paper, digits=1, sign=True)} | {p.verdict} |")
+                         f"{fmt_interval(p.gain_mean, p.gain_lo, p.gain_hi)} | {p.n} | {fmt_mean_std(p.mde)} | {fmt_mean_std(p.paper, digits=1, sign=True)} | {p.verdict} |")
         before = df[(df.source == source) & (df.column == column) & (df.backbone == backbone) & (df.split == split)]
         lines += [f"| before fine-tuning | | | {fmt_mean_std(*mean_std(before.groupby('seed').before.first()))} | | | | | | |", "",
                   f"Counted: {verdict_counts(list(d.verdict))}.", ""]
@@ -253,7 +254,7 @@ def verdict_summary(records: Sequence[RunRecord]) -> list[str]:
     if any(r.name == "fig8_9" for r in records):
         lines.append(f"- Figs. 8/9, copy-replace gain over vanilla: {verdict_counts(list(curve_verdicts(records).verdict))}")
     if not lines: return []
-    return ["## Verdicts, counted", "", "Over every ordering on the pages below; each page shows n, mean ± std, the MDE and the verdict "
+    return ["## Verdicts, counted", "", "Over every ordering on the pages below; each page shows n, the mean and its 95% interval, the MDE and the verdict "
             f"per ordering. {VERDICT_RULE}", "", *lines, ""]
 
 def markdown_fig1(records: Sequence[RunRecord]) -> str:

@@ -21,10 +21,10 @@ from ..experiments.presets import (PRESETS, base_preset, get_experiment, resolve
 from ..train.metrics import mean_std
 
 # %% auto #0
-__all__ = ['PAPER_TABLES', 'PAPER_FIG8_9', 'ALPHA', 'POWER', 'VERDICTS', 'VERDICT_RULE', 'COMPARISONS', 'PaperTable',
+__all__ = ['PAPER_TABLES', 'PAPER_FIG8_9', 'ALPHA', 'POWER', 'TARGET', 'VERDICTS', 'VERDICT_RULE', 'COMPARISONS', 'PaperTable',
            'fig8_9_label', 'paper_gain', 'RunRecord', 'record_experiment', 'collect_runs', 'one_preset', 'table_frame',
-           'write_table_run', 't_quantile', 'mde', 'Paired', 'paired', 'verdict', 'verdict_counts', 'fmt_mean_std',
-           'summarize', 'orderings']
+           'write_table_run', 't_quantile', 'mde', 'Paired', 'half_width', 'paired', 'verdict', 'verdict_counts',
+           'fmt_interval', 'fmt_mean_std', 'summarize', 'orderings']
 
 # %% ../../nbs/api/report/00_runs.ipynb #92807b72
 @dataclass(frozen=True)
@@ -226,49 +226,68 @@ def mde(
     return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n)
 
 # %% ../../nbs/api/report/00_runs.ipynb #a1c0ffe5
+TARGET = 3.0   # points: an interval within ±TARGET rules out every effect the studies set out to see
+
 class Paired(NamedTuple):
-    "Our paired difference over seeds, its power and its verdict."
+    "Our paired difference over seeds: its mean, 95% confidence interval, power and verdict."
     n: int          # pairs (seeds) with both numbers
     mean: float     # points (NaN for n = 0)
     std: float      # sample std, points (NaN for n < 2)
-    mde: float      # minimum detectable effect at this n, points (NaN for n < 2)
+    lo: float       # the 95% confidence interval of the mean (Student's t, paired by seed), points (NaN for n < 2)
+    hi: float
+    mde: float      # minimum detectable effect at this n, points (NaN for n < 2): for planning
     verdict: str
 
-def _verdict(paper_diff: float | None, n: int, m: float, e: float) -> str:
+def half_width(std: float, n: int, alpha: float = ALPHA) -> float:
+    "Half the (1 - alpha) confidence interval of a mean of n paired differences: t(1 - alpha/2, n - 1) * std / sqrt(n)."
+    return math.nan if n < 2 else t_quantile(1 - alpha / 2, n - 1) * std / math.sqrt(n)
+
+def _verdict(paper_diff: float | None, n: int, lo: float, hi: float, target: float = TARGET) -> str:
     if n == 0: return "not run"
-    if paper_diff is None: return "no paper number"
-    if paper_diff == 0: return "no paper claim"
     if n < 2: return "one seed: not judged"
-    if m == 0 or abs(m) < e: return f"not detectable (MDE {e:.1f})"
-    return "as in the paper" if m * paper_diff > 0 else "opposite to the paper"
+    claim = paper_diff is not None and paper_diff != 0
+    if lo > 0 or hi < 0:   # the interval excludes 0
+        if not claim: return "above 0" if lo > 0 else "below 0"
+        return "the paper's sign" if (lo > 0) == (paper_diff > 0) else "the opposite sign"
+    x = max(abs(lo), abs(hi), 0.1)
+    return f"smaller than {math.ceil(x * 10 - 1e-9) / 10:.1f}" if x <= target else "undecided"
 
 def paired(
     paper_diff: float | None,   # the paper's difference (better - worse), None where the paper has no number
     ours: Sequence[float],      # ours, one difference per seed (NaN: a seed without both numbers, dropped)
 ) -> Paired:
-    "n, mean ± std and MDE of our paired difference, and its verdict against the paper's sign: the one place verdicts are made."
+    "n, mean, 95% interval and MDE of our paired difference, and its verdict: the one place verdicts are made."
     d = [float(x) for x in ours if not math.isnan(float(x))]
     m, s = mean_std(d) if d else (math.nan, math.nan)
-    e = mde(s, len(d))
-    return Paired(len(d), m, s, e, _verdict(paper_diff, len(d), m, e))
+    h = half_width(s, len(d))
+    return Paired(len(d), m, s, m - h, m + h, mde(s, len(d)), _verdict(paper_diff, len(d), m - h, m + h))
 
 def verdict(paper_diff: float | None, ours: Sequence[float]) -> str:
     "The verdict alone (see `paired`)."
     return paired(paper_diff, ours).verdict
 
-VERDICTS = ("as in the paper", "opposite to the paper", "not detectable", "one seed: not judged", "no paper number", "no paper claim", "not run")
+VERDICTS = ("the paper's sign", "the opposite sign", "smaller than", "undecided", "above 0", "below 0",
+            "one seed: not judged", "not run")
 
 def verdict_counts(verdicts: Sequence[str]) -> str:
-    "One summary line: how many verdicts of each kind (the first three always, the others where there are any)."
+    "One summary line: how many verdicts of each kind (the first four always, the others where there are any)."
     kinds = [next(k for k in VERDICTS if v.startswith(k)) for v in verdicts]
-    parts = [f"{kinds.count(k)} {k}" for k in VERDICTS if k in VERDICTS[:3] or k in kinds]
+    parts = [f"{kinds.count(k)} {k + (' X' if k == 'smaller than' else '')}" for k in VERDICTS if k in VERDICTS[:4] or k in kinds]
     return f"{len(kinds)} ordering{'s' if len(kinds) != 1 else ''}: " + ", ".join(parts)
 
-VERDICT_RULE = (f"Verdicts: ours is the difference of the two on the same seed (n seeds, mean ± sample std); its minimum detectable effect is "
-                f"MDE = (t(1 - {ALPHA:g}/2, n - 1) + t({POWER:g}, n - 1)) × std / √n (two-sided at {ALPHA:g}, power {POWER:g}: "
-                f"{mde(1, 3):.2f} × std for n = 3, {mde(1, 5):.2f} × std for n = 5). *as in the paper*: the mean has the paper's sign and "
-                f"|mean| ≥ MDE; *opposite to the paper*: the other sign and |mean| ≥ MDE; *not detectable*: |mean| < MDE (or a mean of 0); "
-                f"one seed has no spread and is not judged.")
+def fmt_interval(mean: float, lo: float, hi: float) -> str:
+    "A paired difference as '+6.2 [-8.2, +20.6]' (mean and 95% interval, points); '+7.0' for one seed; '-' for none."
+    if mean is None or math.isnan(mean): return "-"
+    return f"{mean:+.1f}" if math.isnan(lo) else f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+VERDICT_RULE = (f"Verdicts: ours is the difference of the two on the same seed, over n seeds: its mean and 95% confidence interval "
+                f"(Student's t, paired by seed: mean ± t(0.975, n - 1) × std / √n). *the paper's sign*: the interval excludes 0 on "
+                f"the side of the paper's difference; *the opposite sign*: it excludes 0 on the other side; *smaller than X*: it "
+                f"covers 0 and lies within ±X (X at most {TARGET:g} points), so an effect of X or more either way is ruled out; "
+                f"*undecided*: it covers 0 and reaches beyond ±{TARGET:g} points. Where the paper gives no difference: *above 0* or "
+                f"*below 0* when the interval excludes 0. One seed has no interval and is not judged. The MDE, the effect this n "
+                f"finds with power {POWER:g} at a two-sided {ALPHA:g} (MDE = (t(1 - {ALPHA:g}/2, n - 1) + t({POWER:g}, n - 1)) × "
+                f"std / √n), is shown to plan the next study.")
 
 # %% ../../nbs/api/report/00_runs.ipynb #60c20968
 COMPARISONS = {  # (better, worse) as the paper claims, per table; our extra row compared with the literal MSABN
@@ -311,5 +330,6 @@ def orderings(
             for split in dict.fromkeys(d.split):
                 p = paired(pdiff, (a.loc[split] - b.loc[split]).dropna().values)
                 lines.append({"pair": f"{better} vs {worse}", "column": column, "backbone": backbone, "split": split,
-                              "paper": pdiff, "ours_mean": p.mean, "ours_std": p.std, "n": p.n, "mde": p.mde, "verdict": p.verdict})
+                              "paper": pdiff, "ours_mean": p.mean, "ours_std": p.std, "ci_lo": p.lo, "ci_hi": p.hi, "n": p.n,
+                              "mde": p.mde, "verdict": p.verdict})
     return pd.DataFrame(lines)
