@@ -32,7 +32,7 @@ import yaml
 from nbconvert import MarkdownExporter
 from nbdev.config import get_config
 
-SECTIONS = {"api": "API", "tutorials": "Tutorials", "experiments": "Experiments"}  # folder -> nav title, in order
+SECTIONS = {"api": "API", "tutorials": "Tutorials", "explanations": "Explanations", "experiments": "Experiments"}  # in order
 # nbs/api/<layer>/ -> its title in the API section, in the package's order (a layer imports only the ones before it)
 API_LAYERS = {"data": "Data", "models": "Models", "train": "Training", "explain": "Explaining",
               "hitl": "Human in the loop", "experiments": "Experiments", "report": "Report"}
@@ -151,6 +151,35 @@ def render_pages(proc: Path, dst: Path, site_url: str) -> list[tuple[Path, str]]
     return pages
 
 
+RESULTS = "results"   # paper_figures/ is copied here: every table's and figure's page, the studies, the benchmarks
+
+
+def copy_results(root: Path, docs: Path) -> list[tuple[Path, str]]:
+    "Copy paper_figures/ into the site and list its pages for the navigation: the overview, the paper's order, the rest."
+    src = root / "paper_figures"
+    if not src.is_dir(): return []
+    shutil.copytree(src, docs / RESULTS, ignore=shutil.ignore_patterns(".*"))
+    pages = sorted(p.relative_to(docs) for p in (docs / RESULTS).rglob("*.md"))
+    order = ("table1", "table2", "table3", "table4", "table5", "fig1", "fig8_9")
+    def key(p: Path):
+        top = len(p.parts) == 2
+        paper = next((i for i, o in enumerate(order) if p.name.startswith(o)), len(order))
+        return (not top, "studies" not in p.parts, p.parent.as_posix(), p.name != "README.md", paper, p.name)
+    out = []
+    for p in sorted(pages, key=key):
+        first = next((line[2:].strip() for line in (docs / p).read_text(encoding="utf-8").splitlines()
+                      if line.startswith("# ")), p.stem)
+        out.append((p, "Overview" if p == Path(RESULTS) / "README.md" else first))
+    return out
+
+
+def experiments_in_paper_order(pages: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    "The templates' pages as the paper numbers them (tables 1-5, then the figures)."
+    from msabn.experiments.catalog import TEMPLATES
+    order = list(TEMPLATES.values())
+    return sorted(pages, key=lambda pt: order.index(pt[0].stem) if pt[0].stem in order else len(order))
+
+
 def _index_first(pages: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
     "Pages in notebook order, each folder's index page (its overview) first."
     return sorted(pages, key=lambda pt: (pt[0].parent.parts, pt[0].stem != "index"))
@@ -160,12 +189,16 @@ def mkdocs_config(cfg, pages: list[tuple[Path, str]], docs_dir: Path, site_dir: 
     "MkDocs settings: Material theme, no web fonts or CDN, nav = home, then one section per notebook folder."
     nav = [{"Home": "index.md"}]
     for folder, title in SECTIONS.items():
-        sec = [{t: p.as_posix()} for p, t in _index_first(pages) if p.parts[0] == folder and len(p.parts) == 2]
+        mine = [(p, t) for p, t in _index_first(pages) if p.parts[0] == folder and len(p.parts) == 2]
+        if folder == "experiments": mine = experiments_in_paper_order(mine)
+        sec = [{t: p.as_posix()} for p, t in mine]
         if folder == "api":
             for layer, name in API_LAYERS.items():
                 sub = [{t: p.as_posix()} for p, t in _index_first(pages) if p.parts[:2] == ("api", layer)]
                 if sub: sec.append({name: sub})
         if sec: nav.append({title: sec})
+    results = [{t: p.as_posix()} for p, t in pages if p.parts[0] == RESULTS]
+    if results: nav.append({"Results": results})
     conf = {
         "site_name": cfg.get("title", cfg.lib_name),
         "site_description": cfg.get("description", ""),
@@ -195,7 +228,7 @@ def build(out: str = "_site", readme: bool = True, quiet: bool = False) -> Path:
     site = (root / out).resolve()
     with tempfile.TemporaryDirectory(prefix="msabn-site-") as tmp:
         docs = Path(tmp) / "docs"
-        pages = render_pages(proc, docs, site_url)
+        pages = render_pages(proc, docs, site_url) + copy_results(root, docs)
         css = cfg.nbs_path / "styles.css"
         if css.exists(): shutil.copy(css, docs / css.name)
         conf = mkdocs_config(cfg, pages, docs, site, css if css.exists() else None)
