@@ -17,14 +17,14 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'device_name', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'git_commit',
-           'provenance']
+           'provenance', 'stored_key_numbers', 'check_key_numbers']
 
 # %% ../nbs/api/00_core.ipynb #d3ecf21b
 def set_seed(
@@ -158,3 +158,30 @@ def provenance(device: str | torch.device = "auto") -> dict:
         "cpu_threads": torch.get_num_threads(),
         "time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+# %% ../nbs/api/00_core.ipynb #43d63ea9
+def stored_key_numbers(
+    notebook: str | Path,          # the saved notebook (its outputs as committed)
+    marker: str = "# key numbers", # the comment that marks the cell printing them
+) -> dict:                         # the JSON line that cell printed when the notebook was last run
+    "The key numbers a notebook's marked cell printed when it was saved."
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and marker in "".join(c["source"])]
+    if len(cells) != 1: raise ValueError(f"{notebook}: expected one cell marked {marker!r}, found {len(cells)}")
+    text = "".join("".join(o.get("text", "")) for o in cells[0].get("outputs", []) if o.get("output_type") == "stream")
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if not lines: raise ValueError(f"{notebook}: the cell marked {marker!r} has no stored JSON line: run the notebook and save it")
+    return json.loads(lines[-1])
+
+def check_key_numbers(
+    notebook: str | Path,          # the saved notebook
+    now: Mapping[str, float],      # the same numbers, as this run computed them
+    tol: float,                    # the largest difference that counts as the same (e.g. accuracy points)
+    marker: str = "# key numbers",
+):
+    "Fail, naming each number, when the notebook's stored key numbers are not what the code gives now."
+    stored = stored_key_numbers(notebook, marker)
+    stale = [f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in now.items()
+             if k not in stored or abs(float(stored[k]) - float(v)) > tol]
+    if stale: raise AssertionError(f"{notebook}: its stored outputs are stale ({'; '.join(stale)}; tolerance {tol}): "
+                                   "run the notebook again and commit it with its outputs")
