@@ -23,6 +23,11 @@ def test_site_has_every_notebook(site):
     assert "set_seed" in core and "Atomic file writes" in core
     assert "#| export" not in core and "#| hide" not in core, "nbdev directives must not reach the page"
     assert "fonts.googleapis" not in core, "the site must work offline: no web fonts"
+    nets = (site / "api" / "models" / "networks.html").read_text()
+    assert "class ModelOutput(NamedTuple):" in nets and "logits: torch.Tensor" in nets, "a NamedTuple shows its fields"
+    assert "class BaseNet(" in nets and "def BaseNet(" not in nets, "a class reads as a class"
+    results = {p.relative_to(site).as_posix() for p in (site / "results").rglob("*.html")}
+    assert "results/smoke_seeds-0-1-2/table1_cifar100.html" in results, "the committed results are on the site"
 
 
 def test_site_in_browser(site, browser_page):

@@ -127,6 +127,39 @@ def to_markdown(nb) -> tuple[str, dict]:
     return body, resources.get("outputs", {})
 
 
+_DEFAULT_EXP = re.compile(r"^#\|\s*default_exp\s+(\S+)", re.M)
+_SHOW_DOC = re.compile(r"```python\ndef (\w+)\((.*?)\n```", re.S)
+
+
+def _source_nb(rel: Path) -> Path:
+    return get_config().nbs_path / rel
+
+
+def page_module(nb_path: Path):
+    "The module a notebook exports (None for a page that exports nothing)."
+    import importlib
+    src = "\n".join(c.source for c in nbformat.read(nb_path, as_version=4).cells) if nb_path.exists() else ""
+    m = _DEFAULT_EXP.search(src)
+    if not m: return None
+    name = m.group(1).removesuffix(".__init__").removesuffix("__init__").rstrip(".")
+    return importlib.import_module(f"{get_config().lib_name}.{name}" if name else get_config().lib_name)
+
+
+def classes_as_classes(body: str, module) -> str:
+    "show_doc writes every signature as `def`: a class reads `class`, and a NamedTuple lists its fields with their comments."
+    import inspect
+    if module is None: return body
+    def sub(m):
+        obj = getattr(module, m.group(1), None)
+        if not inspect.isclass(obj): return m.group(0)
+        if hasattr(obj, "_fields"):   # a NamedTuple: its fields, as its source writes them
+            src = inspect.getsource(obj).splitlines()
+            fields = [line.strip() for line in src[1:] if ":" in line and line.strip().split(":")[0] in obj._fields]
+            return "```python\nclass " + m.group(1) + "(NamedTuple):\n" + "\n".join("    " + f for f in fields) + "\n```"
+        return "```python\nclass " + m.group(1) + "(" + m.group(2) + "\n```"
+    return _SHOW_DOC.sub(sub, body)
+
+
 def render_pages(proc: Path, dst: Path, site_url: str) -> list[tuple[Path, str]]:
     "Write one Markdown page (plus images) per processed notebook; return (page, title) pairs."
     pages = []
@@ -140,6 +173,7 @@ def render_pages(proc: Path, dst: Path, site_url: str) -> list[tuple[Path, str]]
         if page.name == "index.md" and rel.parent != Path("."): page = rel.parent / (rel.stem + ".md")
         prepare(nb, site_url, page)
         body, images = to_markdown(nb)
+        body = classes_as_classes(body, page_module(_source_nb(rel)))
         # images are named output_N_M.png: give them a folder per page and point the Markdown at it
         img_dir = page.with_suffix("").name + "_files"
         for name, data in images.items():
