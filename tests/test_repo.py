@@ -140,3 +140,15 @@ def test_the_layer_rule_catches_an_upward_import(tmp_path):
     found = {mod: _layer(mod) for _, mod in _imported_modules(f, tree)}
     assert found == {"msabn.train.engine": LAYERS.index("train"), "msabn.models.attention": LAYERS.index("models"),
                      "msabn.data.items": LAYERS.index("data")}
+
+
+def test_library_lines_fit_the_page():
+    "At most 120 characters a line, so that code never overflows the docs' column; nbdev writes one line of its own."
+    long = []
+    for f in sorted((ROOT / "msabn").rglob("*.py")):
+        if f.name == "_modidx.py": continue
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            # nbdev wraps the __all__ it generates at 120 and then puts `__all__ = ` in front of the first line
+            if len(line) > 120 and not (line.startswith("__all__ = [") and len(line) <= 130):
+                long.append(f"{f.relative_to(ROOT)}:{i} ({len(line)})")
+    assert not long, f"library lines over 120 characters: {long[:10]}"
