@@ -52,10 +52,11 @@ def eval_part(data, cfg):
     n = min(len(data), cfg.limit_eval_batches * (cfg.eval_batch_size or cfg.batch_size))
     return data if n == len(data) else ClassSubset(data, range(n))
 
-def _score(model, data, cfg, device):
-    "score_attention on what a run scores of `data` (a dry run: in its evaluation batches)."
-    if cfg.limit_eval_batches is None: return score_attention(model, data, device=device)
-    return score_attention(model, eval_part(data, cfg), batch_size=cfg.eval_batch_size or cfg.batch_size, device=device)
+def _score(model, data, cfg, device, normalize: bool | None = None):
+    "score_attention on what a run scores of `data` (a dry run: in its evaluation batches), in the reading asked for."
+    if cfg.limit_eval_batches is None: return score_attention(model, data, device=device, normalize=normalize)
+    return score_attention(model, eval_part(data, cfg), batch_size=cfg.eval_batch_size or cfg.batch_size, device=device,
+                           normalize=normalize)
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #faffdac0
 def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: int, folder: Path, data_root, device, log) -> dict:
@@ -68,7 +69,7 @@ def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: i
     batch = collate([data[i] for i in range(min(fig.n_images, len(data)))])
     maps, preds, scores = {}, {}, []
     for r in rows:
-        sc = _score(_model(src_folder, column, r), data, cfg, device)
+        sc = _score(_model(src_folder, column, r), data, cfg, device, normalize=True)   # CAM and A(x) on one scale
         label = "CAM (Base)" if r == "Base" else r
         maps[label] = torch.from_numpy(sc.records.attn_map[:fig.n_images].astype(np.float32))[:, None]
         preds[label] = torch.from_numpy(sc.pred[:fig.n_images])
