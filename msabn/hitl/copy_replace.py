@@ -145,7 +145,7 @@ def paste_patch(
     return out
 
 # %% ../../nbs/api/hitl/00_copy_replace.ipynb #788b4a92
-LABEL_POLICIES = ("donor", "same_class")
+LABEL_POLICIES = ("donor", "same_class", "keep")
 
 class EmptyPoolError(ValueError):
     "Copy-replace was asked for without an annotated pool to draw from."
@@ -174,7 +174,8 @@ class CopyReplace(Dataset):
                  pool: Sequence[int],                 # the annotated images: positions in `dataset` (= their "index")
                  boxes: Mapping[int, Sequence[float]] | None = None,  # index -> (x0, y0, x1, y1) in raw pixels (the person's boxes)
                  p: float = 1.0,                      # probability that a pool image is replaced when drawn
-                 label_policy: str = "donor",         # "donor": the label follows the pasted object; "same_class": donors of the same class
+                 label_policy: str = "donor",         # "donor": the label follows the pasted object; "same_class":
+                                                      # donors of the same class; "keep": the image keeps its label
                  transform: Callable | None = None):  # the pipeline after copy-replace (default: the dataset's own)
         if label_policy not in LABEL_POLICIES: raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
         if not 0.0 <= float(p) <= 1.0: raise ValueError(f"p is a probability in [0, 1], got {p!r}")
@@ -225,7 +226,7 @@ class CopyReplace(Dataset):
         return tuple(float(v) for v in torch.as_tensor(item["box"]).reshape(4))
 
     def _candidates(self, i: int) -> list[int]:
-        group = self.pool if self.label_policy == "donor" else self._by_class.get(int(self.targets[i]), [])
+        group = self._by_class.get(int(self.targets[i]), []) if self.label_policy == "same_class" else self.pool
         return [j for j in group if j != i]
 
     def __getitem__(self, i: int) -> dict:
@@ -243,7 +244,7 @@ class CopyReplace(Dataset):
                 dh, dw = d["image"].shape[-2:]
                 dbox = check_box(self.box(donor, d), dh, dw, f"donor image {donor}")
                 item["image"] = tv_tensors.Image(paste_patch(item["image"], box, d["image"], dbox))
-                item["label"] = int(d["label"])
+                if self.label_policy == "donor": item["label"] = int(d["label"])
         item["donor"] = donor
         return self.transform(item) if self.transform is not None else item
 
