@@ -24,7 +24,8 @@ __all__ = ['RUNTIME_FIELDS', 'LABEL_FIELDS', 'RESULTS_VERSION', 'UNSET_FIELDS', 
 RUNTIME_FIELDS = ("device", "num_workers", "progress", "eval_batch_size")  # where and how fast, not what
 LABEL_FIELDS = ("title", "template")  # how it is called, not what it computes
 RESULTS_VERSION = 1  # bump when the meaning of a run's files changes
-UNSET_FIELDS = ("overrides", "limit_train_batches", "limit_eval_batches", "loader_kwargs")  # left out while empty: older fingerprints stay valid
+UNSET_FIELDS = ("overrides", "limit_train_batches", "limit_eval_batches", "loader_kwargs",  # left out while empty:
+                "valid_fraction", "valid_seed")                                  # older fingerprints stay valid
 
 def _config_dict(exp) -> dict:
     d = asdict(exp)
