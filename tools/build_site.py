@@ -32,7 +32,8 @@ import yaml
 from nbconvert import MarkdownExporter
 from nbdev.config import get_config
 
-SECTIONS = {"api": "API", "tutorials": "Tutorials", "experiments": "Experiments"}  # folder -> nav title, in order
+SECTIONS = {"api": "API", "tutorials": "Tutorials", "explanations": "Explanations",  # folder -> nav title, in order
+            "experiments": "Experiments"}
 # nbs/api/<layer>/ -> its title in the API section, in the package's order (a layer imports only the ones before it)
 API_LAYERS = {"data": "Data", "models": "Models", "train": "Training", "explain": "Explaining",
               "hitl": "Human in the loop", "experiments": "Experiments", "report": "Report"}
