@@ -69,6 +69,8 @@ class DataSpec:
     stands_for: str | None = None         # the paper's dataset this stand-in replaces, for the labels
     loader_kwargs: Mapping[str, Any] | None = None   # more options of the dataset's loader (e.g. CIFAR-100's verify=False)
     train_images: int | None = None       # a class-balanced subset of this many training images (None: all of them)
+    valid_fraction: float = 0.0           # share of the training images held out to pick the best epoch (0: none)
+    valid_seed: int = 0                   # which ones: a class-stratified draw with this seed (msabn.experiments.data)
 
 def geometric_fractions(num_classes: int, smallest: float = 0.1) -> tuple[float, ...]:
     "Shares 1 ... `smallest` in geometric steps: a class-imbalanced stand-in."
@@ -100,6 +102,7 @@ class TableExperiment:
     def train_config(self, column: Column, row: Row, seed: int, device: str = "auto", num_workers: int | None = None) -> TrainConfig:
         "The TrainConfig of one cell."
         kw = dict(seed=seed, puzzle=row.puzzle, device=device, progress=False)
+        if self.data.valid_fraction: kw |= {"keep_best": True, "eval_every": 1}   # best.pt: the best of every epoch
         if column.batch_size is not None: kw["batch_size"] = column.batch_size
         if num_workers is not None: kw["num_workers"] = num_workers
         return replace(self.train, **kw)
@@ -135,7 +138,9 @@ class CopyReplaceFigure:
     row: str = "MSABN"                # the source row that is fine-tuned
     eval_split: str | None = None     # the split accuracy is measured on (None: the source table's headline split)
     p: float = 1.0                    # copy-replace probability per annotated image
-    label_policy: str = "donor"       # the pasted object keeps its label (paper Fig. 4)
+    label_policy: str = "donor"       # the replaced image's label: the pasted object's (our reading)
+    source_model: str = "last"        # the epoch fine-tuned: "last" or "best" (on the validation split)
+    frac_reading: str = "paper"       # frac_attn_out on the map as it is ("paper") or min-max normalised ("normalized")
     kind: str = "copy_replace_figure"
     overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
 

@@ -19,7 +19,7 @@ from ..data.transforms import eval_transform, train_transform
 
 # %% auto #0
 __all__ = ['MEMORY_BUDGET', 'DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'first_per_class',
-           'ClassSubset', 'fits_in_memory', 'load_splits']
+           'ClassSubset', 'hold_out', 'fits_in_memory', 'load_splits']
 
 # %% ../../nbs/api/experiments/03_data.ipynb #14066885
 class DataMissingError(FileNotFoundError):
@@ -76,21 +76,55 @@ def first_per_class(targets: torch.Tensor, n: int) -> list[int]:
 # %% ../../nbs/api/experiments/03_data.ipynb #95fe0f26
 class ClassSubset(Dataset):
     "A subset of a dataset that keeps the attributes the training engine reads (targets, classes, split, boxes)."
-    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+    def __init__(self, dataset: Dataset, indices: Sequence[int], split: str | None = None):  # None: the dataset's split
         self.dataset, self.indices = dataset, [int(i) for i in indices]
         self.targets = torch.as_tensor(dataset.targets)[self.indices]
-        self.classes, self.split = getattr(dataset, "classes", None), getattr(dataset, "split", None)
+        self.classes, self.split = getattr(dataset, "classes", None), split or getattr(dataset, "split", None)
         boxes = getattr(dataset, "boxes", None)
         self.boxes = None if boxes is None else boxes[self.indices]
 
     @property
     def num_classes(self) -> int: return self.dataset.num_classes
     def __len__(self) -> int: return len(self.indices)
+    @property
+    def transform(self): return getattr(self.dataset, "transform", None)
+
+    def with_transform(self, transform) -> "ClassSubset":
+        "The same subset under another transform (what copy-replace reads raw items through)."
+        return ClassSubset(self.dataset.with_transform(transform), self.indices, self.split)
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.dataset[self.indices[i]])
         item["index"] = i  # the subset's own index, so that per-image records line up with this dataset
         return item
+
+# %% ../../nbs/api/experiments/03_data.ipynb #d4e2b7a1
+def hold_out(
+    targets: Sequence[int],   # the training labels
+    fraction: float,          # the share of the images to hold out, in (0, 1)
+    seed: int = 0,            # which images: the same seed, the same split
+) -> tuple[list[int], list[int]]:  # (training, held-out) positions, each sorted
+    "A class-stratified validation split: about `fraction` of each class's images, round(fraction * n) in all."
+    t = torch.as_tensor(targets).reshape(-1)
+    n = len(t)
+    if not 0 < fraction < 1: raise ValueError(f"a validation share is a number in (0, 1), got {fraction!r}")
+    k = round(fraction * n)
+    if not 1 <= k < n:
+        raise ValueError(f"holding out {fraction} of {n} training images holds out {k}: expected 1 to {n - 1}")
+    classes, counts = torch.unique(t, return_counts=True)
+    want = counts.double() * k / n
+    quota = want.floor().long()
+    quota[torch.argsort(quota - want, stable=True)[:k - int(quota.sum())]] += 1   # largest remainders
+    quota = torch.minimum(quota, counts - 1)                                       # every class keeps one image
+    g, held = torch.Generator().manual_seed(int(seed)), []
+    for c, q in zip(classes.tolist(), quota.tolist()):
+        idx = torch.nonzero(t == c).flatten()
+        held += idx[torch.randperm(len(idx), generator=g)[:q]].tolist()
+    if not held:
+        raise ValueError(f"no validation split can be held out of {n} training images: every class has a single image "
+                         "(--set valid_fraction=0, or source_model=last, trains on all of them)")
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], sorted(held)
 
 # %% ../../nbs/api/experiments/03_data.ipynb #3c296665
 MEMORY_BUDGET = 2 * 2**30  # bytes: the decoded uint8 pixels of all of a table's splits together
@@ -105,7 +139,7 @@ def load_splits(
     data_root: str | Path,          # the folder holding the datasets (the embedded data are made there)
     train_augment: bool = True,     # the training split with the recipe's augmentation (False: its evaluation pipeline)
     decoded: bool = False,          # decode the splits once into memory where they fit (what a table trains on)
-) -> dict[str, Dataset]:            # "train" and every split of spec.eval_splits
+) -> dict[str, Dataset]:            # "train", "valid" (when spec.valid_fraction > 0) and spec.eval_splits
     "The datasets of a table: made (embedded data) or read (real data), transformed by the table's recipe."
     root = data_folder(spec, data_root)
     if spec.synthetic is not None: make_synthetic(root, SyntheticConfig(**dict(spec.synthetic)))
@@ -114,13 +148,18 @@ def load_splits(
     et = eval_transform(spec.recipe, spec.size)
     kw = dict(spec.loader_kwargs or {})
     out = {"train": get_dataset(spec.dataset, root, "train", transform=tt, **kw)}
+    if spec.valid_fraction: out["valid"] = get_dataset(spec.dataset, root, "train", transform=et, **kw)   # cut below
     for s in spec.eval_splits: out[s] = get_dataset(spec.dataset, root, s, transform=et, **kw)
     if spec.keep_fractions is not None:
         if len(spec.keep_fractions) != out["train"].num_classes:
             raise ValueError(f"keep_fractions has {len(spec.keep_fractions)} entries; the dataset has {out['train'].num_classes} classes")
         out = {k: ClassSubset(d, keep_by_class(d.targets, spec.keep_fractions)) for k, d in out.items()}
-    if spec.train_images is not None:
-        out["train"] = ClassSubset(out["train"], first_per_class(out["train"].targets, spec.train_images))
+    if spec.train_images is not None:   # the same subset of the training images, with either pipeline
+        keep = first_per_class(out["train"].targets, spec.train_images)
+        out |= {k: ClassSubset(out[k], keep) for k in ("train", "valid") if k in out}
+    if spec.valid_fraction:
+        train, valid = hold_out(out["train"].targets, spec.valid_fraction, spec.valid_seed)
+        out["train"], out["valid"] = ClassSubset(out["train"], train), ClassSubset(out["valid"], valid, split="valid")
     if decoded and fits_in_memory(spec, out):
         out = {k: decode(d, spec.recipe, spec.size, train=k == "train" and train_augment) for k, d in out.items()}
     return out

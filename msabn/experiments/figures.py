@@ -26,9 +26,10 @@ from .progress import PROGRESS_FILE, ProgressFile
 from .folders import cell_folder, experiment_folder, fingerprint, run_state
 from .tables import dry_tag, run_table, start_results, write_results
 from ..explain.viz import attention_grid
+from ..train.checkpoints import load_checkpoint
 
 # %% auto #0
-__all__ = ['eval_part', 'run_attention_figure', 'run_copy_replace', 'run_experiment']
+__all__ = ['SOURCE_MODELS', 'eval_part', 'run_attention_figure', 'run_copy_replace', 'run_experiment']
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #cf8a569b
 def _source_folder(fig, table: str, seed: int, runs_dir) -> Path:
@@ -41,9 +42,23 @@ def _source_folder(fig, table: str, seed: int, runs_dir) -> Path:
                                 f"but that run is {state}: run `msabn_run {table} --preset {fig.preset} --seeds {seed}{sets}` first")
     return folder
 
-def _model(folder: Path, column: Column, row: str):
-    "A source table's trained model of one cell."
-    return model_from_checkpoint(cell_folder(folder, column.backbone, row) / "checkpoint.pt")
+SOURCE_MODELS = {"last": "checkpoint.pt", "best": "best.pt"}   # Figs. 8/9's source_model -> the cell's file
+
+def _model(folder: Path, column: Column, row: str, source: str = "last"):
+    "A source table's trained model of one cell: its last epoch, or its best on the validation split."
+    path = cell_folder(folder, column.backbone, row) / SOURCE_MODELS[source]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the {source} epoch of {row} ({column.backbone}) was not kept"
+                                + (" (its table held no validation split out: --set source_model=last, or retrain "
+                                   "it with valid_fraction > 0)" if source == "best" else ""))
+    return model_from_checkpoint(path)
+
+def _source_info(folder: Path, column: Column, row: str, source: str) -> dict:
+    "Which weights a figure fine-tuned: the file, its epoch and (best) its validation accuracy."
+    ck = load_checkpoint(cell_folder(folder, column.backbone, row) / SOURCE_MODELS[source])
+    best = ck.get("best") or {}
+    return {"source_model": source, "checkpoint": SOURCE_MODELS[source], "epoch": best.get("epoch", ck.get("epoch")),
+            **({"valid_acc": best["acc"]} if source == "best" else {})}
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #d12fg002
 def eval_part(data, cfg):
@@ -52,10 +67,11 @@ def eval_part(data, cfg):
     n = min(len(data), cfg.limit_eval_batches * (cfg.eval_batch_size or cfg.batch_size))
     return data if n == len(data) else ClassSubset(data, range(n))
 
-def _score(model, data, cfg, device):
-    "score_attention on what a run scores of `data` (a dry run: in its evaluation batches)."
-    if cfg.limit_eval_batches is None: return score_attention(model, data, device=device)
-    return score_attention(model, eval_part(data, cfg), batch_size=cfg.eval_batch_size or cfg.batch_size, device=device)
+def _score(model, data, cfg, device, normalize: bool | None = None):
+    "score_attention on what a run scores of `data` (a dry run: in its evaluation batches), in the reading asked for."
+    if cfg.limit_eval_batches is None: return score_attention(model, data, device=device, normalize=normalize)
+    return score_attention(model, eval_part(data, cfg), batch_size=cfg.eval_batch_size or cfg.batch_size, device=device,
+                           normalize=normalize)
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #faffdac0
 def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: int, folder: Path, data_root, device, log) -> dict:
@@ -68,7 +84,7 @@ def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: i
     batch = collate([data[i] for i in range(min(fig.n_images, len(data)))])
     maps, preds, scores = {}, {}, []
     for r in rows:
-        sc = _score(_model(src_folder, column, r), data, cfg, device)
+        sc = _score(_model(src_folder, column, r), data, cfg, device, normalize=True)   # CAM and A(x) on one scale
         label = "CAM (Base)" if r == "Base" else r
         maps[label] = torch.from_numpy(sc.records.attn_map[:fig.n_images].astype(np.float32))[:, None]
         preds[label] = torch.from_numpy(sc.pred[:fig.n_images])
@@ -110,13 +126,15 @@ def run_attention_figure(
 # %% ../../nbs/api/experiments/07_figures.ipynb #556aaa66
 def _curve(fig: CopyReplaceFigure, table: str, column: Column, src_folder: Path, data: dict, split: str, cfg, folder: Path, device) -> dict:
     "One trained model's copy-replace curve: its pool per lambda_out (or per share annotated), against vanilla fine-tuning."
-    model = _model(src_folder, column, fig.row)
-    scores = _score(model, data["train"], cfg, device)   # the pool is drawn from what was scored (a dry run: its first batches)
+    model = _model(src_folder, column, fig.row, fig.source_model)
+    normalize = {"paper": None, "normalized": True}[fig.frac_reading]   # None: the attention map as it is
+    scores = _score(model, data["train"], cfg, device, normalize)   # the pool's images (a dry run: its first batches)
     lambdas = fig.lambdas[table] if fig.lambdas else tuple(lambda_for_fraction(scores, f) for f in fig.fractions)
     res = copy_replace_curve(model, data["train"], eval_part(data[split], cfg), lambdas, cfg, fig.finetune_seeds, fig.p, fig.label_policy,
                              scores=scores, out_dir=folder / "finetune" / table / column.backbone, progress=False)
     res.pop("provenance", None)
     res["n_scored"] = len(scores)   # training images scored for the pool (all of them in a real run)
+    res["source"] = _source_info(src_folder, column, fig.row, fig.source_model)
     return res
 
 def _curve_columns(fig: CopyReplaceFigure, table: str) -> list[Column]:

@@ -25,7 +25,8 @@ RUNTIME_FIELDS = ("device", "num_workers", "progress", "eval_batch_size")  # whe
 LABEL_FIELDS = ("title", "template")  # how it is called, not what it computes
 RESULTS_VERSION = 1  # bump when the meaning of a run's files changes
 # left out while empty or False: older fingerprints stay valid
-UNSET_FIELDS = ("overrides", "limit_train_batches", "limit_eval_batches", "loader_kwargs", "train_images", "common_init")
+UNSET_FIELDS = ("overrides", "limit_train_batches", "limit_eval_batches", "loader_kwargs", "train_images", "common_init",
+                "valid_fraction", "valid_seed")
 
 def _config_dict(exp) -> dict:
     d = asdict(exp)

@@ -50,6 +50,17 @@ def _bool(s: str) -> bool:
     if s.lower() not in ("true", "false"): raise ValueError
     return s.lower() == "true"
 
+def _choice(*values: str) -> Callable[[str], str]:
+    def parse(s: str) -> str:
+        if s.strip() not in values: raise ValueError
+        return s.strip()
+    return parse
+
+def _share_below_one(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < 1: raise ValueError
+    return v
+
 def _folder(s: str) -> str:
     if not s.strip(): raise ValueError
     return s.strip()
@@ -85,6 +96,22 @@ OVERRIDES = (
     Override("finetune_seeds", "Figs. 8/9: fine-tuning repeats per trained model", "comma-separated whole numbers >= 0", _CR, _seeds),
     Override("lambdas", "Figs. 8/9: the lambda_out values (the paper's way)", "comma-separated numbers in [0, 1]", _CR, _shares(False)),
     Override("fractions", "Figs. 8/9: the shares of training images annotated (lambda_out chosen per model)", "comma-separated numbers in (0, 1]", _CR, _shares(True)),
+    Override("frac_reading", "Figs. 8/9: how frac_attn_out reads an attention map: thresholded at 0.2 as it is (paper) "
+             "or min-max normalised first (normalized)", "paper or normalized", _CR, _choice("paper", "normalized")),
+    Override("source_model", "Figs. 8/9: the model fine-tuned: the best epoch on a validation split held out of the "
+             "training images (best: the tables then train without them) or the last epoch (last: they train on all)",
+             "best or last", _T + _CR, _choice("best", "last")),
+    Override("valid_fraction", "the share of the training images held out, per class, as the validation split that "
+             "picks the best epoch (0: none); with source_model=best, 0.1 unless given", "a number in [0, 1)", _T,
+             _share_below_one),
+    Override("label_policy", "Figs. 8/9: the replaced image's label: the pasted object's (donor), donors of its own "
+             "class only (same_class), or its own whatever is pasted (keep)", "donor, same_class or keep", _CR,
+             _choice("donor", "same_class", "keep")),
+    Override("puzzle_mode", "the Puzzle loss L_re: the target class's map, averaged over it (target, Puzzle-CAM's "
+             "selection), or over all K maps (masking: K times smaller), or every class's map (all)",
+             "target, masking or all", _T, _choice("target", "masking", "all")),
+    Override("amp", "mixed precision: bfloat16 autocast on a GPU and none on a CPU (auto), bfloat16 everywhere (bf16), "
+             "or float32 everywhere (off)", "auto, bf16 or off", _T + _CR, _choice("auto", "bf16", "off")),
     Override("fast_dev_run", "a dry run: one epoch of N batches, N batches per evaluation, at batch 2 unless batch_size is set (not a result)", "a whole number >= 1", _T + _CR, _whole()),
     Override("limit_train_batches", "a dry run: stop every epoch after N batches (not a result)", "a whole number >= 1", _T + _CR, _whole()),
     Override("limit_eval_batches", "a dry run: evaluate N batches only (not a result)", "a whole number >= 1", _T + _CR, _whole()),

@@ -23,11 +23,11 @@ from .catalog import (FINE_TABLES, INFO, TABLES, TEMPLATES, AttentionFigure, Col
 from .overrides import BY_KEY, DRY_RUN_KEYS, parse_overrides
 
 # %% auto #0
-__all__ = ['CIFAR_ROWS', 'IMAGENET_ROWS', 'FINE_ROWS', 'PAPER_RECIPES', 'FIG1_ROWS', 'FIG8_9_FIGURES', 'SMOKE_SIZES',
-           'TINY_SIZES', 'PRESETS', 'EXPERIMENTS', 'BOXED', 'DRY_RUN_BATCH', 'paper_preset', 'ScaledSizes',
-           'scaled_preset', 'list_experiments', 'resolve_name', 'get_experiment', 'sources_of', 'describe',
-           'backbone_stride', 'with_overrides', 'source_experiment', 'check_boxes', 'is_dry_run', 'preset_folder',
-           'base_preset', 'dry_run_batch_note', 'overrides_label']
+__all__ = ['CIFAR_ROWS', 'IMAGENET_ROWS', 'FINE_ROWS', 'PAPER_RECIPES', 'VALID_FRACTION', 'FIG1_ROWS', 'FIG8_9_FIGURES',
+           'SMOKE_SIZES', 'TINY_SIZES', 'PRESETS', 'EXPERIMENTS', 'BOXED', 'DRY_RUN_BATCH', 'paper_preset',
+           'ScaledSizes', 'scaled_preset', 'list_experiments', 'resolve_name', 'get_experiment', 'sources_of',
+           'describe', 'backbone_stride', 'with_overrides', 'source_experiment', 'check_boxes', 'is_dry_run',
+           'preset_folder', 'base_preset', 'dry_run_batch_note', 'overrides_label']
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #4399363d
 CIFAR_ROWS = (Row("Base", "base"), Row("ABN", "abn", mechanism="residual"),
@@ -49,6 +49,7 @@ PAPER_RECIPES = {
     "table4": TrainConfig(epochs=300, batch_size=16, weight_decay=1e-4, milestones=(0.5, 0.75), num_workers=8, **_SGD),
     "fig8_9": replace(PAPER_FINETUNE, num_workers=8),
 }
+VALID_FRACTION = 0.1   # the training images Tables 4/5 hold out to choose Figs. 8/9's "best performing model" on
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #7c94b13a
 def _table(name: str, preset: str, **kw) -> TableExperiment:
@@ -70,6 +71,7 @@ def paper_preset() -> dict:
     t4_cols = (Column(paper="ResNet-50", backbone="resnet50"), Column(paper="ResNeXt-50", backbone="resnext50_32x4d"),
                Column(paper="EfficientNet-B3", backbone="efficientnet_b3"))
     spec = lambda dataset, recipe, size: DataSpec(dataset=dataset, recipe=recipe, size=size, eval_splits=("test",), subdir=dataset)
+    held = lambda d: replace(d, valid_fraction=VALID_FRACTION)   # Figs. 8/9 choose their source model on these images
     return {
         "table1": _table("table1", "paper", data=spec("cifar100", "cifar", 32), rows=CIFAR_ROWS, train=PAPER_RECIPES["table1"],
                          columns=tuple(Column(paper=f"ResNet-{d}", backbone=f"resnet{d}") for d in (20, 56, 110)), seeds=(0, 1, 2)),
@@ -77,14 +79,15 @@ def paper_preset() -> dict:
                          rows=IMAGENET_ROWS, train=PAPER_RECIPES["table2"], seeds=(0,)),
         "table3": _table("table3", "paper", data=spec("diagset", "diagset", 224), columns=t2_cols, rows=IMAGENET_ROWS,
                          train=PAPER_RECIPES["table3"], seeds=(0,), metrics=("acc", "balanced_acc")),
-        "table4": _table("table4", "paper", data=spec("cub", "fine_grained", 352), columns=t4_cols, rows=FINE_ROWS,
-                         train=PAPER_RECIPES["table4"], seeds=(0, 1, 2)),
-        "table5": _table("table5", "paper", data=spec("cars", "fine_grained", 352), columns=t4_cols, rows=FINE_ROWS,
-                         train=PAPER_RECIPES["table4"], seeds=(0, 1, 2)),
+        "table4": _table("table4", "paper", data=held(spec("cub", "fine_grained", 352)), columns=t4_cols,
+                         rows=FINE_ROWS, train=PAPER_RECIPES["table4"], seeds=(0, 1, 2)),
+        "table5": _table("table5", "paper", data=held(spec("cars", "fine_grained", 352)), columns=t4_cols,
+                         rows=FINE_ROWS, train=PAPER_RECIPES["table4"], seeds=(0, 1, 2)),
         "fig1": _figure(AttentionFigure, "fig1", "paper", sources=INFO["fig1"].depends, rows=FIG1_ROWS, seeds=(0, 1, 2)),
         "fig8_9": _figure(CopyReplaceFigure, "fig8_9", "paper", sources=FIG8_9_FIGURES, fractions=None,
                           lambdas={"table4": PAPER_LAMBDAS["cub"], "table5": PAPER_LAMBDAS["cars"]},
-                          finetune=PAPER_RECIPES["fig8_9"], finetune_seeds=(0, 1, 2), seeds=(0, 1, 2)),
+                          finetune=PAPER_RECIPES["fig8_9"], finetune_seeds=(0, 1, 2), seeds=(0, 1, 2),
+                          source_model="best"),
     }
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #07c7b297
@@ -241,7 +244,18 @@ def _data(d: DataSpec, v: dict) -> DataSpec:
         raise ValueError(f"override data={v['data']!r} on the embedded data: say which layout the folder has with dataset=... "
                          f"(one of {', '.join(DATA_LAYOUTS)})")
     if name == d.dataset and d.synthetic is None: return replace(d, subdir=v.get("data", d.subdir))
-    return DataSpec(dataset=name, recipe=d.recipe, size=d.size, eval_splits=_EVAL_SPLITS.get(name, ("test",)), subdir=v.get("data", name))
+    return DataSpec(dataset=name, recipe=d.recipe, size=d.size, eval_splits=_EVAL_SPLITS.get(name, ("test",)),
+                    subdir=v.get("data", name), valid_fraction=d.valid_fraction, valid_seed=d.valid_seed)
+
+def _valid_fraction(d: DataSpec, v: dict) -> float:
+    "The share held out for choosing the best epoch, as source_model and valid_fraction ask."
+    f, source = v.get("valid_fraction"), v.get("source_model")
+    if source == "best" and f == 0:
+        raise ValueError("override source_model=best picks the epoch on a validation split, but valid_fraction=0 holds "
+                         "no image out: give valid_fraction > 0 (or source_model=last)")
+    if source == "best": return f if f is not None else (d.valid_fraction or VALID_FRACTION)
+    if source == "last": return f if f is not None else 0.0
+    return d.valid_fraction if f is None else f
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #43d63eb5
 DRY_RUN_BATCH = 2   # a fast dev run's batch and evaluation batch, unless batch_size is set: what a laptop's memory holds at 352 px
@@ -249,7 +263,8 @@ DRY_RUN_BATCH = 2   # a fast dev run's batch and evaluation batch, unless batch_
 def _capped(v: dict) -> bool: return "fast_dev_run" in v and "batch_size" not in v
 
 def _train_kw(v: dict, epochs_key: str, train) -> dict:
-    kw = {k: v[k] for k in ("batch_size", "lr", "limit_train_batches", "limit_eval_batches") if k in v}
+    keys = ("batch_size", "lr", "amp", "puzzle_mode", "limit_train_batches", "limit_eval_batches")
+    kw = {k: v[k] for k in keys if k in v}
     if epochs_key in v: kw["epochs"] = v[epochs_key]
     if "fast_dev_run" in v:
         n = v["fast_dev_run"]
@@ -280,6 +295,7 @@ def _table(exp, v: dict):
     if "verify" in v and data.dataset == "cifar100": data = replace(data, loader_kwargs={"verify": v["verify"]})
     if "train_images" in v: data = replace(data, train_images=v["train_images"])
     if "common_init" in v: exp = replace(exp, common_init=v["common_init"])
+    if "valid_fraction" in v or "source_model" in v: data = replace(data, valid_fraction=_valid_fraction(data, v))
     return replace(exp, columns=columns, rows=rows, data=data, train=replace(exp.train, **_train_kw(v, "epochs", exp.train)))
 
 def _copy_replace(fig, v: dict):
@@ -287,6 +303,7 @@ def _copy_replace(fig, v: dict):
     if "lambdas" in v: kw.update(lambdas={t: v["lambdas"] for t in fig.sources}, fractions=None)
     if "fractions" in v: kw.update(fractions=v["fractions"], lambdas=None)
     if "finetune_seeds" in v: kw["finetune_seeds"] = v["finetune_seeds"]
+    kw |= {k: v[k] for k in ("label_policy", "source_model", "frac_reading") if k in v}
     return replace(fig, finetune=replace(fig.finetune, **_train_kw(v, "finetune_epochs", fig.finetune)), **kw)
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #807626b4
@@ -297,6 +314,9 @@ def _check_sources(fig):
             raise ValueError(f"{fig.name} needs an object box per image, but {t} would read {src.data.dataset} "
                              f"({DATA_LAYOUTS[src.data.dataset].split(':')[0]}), which has none: expected dataset=cub or cars "
                              "(a folder in their layout, with its bounding boxes)")
+        if getattr(fig, "source_model", "last") == "best" and not src.data.valid_fraction:
+            raise ValueError(f"{fig.name} fine-tunes the best epoch on a validation split, but {t} holds none out of "
+                             "its training images: --set source_model=last, or valid_fraction > 0")
         row = getattr(fig, "row", None)
         if row and not any(r.name == row for r in src.rows):
             raise ValueError(f"{fig.name} fine-tunes the {row} models of {t}, but override rows leaves {row} out: "

@@ -135,12 +135,18 @@ def train_cell(
     if exp.common_init: init_weights(model, seed=seed)   # common random numbers: the rows share what they can
     headline = exp.data.eval_splits[0]
     extra = {**config_header(exp), "cell": {"experiment": exp.name, "preset": exp.preset, "column": column.paper, "row": row.name, "seed": int(seed), "fingerprint": fp}}
+    valid = data.get("valid")   # held out of the training images (DataSpec.valid_fraction): it picks the best epoch
+    if valid is not None:
+        extra["validation"] = {"fraction": exp.data.valid_fraction, "seed": exp.data.valid_seed, "images": len(valid),
+                               "of": len(valid) + len(data["train"]), "best": "best.pt", "reported": "the last epoch"}
     ours = out.is_dir() and any(out.iterdir())   # this cell's own files (another's were moved aside): resume from its checkpoint
-    metrics = fit(model, data["train"], data[headline], cfg, out, resume=ours, extra_config=extra, on_step=on_step)
-    evals = {headline: metrics["final"][headline]}
+    metrics = fit(model, data["train"], data[headline] if valid is None else valid, cfg, out, resume=ours,
+                  extra_config=extra, on_step=on_step)
+    evals = {headline: metrics["final"][headline] if valid is None else evaluate_split(model, data[headline], cfg)}
     for split in exp.data.eval_splits[1:]: evals[split] = evaluate_split(model, data[split], cfg)
     np.savez_compressed(out / "attention_samples.npz", **_attention_samples(model, data[headline], exp.n_attention, cfg.device))
     rec = {**_cell_record(exp, column, row, seed, out, metrics, evals, count_params(model)), "fingerprint": fp}
+    if valid is not None: rec |= {"best_epoch": metrics["best"]["epoch"], "best_valid_acc": metrics["best"]["acc"]}
     save_json(rec, out / "done.json")
     return rec
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['as_boxes', 'normalize_maps', 'box_masks', 'frac_attn_out', 'peak_points', 'pointing_game', 'energy_pointing_game',
-           'contour_boxes', 'largest_region_boxes', 'map_boxes', 'box_iou', 'box_hits', 'max_box_acc',
-           'localization_scores', 'summarize_localization']
+__all__ = ['as_boxes', 'resize_maps', 'normalize_maps', 'box_masks', 'frac_attn_out', 'peak_points', 'pointing_game',
+           'energy_pointing_game', 'contour_boxes', 'largest_region_boxes', 'map_boxes', 'box_iou', 'box_hits',
+           'max_box_acc', 'localization_scores', 'summarize_localization']
 
 # %% ../../nbs/api/explain/00_localization.ipynb #207a8439
 def _as_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -41,15 +41,23 @@ def as_boxes(boxes, n: int, size: tuple[int, int]) -> torch.Tensor:
                          "boxes are (x0, y0, x1, y1) in input pixels (if the maps are coarser than the image, pass image_size=(H, W))")
     return boxes
 
+def resize_maps(
+    maps: torch.Tensor,                        # B x 1 x h x w (or B x h x w)
+    image_size: tuple[int, int] | None = None, # (H, W) to resize to, bilinearly; None keeps h x w
+) -> torch.Tensor:                             # B x 1 x H x W, values as they were (interpolated)
+    "Resize maps to the image, bilinearly, leaving their values' scale alone."
+    maps = _as_maps(maps)
+    if not torch.isfinite(maps).all(): raise ValueError("maps contain NaN or infinite values")
+    if image_size is not None and tuple(maps.shape[-2:]) != tuple(image_size):
+        maps = F.interpolate(maps, size=tuple(image_size), mode="bilinear", align_corners=False)
+    return maps
+
 def normalize_maps(
     maps: torch.Tensor,                        # B x 1 x h x w (or B x h x w)
     image_size: tuple[int, int] | None = None, # (H, W) to resize to, bilinearly; None keeps h x w
 ) -> torch.Tensor:                             # B x 1 x H x W in [0, 1]; constant maps become all ones
     "Resize to the image and min-max normalise each map; a constant map becomes uniform (all ones)."
-    maps = _as_maps(maps)
-    if not torch.isfinite(maps).all(): raise ValueError("maps contain NaN or infinite values")
-    if image_size is not None and tuple(maps.shape[-2:]) != tuple(image_size):
-        maps = F.interpolate(maps, size=tuple(image_size), mode="bilinear", align_corners=False)
+    maps = resize_maps(maps, image_size)
     lo, hi = maps.amin((2, 3), keepdim=True), maps.amax((2, 3), keepdim=True)
     span = hi - lo
     return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.ones_like(maps))
@@ -69,17 +77,28 @@ def box_masks(
     return (in_y[:, :, None] & in_x[:, None, :])[:, None]
 
 # %% ../../nbs/api/explain/00_localization.ipynb #fd7d7e8f
+def _probabilities(maps: torch.Tensor, image_size) -> torch.Tensor:
+    "Maps read as they are: refused unless every value lies in [0, 1], then resized."
+    maps = _as_maps(maps)
+    if torch.isfinite(maps).all() and (maps.amin() < 0 or maps.amax() > 1):
+        raise ValueError(f"frac_attn_out reads a map as it is, so its values must lie in [0, 1] like an attention "
+                         f"map's; got values from {maps.amin().item():.4g} to {maps.amax().item():.4g}: for scores "
+                         "that are not probabilities (a CAM, Grad-CAM) pass normalize=True")
+    return resize_maps(maps, image_size)
+
 def frac_attn_out(
-    attn_map: torch.Tensor,                    # B x 1 x h x w, values in [0, 1]
+    attn_map: torch.Tensor,                    # B x 1 x h x w, values in [0, 1] (any values with normalize=True)
     boxes: torch.Tensor,                       # B x 4, (x0, y0, x1, y1) in input pixels
-    thresh: float = 0.2,                       # binarise after min-max normalisation
+    thresh: float = 0.2,                       # the paper's threshold, on the map's own values
     image_size: tuple[int, int] | None = None, # (H, W) of the input; None if the maps are already at that size
+    normalize: bool = False,                   # min-max normalise each map first (maps that are not probabilities)
 ) -> torch.Tensor:                             # B fractions of attention pixels outside the box
     "Share of each image's binarised attention that lies outside its object box."
-    maps = normalize_maps(attn_map, image_size)
+    maps = normalize_maps(attn_map, image_size) if normalize else _probabilities(attn_map, image_size)
     size = tuple(maps.shape[-2:])
     boxes = as_boxes(boxes, len(maps), size).to(maps.device)
-    on = maps >= thresh                         # never empty: the maximum is 1
+    on = maps >= thresh
+    on = torch.where(on.flatten(1).any(1)[:, None, None, None], on, torch.ones_like(on))  # none at thresh: uniform
     outside = on & ~box_masks(boxes, size, maps.device)
     return outside.sum((1, 2, 3)).float() / on.sum((1, 2, 3)).float()
 
@@ -250,9 +269,9 @@ def localization_scores(
     thresholds: Sequence[float] = tuple(np.arange(0, 1, 0.01)),
     tolerance: float = 15.0,                   # pixels, for "pointing_15px"
 ) -> dict[str, np.ndarray]:                    # per-image arrays
-    "Every per-image localisation score of a batch."
+    "Every per-image localisation score of a batch, each on the min-max normalised map (frac_attn_out too)."
     maps = normalize_maps(maps, image_size)    # resize once
-    return {"frac_attn_out": frac_attn_out(maps, boxes).cpu().numpy(),
+    return {"frac_attn_out": frac_attn_out(maps, boxes, normalize=True).cpu().numpy(),
             "pointing": pointing_game(maps, boxes).cpu().numpy(),
             "pointing_15px": pointing_game(maps, boxes, tolerance=tolerance).cpu().numpy(),
             "energy_pointing": energy_pointing_game(maps, boxes).cpu().numpy(),

@@ -30,9 +30,9 @@ from ..train.engine import fit
 from ..train.recipe import TrainConfig
 
 # %% auto #0
-__all__ = ['LABEL_POLICIES', 'PAPER_FINETUNE', 'FINETUNE_METHODS', 'AttentionScores', 'dataset_boxes', 'score_attention',
-           'box_pixels', 'paste_patch', 'EmptyPoolError', 'check_box', 'CopyReplace', 'model_from_checkpoint',
-           'FinetuneResult', 'finetune']
+__all__ = ['LABEL_POLICIES', 'PAPER_FINETUNE', 'FINETUNE_METHODS', 'AttentionScores', 'dataset_boxes', 'normalizes',
+           'score_attention', 'box_pixels', 'paste_patch', 'EmptyPoolError', 'check_box', 'CopyReplace',
+           'model_from_checkpoint', 'FinetuneResult', 'finetune']
 
 # %% ../../nbs/api/hitl/00_copy_replace.ipynb #cfa09ea0
 @dataclass
@@ -43,6 +43,7 @@ class AttentionScores:
     frac_attn_out: np.ndarray      # N shares of binarised attention outside the box, in [0, 1]
     image_size: tuple[int, int]    # (H, W) of the input images
     thresh: float = 0.2            # the binarisation threshold used
+    normalize: bool = False        # maps min-max normalised before the threshold (False: as they are, the paper's)
 
     def __len__(self) -> int: return len(self.records)
     @property
@@ -62,7 +63,8 @@ class AttentionScores:
         "Write a compressed .npz atomically."
         with atomic_write(path, "wb") as f:
             np.savez_compressed(f, **asdict(self.records), boxes=self.boxes, frac_attn_out=self.frac_attn_out,
-                                image_size=np.array(self.image_size), thresh=np.array(self.thresh))
+                                image_size=np.array(self.image_size), thresh=np.array(self.thresh),
+                                normalize=np.array(self.normalize))
         return Path(path)
 
     @classmethod
@@ -74,7 +76,9 @@ class AttentionScores:
             need = set(AttentionRecords.__dataclass_fields__) | {"boxes", "frac_attn_out", "image_size", "thresh"}
             if need - set(z.files): raise ValueError(f"{path} is not an attention-scores file: it lacks {sorted(need - set(z.files))}")
             rec = AttentionRecords(**{k: z[k] for k in AttentionRecords.__dataclass_fields__})
-            return cls(rec, z["boxes"], z["frac_attn_out"], tuple(int(v) for v in z["image_size"]), float(z["thresh"]))
+            norm = bool(z["normalize"]) if "normalize" in z.files else True   # files from before the choice: normalised
+            size = tuple(int(v) for v in z["image_size"])
+            return cls(rec, z["boxes"], z["frac_attn_out"], size, float(z["thresh"]), norm)
 
 def dataset_boxes(
     data: Dataset,          # items with "image" and "box" (after the dataset's transform)
@@ -87,6 +91,14 @@ def dataset_boxes(
         boxes.append(b["box"]); size = tuple(b["image"].shape[-2:])
     return torch.cat(boxes).numpy(), size
 
+def normalizes(
+    model: nn.Module,              # the model whose maps are scored
+    normalize: bool | None = None, # asked for; None: decided by the model
+) -> bool:                         # whether frac_attn_out reads its maps min-max normalised
+    "The reading of a model's maps: as asked, or normalised only for a model without an attention branch (its CAM)."
+    if normalize is not None: return bool(normalize)
+    return getattr(getattr(model, "module", model), "attention", None) is None
+
 def score_attention(
     model: nn.Module,                      # a trained model (ABN/MSABN; a Base model's CAM also works)
     data: Dataset,                         # items with boxes, under a deterministic (evaluation) pipeline
@@ -94,12 +106,15 @@ def score_attention(
     batch_size: int = 64,
     device: str | torch.device = "auto",
     progress: bool = False,
+    normalize: bool | None = None,         # None: an attention map as it is, a CAM normalised (`normalizes`)
 ) -> AttentionScores:
     "Attention maps, predictions and frac_attn_out of every image of `data`, in dataset order."
+    norm = normalizes(model, normalize)
     rec = collect_attention(model, data, batch_size=batch_size, device=device, progress=progress)
     boxes, size = dataset_boxes(data)
-    frac = frac_attn_out(torch.from_numpy(rec.attn_map).float()[:, None], torch.from_numpy(boxes), thresh, image_size=size)
-    return AttentionScores(rec, boxes, frac.numpy(), size, thresh)
+    maps = torch.from_numpy(rec.attn_map).float()[:, None]
+    frac = frac_attn_out(maps, torch.from_numpy(boxes), thresh, image_size=size, normalize=norm)
+    return AttentionScores(rec, boxes, frac.numpy(), size, thresh, norm)
 
 # %% ../../nbs/api/hitl/00_copy_replace.ipynb #a5f697e4
 def box_pixels(
@@ -130,7 +145,7 @@ def paste_patch(
     return out
 
 # %% ../../nbs/api/hitl/00_copy_replace.ipynb #788b4a92
-LABEL_POLICIES = ("donor", "same_class")
+LABEL_POLICIES = ("donor", "same_class", "keep")
 
 class EmptyPoolError(ValueError):
     "Copy-replace was asked for without an annotated pool to draw from."
@@ -159,7 +174,8 @@ class CopyReplace(Dataset):
                  pool: Sequence[int],                 # the annotated images: positions in `dataset` (= their "index")
                  boxes: Mapping[int, Sequence[float]] | None = None,  # index -> (x0, y0, x1, y1) in raw pixels (the person's boxes)
                  p: float = 1.0,                      # probability that a pool image is replaced when drawn
-                 label_policy: str = "donor",         # "donor": the label follows the pasted object; "same_class": donors of the same class
+                 label_policy: str = "donor",         # "donor": the label follows the pasted object; "same_class":
+                                                      # donors of the same class; "keep": the image keeps its label
                  transform: Callable | None = None):  # the pipeline after copy-replace (default: the dataset's own)
         if label_policy not in LABEL_POLICIES: raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
         if not 0.0 <= float(p) <= 1.0: raise ValueError(f"p is a probability in [0, 1], got {p!r}")
@@ -210,7 +226,7 @@ class CopyReplace(Dataset):
         return tuple(float(v) for v in torch.as_tensor(item["box"]).reshape(4))
 
     def _candidates(self, i: int) -> list[int]:
-        group = self.pool if self.label_policy == "donor" else self._by_class.get(int(self.targets[i]), [])
+        group = self._by_class.get(int(self.targets[i]), []) if self.label_policy == "same_class" else self.pool
         return [j for j in group if j != i]
 
     def __getitem__(self, i: int) -> dict:
@@ -228,7 +244,7 @@ class CopyReplace(Dataset):
                 dh, dw = d["image"].shape[-2:]
                 dbox = check_box(self.box(donor, d), dh, dw, f"donor image {donor}")
                 item["image"] = tv_tensors.Image(paste_patch(item["image"], box, d["image"], dbox))
-                item["label"] = int(d["label"])
+                if self.label_policy == "donor": item["label"] = int(d["label"])
         item["donor"] = donor
         return self.transform(item) if self.transform is not None else item
 
@@ -292,6 +308,7 @@ def finetune(
     out_dir: str | Path | None = None,       # fit's files (config, history, checkpoint), if wanted
     on_step: Callable[[int, int], None] | None = None,  # fit's per-step callback, e.g. for a progress bar
     keep_model: bool = True,                 # keep the fine-tuned model in the result
+    normalize: bool | None = None,           # frac_attn_out's reading on test_data (see score_attention)
     quiet: bool = False,                     # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
 ) -> FinetuneResult:
     "Fine-tune a copy of `model` with copy-replace on `pool` (or vanilla) and score it on `test_data`."
@@ -311,6 +328,7 @@ def finetune(
     if quiet: cfg = replace(cfg, progress=False)   # through the config: redirecting stdout leaves tqdm's bars (stderr, notebook widgets) on
     fit(tuned, data, None, cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)
     seconds = time.perf_counter() - t0
-    sc = score_attention(tuned, test_data, batch_size=max(cfg.eval_batch_size or cfg.batch_size, 64), device=cfg.device)
+    sc = score_attention(tuned, test_data, batch_size=max(cfg.eval_batch_size or cfg.batch_size, 64), device=cfg.device,
+                         normalize=normalize)
     return FinetuneResult(method, len(pool), len(train_data), sc.acc, float(sc.frac_attn_out.mean()), seconds, cfg.seed,
                           tuned if keep_model else None, sc)

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..core import load_json, provenance, save_json
-from .copy_replace import PAPER_FINETUNE, AttentionScores, finetune, model_from_checkpoint, score_attention
+from .copy_replace import (PAPER_FINETUNE, AttentionScores, finetune, model_from_checkpoint, normalizes,
+                                     score_attention)
 from ..train.recipe import TrainConfig
 
 # %% auto #0
@@ -89,10 +90,12 @@ def finetune_pools(
     label_policy: str = "donor",               # see msabn.hitl.copy_replace.CopyReplace
     out_dir: str | Path | None = None,         # save each run's numbers there, and reuse them on a rerun
     progress: bool = True,                     # a progress bar over the runs
+    normalize: bool | None = None,             # frac_attn_out's reading on test_data (copy_replace.score_attention)
 ) -> list[dict]:                               # one row per (seed, run): name, method, pool_size, acc, frac_attn_out, ...
     "Vanilla and copy-replace fine-tuning of one model on several pools, for several seeds."
     rows, n = [], len(train_data)
     weights = _model_hash(model) if out_dir else None
+    norm = normalizes(model, normalize)
     jobs = [(s, "vanilla", []) for s in seeds] + [(s, name, list(map(int, pool))) for s in seeds for name, pool in pools.items()]
     bar = tqdm(jobs, desc="fine-tuning", disable=not progress, leave=False)
     done: dict[tuple, dict] = {}
@@ -103,13 +106,15 @@ def finetune_pools(
         base = {"seed": int(seed), "name": name, "method": method, "pool_size": len(pool), "fraction_annotated": len(pool) / n, "n_train": n}
         if method == "copy_replace" and len(pool) < 2:   # copy-replace pastes another pool image's object: it needs two
             rows.append({**base, "acc": None, "frac_attn_out": None, "skipped": "empty pool" if not pool else "a pool of one image"}); continue
-        fp = _fingerprint(pool, c, {"method": method, "p": p, "label_policy": label_policy, "n": n, "model": weights})
+        fp = _fingerprint(pool, c, {"method": method, "p": p, "label_policy": label_policy, "n": n, "model": weights,
+                                      "frac_reading": "normalized" if norm else "paper"})
         key = (seed, fp)
         path = Path(out_dir) / f"seed{seed}" / f"{method}-{fp}.json" if out_dir else None
         if key in done: res = done[key]
         elif path is not None and path.exists() and load_json(path).get("fingerprint") == fp: res = load_json(path)
         else:
-            r = finetune(model, train_data, test_data, c, method, pool, p=p, label_policy=label_policy, keep_model=False, quiet=True)
+            r = finetune(model, train_data, test_data, c, method, pool, p=p, label_policy=label_policy,
+                         keep_model=False, normalize=norm, quiet=True)
             res = {"acc": r.acc, "frac_attn_out": r.frac_attn_out, "seconds": r.seconds, "fingerprint": fp}
             if path is not None: save_json({**base, **res}, path)
         done[key] = res
@@ -160,16 +165,18 @@ def copy_replace_curve(
     "Accuracy after copy-replace fine-tuning against the fraction of training images annotated (Figs. 8 and 9)."
     model = _model(model_or_checkpoint)
     scores = scores if scores is not None else score_attention(model, train_data, device=cfg.device)
-    before = score_attention(model, test_data, device=cfg.device)
+    before = score_attention(model, test_data, device=cfg.device, normalize=scores.normalize)   # the pools' reading
     pools = {f"lambda={lam:g}": annotated_pool(scores, lam) for lam in lambdas}
-    rows = finetune_pools(model, train_data, test_data, pools, cfg, seeds, p, label_policy, out_dir, progress)
+    rows = finetune_pools(model, train_data, test_data, pools, cfg, seeds, p, label_policy, out_dir, progress,
+                          scores.normalize)
     summary = {r["name"]: r for r in summarize_runs(rows)}
     points = [{"lambda_out": float(lam), **summary[f"lambda={lam:g}"]} for lam in lambdas]
     return {"experiment": "copy_replace_curve", "n_train": len(train_data), "n_test": len(test_data),
             "before": {"acc": before.acc, "frac_attn_out": float(before.frac_attn_out.mean()),
                        "train_acc": scores.acc, "train_frac_attn_out": float(scores.frac_attn_out.mean())},
             "vanilla": summary["vanilla"], "points": points, "runs": rows,
-            "config": {"finetune": asdict(cfg), "seeds": list(seeds), "p": p, "label_policy": label_policy, "lambdas": list(lambdas)},
+            "config": {"finetune": asdict(cfg), "seeds": list(seeds), "p": p, "label_policy": label_policy,
+                       "lambdas": list(lambdas), "frac_reading": "normalized" if scores.normalize else "paper"},
             "provenance": provenance(cfg.device)}
 
 # %% ../../nbs/api/hitl/01_ordering.ipynb #f1fa722b
@@ -195,7 +202,8 @@ def compare_orderings(
     rows = []
     for seed in seeds:
         pools = {f"{by}@{b}": order_images(scores, by, seed)[:b] for by in orderings for b in budgets}
-        rows += finetune_pools(model, train_data, test_data, pools, cfg, [seed], p, label_policy, out_dir, progress)
+        rows += finetune_pools(model, train_data, test_data, pools, cfg, [seed], p, label_policy, out_dir, progress,
+                               scores.normalize)
     summary = summarize_runs(rows)
     table = []
     for r in summary:

@@ -45,13 +45,13 @@ def merge(
     return tiles.reshape(b, gh, gw, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * th, gw * tw)
 
 # %% ../../nbs/api/models/03_puzzle.ipynb #4884bae1
-MODES = ("target", "all")
+MODES = ("target", "masking", "all")
 
 def reconstruction_loss(
     full_maps: torch.Tensor,    # B x K x h x w class maps of the full images
     merged_maps: torch.Tensor,  # B x K x h x w merged class maps of their tiles
     labels: torch.Tensor,       # B target class indices
-    mode: str = "target",       # "target": the labels' channels only; "all": every class
+    mode: str = "target",       # "target": the labels' channels, their mean; "masking": over all K; "all": every class
 ) -> torch.Tensor:              # scalar: mean absolute difference
     "L1 between full and merged class maps, on the target class's channel (or all channels)."
     if full_maps.shape != merged_maps.shape:
@@ -59,13 +59,14 @@ def reconstruction_loss(
     if full_maps.ndim != 4: raise ValueError(f"class maps must be B x K x h x w, got shape {tuple(full_maps.shape)}")
     b, k = full_maps.shape[:2]
     if mode == "all": return (full_maps - merged_maps).abs().mean()
-    if mode != "target": raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if labels.ndim != 1 or labels.shape[0] != b or labels.is_floating_point():
         raise ValueError(f"labels must be {b} class indices (shape ({b},), integer), got shape {tuple(labels.shape)}, {labels.dtype}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= k):
         raise ValueError(f"labels must lie in [0, {k}), got {labels.tolist()}")
     idx = torch.arange(b, device=full_maps.device)
-    return (full_maps[idx, labels] - merged_maps[idx, labels]).abs().mean()
+    target = (full_maps[idx, labels] - merged_maps[idx, labels]).abs().mean()
+    return target / k if mode == "masking" else target
 
 # %% ../../nbs/api/models/03_puzzle.ipynb #7ad0b151
 def puzzle_loss(
@@ -74,7 +75,7 @@ def puzzle_loss(
     labels: torch.Tensor,    # B target class indices
     output,                  # the model's ModelOutput for `images` (its class_maps are the full maps)
     grid=(2, 2),             # tile grid
-    mode: str = "target",    # "target" (default) or "all" classes
+    mode: str = "target",    # "target" (default), "masking" or "all" (reconstruction_loss)
 ) -> torch.Tensor:           # scalar L_re
     "The Puzzle module's reconstruction loss: full-image class maps against the merged class maps of the tiles."
     gh, gw = _grid(grid)

@@ -30,7 +30,7 @@ _CHECKS = {  # field: (test, what is expected)
     "puzzle": (_is_bool, _BOOL), "alpha_ramp": (_is_bool, _BOOL), "class_weighted": (_is_bool, _BOOL),
     "puzzle_grid": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(g) and g >= 1 for g in v),
                     "(rows, cols): two whole numbers >= 1"),
-    "puzzle_mode": (lambda v: v in ("target", "all"), "'target' or 'all'"),
+    "puzzle_mode": (lambda v: v in ("target", "masking", "all"), "'target', 'masking' or 'all'"),
     "alpha": (lambda v: _is_num(v) and v >= 0, "a finite number >= 0"),
     "num_workers": (_at_least(0), f"{_WHOLE} >= 0"),
     "device": (lambda v: isinstance(v, str) and v != "", "a device name: 'auto', 'cpu', 'cuda', 'cuda:1', ..."),
@@ -57,7 +57,8 @@ class TrainConfig:
     lr_gamma: float = 0.1                      # the step decay factor
     puzzle: bool = False                       # add the Puzzle module's reconstruction loss (Eq. 2)
     puzzle_grid: tuple[int, int] = (2, 2)      # tiles per side (rows, cols)
-    puzzle_mode: str = "target"                # L_re on the target class's channel ("target") or on all ("all")
+    puzzle_mode: str = "target"                # L_re on the target channel, mean over it ("target") or over all K
+                                               # ("masking"), or on every channel ("all"): msabn.models.puzzle
     alpha: float = 1.0                         # weight of L_re
     alpha_ramp: bool = False                   # Puzzle-CAM's linear ramp of alpha over the first half
     class_weighted: bool = False               # weight the cross-entropy by inverse class frequency (DiagSet)
