@@ -22,7 +22,8 @@ What it does, in one run:
 6. More seeds (--more-seeds; on the embedded benchmark seeds 1 and 2 by default): the models trained again from those
    seeds and scored the same way, so that each map's lead over CAM is a paired difference over seeds, stated with its
    minimum detectable effect (msabn_report's rule); throughput and the grid stay on the --seed models.
-Outputs go to --out (default paper_figures/explainers/): table.md, grid.png, results.json.
+Outputs go to --out (default paper_figures/explainers/): table.md, grid.png, results.json; `--replot` rewrites
+table.md from results.json without running anything.
 
 Threads: one by default (--threads) for torch, OpenCV and NumPy's BLAS: the CPU is shared, and one thread measures the
 explainers, not the neighbours (Eigen-CAM's SVD ran 10x slower with BLAS's default threads on the busy 2-core machine).
@@ -136,6 +137,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--grid-images", type=int, default=5)
     ap.add_argument("--synthetic-overrides", type=json.loads, default={}, help="SyntheticConfig fields over Table 1's stand-in (quick tests only)")
     ap.add_argument("--out", type=Path, default=ROOT / "paper_figures" / "explainers")
+    ap.add_argument("--replot", action="store_true", help="rewrite table.md from --out/results.json, running nothing")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "explainers")
     a = ap.parse_args(argv)
     for k, v in PRESETS[a.dataset].items():
@@ -292,6 +294,11 @@ def fmt(v, key):
     return f"{v:.1f}"
 
 
+def _in_order(found: dict, order) -> list[str]:
+    "The keys of `found` in the order the script defines them (results.json stores them sorted), then any others."
+    return [k for k in order if k in found] + [k for k in found if k not in order]
+
+
 def seeds_section(res: dict) -> list[str]:
     "The scores on every seed's models and each map's lead over CAM as a paired difference over seeds (lines of table.md)."
     leads, seeds = res.get("paired_over_seeds"), res.get("seeds", {})
@@ -312,7 +319,7 @@ def seeds_section(res: dict) -> list[str]:
         else: cells += ["-"] * len(PAIRED)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| model | test accuracy per seed (%) | in-distribution test accuracy per seed (%) |", "|---|---|---|"]
-    for m in res["models"]:
+    for m in _in_order(res["models"], MODELS):
         acc = lambda k, m=m: per(lambda v: f"{v['models'][m][k]:.1f}" if k in v["models"][m] else "-")
         lines.append(f"| {m} | {acc('test_acc')} | {acc('test_iid_acc')} |")
     return lines
@@ -322,7 +329,7 @@ def table(res: dict) -> str:
     lines = [f"Localisation on the {res['data']['name']} test split ({res['scores']['CAM (Base)']['n']} images, {res['settings']['size']} px, "
              f"GT-known: maps of the true class); accuracy is the explained model's. Higher is better except frac_attn_out.", "",
              "| explainer | map | " + " | ".join(h for _, h in SCORES) + " |", "|---|---|" + "---|" * len(SCORES)]
-    for label, s in res["scores"].items():
+    for label, s in ((k, res["scores"][k]) for k in _in_order(res["scores"], LOCALIZE)):
         ci = res["intervals_95"][label]
         cell = lambda k: fmt(s[k], k) + (f" [{fmt(ci[k][0], k)}, {fmt(ci[k][1], k)}]" if k in ("gt_known_loc", "max_box_acc_v2") else "")
         lines.append(f"| {label} | {res['native'][label]} | " + " | ".join(cell(k) for k, _ in SCORES) + " |")
@@ -331,7 +338,7 @@ def table(res: dict) -> str:
               f"{res['settings']['epochs']} epochs at batch {res['settings']['batch_size']}, seed {res['settings']['seed']}):", "",
               "| model | parameters | training (s) | train accuracy, last epoch (%) | in-distribution test accuracy (%) | test accuracy (%) | prediction = habitat's class (%) |",
               "|---|---|---|---|---|---|---|"]
-    for m, f in res["models"].items():
+    for m, f in ((k, res["models"][k]) for k in _in_order(res["models"], MODELS)):
         val = lambda k, spec: format(f[k], spec) if k in f else "-"
         lines.append(f"| {m} | {f['params']:,} | {val('train_seconds', '.0f')} | {val('train_acc_last_epoch', '.1f')} | {val('test_iid_acc', '.1f')} | {f['test_acc']:.1f} | "
                      f"{val('pred_is_habitat_class', '.1f')} |")
@@ -343,7 +350,7 @@ def table(res: dict) -> str:
               f"median of {tp['rounds']} round-robin rounds{machine}) and the cost of Grad-CAM relative to the intrinsic map on the same model:", "",
               "| model | intrinsic map (img/s) | Grad-CAM on the same model (img/s) | Grad-CAM time / intrinsic time: median (range) of the rounds |",
               "|---|---|---|---|"]
-    for m, r in tp["same_model"].items():
+    for m, r in ((k, tp["same_model"][k]) for k in _in_order(tp["same_model"], MODELS)):
         lo, hi = r["ratio_range"]
         lines.append(f"| {m} | {r['intrinsic_images_per_s']:.0f} | {r['gradcam_images_per_s']:.0f} | {r['ratio']:.1f}x ({lo:.1f}-{hi:.1f}) |")
     lines += ["", "Post-hoc explainers on the Base model, same batch and rounds:", "", "| explainer | img/s | time / CAM time |", "|---|---|---|"]
@@ -356,6 +363,11 @@ def table(res: dict) -> str:
 
 def main(argv=None) -> dict:
     a = parse(argv)
+    if a.replot:   # the table again from the committed results, with today's verdict rule
+        res = json.loads((a.out / "results.json").read_text())
+        (a.out / "table.md").write_text(table(res))
+        print(f"wrote {a.out / 'table.md'} from {a.out / 'results.json'}")
+        return res
     before = torch.get_num_threads(), cv2.getNumThreads()
     try:
         with threadpool_limits(a.threads):   # NumPy's BLAS too (Eigen-CAM's SVD): oversubscribed threads measure the neighbours
