@@ -247,7 +247,7 @@ def test_editor_finetuning_prints_no_progress_bar(data, tmp_path):
     with redirect_stderr(err): res = ed.finetune_now(progress=lambda d, t: steps.append((d, t)))
     assert res is not None and res.pool_size == 3, ed.message
     assert err.getvalue() == "", err.getvalue()[-500:]
-    assert steps[-1] == (2, 2)
+    assert steps[-1] == (4, 4)                    # two runs (vanilla, then copy-replace) of 2 steps each
 
 
 def test_box_file_damaged_before_finetuning_is_said_not_raised(data, tmp_path):

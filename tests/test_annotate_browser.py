@@ -1,9 +1,12 @@
 """The box editor in a real browser: JupyterLab started here on 127.0.0.1, Debian's Chromium driven by Playwright.
 
-It opens (a copy of) the tutorial `nbs/tutorials/box_editor.ipynb`, runs it up to the editor, draws a box with a
-mouse drag on the jupyter-bbox-widget, and finds the box in the project's box file in the right image
-coordinates; then it kills the kernel (SIGKILL, as a crash would), lets JupyterLab restart it, runs the notebook
-again and finds the box still there: in the file, and drawn by the editor.
+It opens (a copy of) the tutorial `nbs/tutorials/box_editor.ipynb` with `SIMULATE = False`, as a person would, and
+runs all its cells: none fails, and the cell after the editor says what to do instead of fine-tuning nothing. Then,
+with the mouse: a box drawn on the first image, found in the project's box file in the right image coordinates; a
+drag on the second image released beside it, saved cut to the image, with nothing left following the mouse; a
+click, which leaves no box; then *Fine-tune*, whose line says what runs and how long is left, and whose table shows
+before, vanilla and copy-replace side by side. Then it kills the kernel (SIGKILL, as a crash would), lets
+JupyterLab restart it, runs the notebook again and finds the boxes still there: in the file, and drawn by the editor.
 
 Everything runs offline: JupyterLab and the widget front ends (ipywidgets' and anywidget's prebuilt lab
 extensions; jupyter-bbox-widget ships its JavaScript inside the Python package and anywidget loads it through the
@@ -92,42 +95,45 @@ def kernel_processes(server: subprocess.Popen) -> list[psutil.Process]:
 
 
 # --- driving the notebook -----------------------------------------------------------------------------------
-JS_STATE = """(k) => {
+JS_STATE = """() => {
   const nb = window.jupyterapp.shell.currentWidget;
   if (!nb || !nb.content || !nb.sessionContext.session || !nb.sessionContext.session.kernel) return null;
-  const cells = nb.content.widgets.slice(0, k + 1);
-  const errors = [];
+  const cells = nb.content.widgets, errors = [], texts = [];
   for (const c of cells) {
-    if (c.model.type !== 'code') continue;
-    for (const o of c.model.outputs.toJSON()) if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue);
+    let t = '';
+    if (c.model.type === 'code') for (const o of c.model.outputs.toJSON()) {
+      if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue);
+      if (o.text) t += [].concat(o.text).join('');
+      if (o.data && o.data['text/plain']) t += [].concat(o.data['text/plain']).join('');
+    }
+    texts.push(t);
   }
-  return {status: nb.sessionContext.session.kernel.status,
-          counts: cells.map(c => c.model.type === 'code' ? c.model.executionCount : -1), errors};
+  return {status: nb.sessionContext.session.kernel.status, texts, errors,
+          counts: cells.map(c => c.model.type === 'code' ? c.model.executionCount : -1)};
 }"""
 
-JS_RUN = """(k) => {
-  const app = window.jupyterapp, nb = app.shell.currentWidget;
+JS_RUN_ALL = """() => {
+  const app = window.jupyterapp;
   app.commands.execute('notebook:clear-all-cell-outputs');       // also clears the execution counts
-  nb.content.activeCellIndex = k + 1;
-  app.commands.execute('notebook:run-all-above');                 // cells 0..k
+  app.commands.execute('notebook:run-all-cells');
 }"""
 
-def run_up_to(page, k: int, timeout: float = 150):
-    "Run cells 0..k and wait until each code cell has run; asked again once if the request was lost."
+def run_all(page, timeout: float = 600) -> dict:
+    "Run All and wait until every code cell has run; asked again once if the request was lost. The final state."
     for attempt in (0, 1):
-        page.evaluate(JS_RUN, k)
+        page.evaluate(JS_RUN_ALL)
         t0 = time.time()
         while time.time() - t0 < timeout:
-            st = page.evaluate(JS_STATE, k)
+            st = page.evaluate(JS_STATE)
             if st is not None:
                 if st["errors"]: pytest.fail(f"a tutorial cell failed in JupyterLab: {st['errors']}")
                 code = [c for c in st["counts"] if c != -1]
-                if st["status"] == "idle" and code and all(c is not None for c in code): return
+                if st["status"] == "idle" and code and all(c is not None for c in code): return st
                 if st["status"] == "idle" and all(c is None for c in code) and time.time() - t0 > 15: break  # lost: again
             time.sleep(0.5)
         else:
-            pytest.fail(f"cells 0..{k} did not finish within {timeout} s: {page.evaluate(JS_STATE, k)}")
-    pytest.fail(f"cells 0..{k} never started running")
+            pytest.fail(f"Run All did not finish within {timeout} s: {page.evaluate(JS_STATE)}")
+    pytest.fail("Run All never started running")
 
 def wait_kernel_idle(page, timeout: float = 60):
     page.wait_for_function("""() => { const nb = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -143,14 +149,35 @@ def dismiss_dialogs(page, seconds: float = 0):
         if time.time() >= end: return
         time.sleep(0.3)
 
-def wait_for_box(store: Path, timeout: float = 20) -> dict:
+def boxes_in(store: Path) -> dict:
+    return json.loads(store.read_text())["boxes"] if store.exists() else {}
+
+def wait_for_boxes(store: Path, n: int, timeout: float = 20) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if store.exists():
-            boxes = json.loads(store.read_text())["boxes"]
-            if boxes: return boxes
+        if len(boxes_in(store)) >= n: return boxes_in(store)
         time.sleep(0.2)
-    pytest.fail(f"no box reached {store.name} within {timeout} s")
+    pytest.fail(f"{store.name} did not reach {n} box(es) within {timeout} s: {boxes_in(store)}")
+
+def shown_index(page) -> int:
+    header = page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()
+    return int(header.split("image", 1)[1].split()[0])
+
+def drag(page, bb: dict, start: tuple, end: tuple, steps: int = 4):
+    "Press at `start`, move to `end` in steps, release there (display pixels relative to the image's corner)."
+    (x0, y0), (x1, y1) = start, end
+    page.mouse.move(bb["x"] + x0, bb["y"] + y0)
+    page.mouse.down()
+    for k in range(1, steps + 1):
+        t = k / steps
+        page.mouse.move(bb["x"] + x0 + t * (x1 - x0), bb["y"] + y0 + t * (y1 - y0))
+    page.mouse.up()
+
+JS_RECTS = """() => [...document.querySelectorAll('.msabn-bbox svg rect')].map(e => {
+    const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })"""
+
+def largest_rect(page) -> list:
+    return max(page.evaluate(JS_RECTS), key=lambda r: r[2] * r[3])
 
 
 # --- the test -------------------------------------------------------------------------------------------
@@ -166,10 +193,14 @@ def test_box_editor_in_jupyterlab():
         params = [i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(params) == 1, "the tutorial must have one parameters cell"
         src = "".join(nb["cells"][params[0]]["source"]).splitlines(keepends=True)
-        src = [f"WORK = {str(project)!r}\n" if ln.startswith("WORK =") else ln for ln in src]
+        assert sum(ln.startswith(("WORK =", "SIMULATE =")) for ln in src) == 2, src
+        # a person's run: a project folder of their own, and no simulated annotator
+        person = {"WORK =": f"WORK = {str(project)!r}\n", "SIMULATE =": "SIMULATE = False\n"}
+        src = [next((v for k, v in person.items() if ln.startswith(k)), ln) for ln in src]
         nb["cells"][params[0]]["source"] = src
         nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        k = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "".join(c["source"]).strip() == "#| notest\nBoxEditorWidget(editor)")
+        code = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+        k = next(i for i in code if "".join(nb["cells"][i]["source"]).strip() == "#| notest\nBoxEditorWidget(editor)")
         (work / "box_editor.ipynb").write_text(json.dumps(nb))
         store = project / "boxes.json"
 
@@ -182,7 +213,13 @@ def test_box_editor_in_jupyterlab():
                 page.goto(f"{url}/lab/tree/box_editor.ipynb?token={token}")
                 page.wait_for_selector(".jp-Notebook", timeout=60_000)
                 wait_kernel_idle(page)
-                run_up_to(page, k)
+
+                # Run All, as a person: every cell runs, none fails; nothing is fine-tuned, and the page says what to do
+                st = run_all(page)
+                after = "".join(st["texts"][i] for i in code if i > k)
+                assert "Nothing is fine-tuned yet (annotated 0 / pool 16)" in after, after
+                assert "press 'Fine-tune" in after, after
+                assert not store.exists() or not boxes_in(store), "nothing may be boxed for the person"
 
                 # the editor is there: the widget's image, enlarged 8x
                 img = page.locator(".msabn-bbox img").first
@@ -191,32 +228,76 @@ def test_box_editor_in_jupyterlab():
                 img.scroll_into_view_if_needed()
                 nat = page.evaluate("() => { const i = document.querySelector('.msabn-bbox img'); return [i.naturalWidth, i.naturalHeight]; }")
                 assert nat == [32 * SCALE, 32 * SCALE], nat
-                header = page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()
-                index = int(header.split("image", 1)[1].split()[0])
+                first = shown_index(page)
 
                 # draw: a mouse drag on the image
                 dismiss_dialogs(page)
                 bb = img.bounding_box()
-                (x0, y0), (x1, y1) = DRAG
-                page.mouse.move(bb["x"] + x0, bb["y"] + y0)
-                page.mouse.down()
-                for t in (0.25, 0.5, 0.75, 1.0):
-                    page.mouse.move(bb["x"] + x0 + t * (x1 - x0), bb["y"] + y0 + t * (y1 - y0))
-                page.mouse.up()
+                drag(page, bb, *DRAG)
                 # the widget maps the page to the image's natural pixels and rounds; the editor divides by the scale.
                 # The image may sit at a fractional page offset (it moves with the text above it), and the browser's
                 # mouse events carry whole page pixels: so the drag lands within one display pixel of where it was aimed.
                 sx, sy = nat[0] / bb["width"], nat[1] / bb["height"]
+                (x0, y0), (x1, y1) = DRAG
                 aimed = [x0 * sx / SCALE, y0 * sy / SCALE, x1 * sx / SCALE, y1 * sy / SCALE]
-                boxes = wait_for_box(store)
-                assert list(boxes) == [str(index)], (boxes, index)
-                expect = boxes[str(index)]["box"]
+                boxes = wait_for_boxes(store, 1)
+                assert list(boxes) == [str(first)], (boxes, first)
+                expect = boxes[str(first)]["box"]
                 assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(expect, aimed)), (boxes, aimed)
                 assert all(v * SCALE == round(v * SCALE) for v in expect), expect      # whole display pixels, divided by the scale
-                assert boxes[str(index)]["image_size"] == [32, 32]
-                page.wait_for_selector(f"text=image {index}: saved box", timeout=10_000)
+                assert boxes[str(first)]["image_size"] == [32, 32]
+                page.wait_for_selector(f"text=image {first}: saved box", timeout=10_000)
                 SCREENSHOTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(SCREENSHOTS / "box-editor.png"))
+                page.locator(".msabn-bbox button", has_text="Submit").first.click()
+                page.wait_for_selector(f"text=image {first} done", timeout=10_000)
+                second = shown_index(page)
+                assert second != first
+
+                # a drag released beside the image (to its right): saved, cut to the image
+                bb = img.bounding_box()
+                drag(page, bb, (160, 100), (32 * SCALE + 40, 200))
+                boxes = wait_for_boxes(store, 2)
+                edge = boxes[str(second)]["box"]
+                assert edge[2] == 32, edge
+                assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(edge, (20, 12.5, 32, 25))), edge
+                page.wait_for_selector(f"text=image {second}: saved box", timeout=10_000)
+                page.wait_for_selector("text=(cut to the image)", timeout=10_000)
+                time.sleep(1)
+                n_rects, rect = len(page.evaluate(JS_RECTS)), largest_rect(page)
+                assert abs(rect[0] + rect[2] - (bb["x"] + bb["width"])) <= 3, (rect, bb)   # drawn as saved: to the edge
+                # nothing follows the mouse any more
+                for x, y in ((60, 60), (120, 200), (200, 40)): page.mouse.move(bb["x"] + x, bb["y"] + y)
+                time.sleep(1)
+                assert largest_rect(page) == rect and boxes_in(store)[str(second)]["box"] == edge
+                # a click without a drag leaves no box
+                page.mouse.click(bb["x"] + 60, bb["y"] + 60)
+                page.wait_for_selector("text=a click is not a box", timeout=10_000)
+                time.sleep(1)
+                assert len(page.evaluate(JS_RECTS)) == n_rects and boxes_in(store)[str(second)]["box"] == edge
+                page.screenshot(path=str(SCREENSHOTS / "box-editor-edge.png"))
+                page.locator(".msabn-bbox button", has_text="Submit").first.click()
+                page.wait_for_selector(f"text=image {second} done", timeout=10_000)
+
+                # fine-tune: a line says what runs, step k of n, the time left; the table shows the three side by side
+                page.locator(".msabn-finetune").first.click()
+                lines, deadline = set(), time.time() + 600
+                while not page.locator(".msabn-result table").count():
+                    assert time.time() < deadline, f"no fine-tuning result within 600 s; progress seen: {lines}"
+                    lines.add(page.locator(".msabn-progress").first.inner_text())
+                    time.sleep(0.5)
+                vanilla = "vanilla fine-tuning (no boxes: the baseline): step"
+                assert any(vanilla in ln and "left" in ln for ln in lines), lines
+                table = page.locator(".msabn-result table").first.inner_text()
+                rows = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in table.splitlines() if "\t" in ln}
+                names = ("before fine-tuning", "vanilla fine-tuning (no boxes)", "copy-replace (2 boxes)")
+                assert set(names) <= set(rows), table
+                for name in names:
+                    acc, frac = (float(v) for v in rows[name][:2])
+                    assert 0 <= acc <= 100 and 0 <= frac <= 1, (name, rows[name])
+                page.locator(".msabn-result table").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(SCREENSHOTS / "box-editor-finetuned.png"))
+                print(f"the widget's table:\n{table}")
                 saved = store.read_bytes()
 
                 # kill the kernel as a crash would; JupyterLab (its server) restarts it
@@ -232,28 +313,25 @@ def test_box_editor_in_jupyterlab():
                 wait_kernel_idle(page)
                 assert store.read_bytes() == saved, "the box file changed when the kernel died"
 
-                # run the notebook again: the store reopens the file, and the editor shows the saved box
-                run_up_to(page, k)
+                # run the notebook again: the store reopens the file, and the editor shows the saved boxes
+                st = run_all(page)
                 assert store.read_bytes() == saved, "reopening the project must not rewrite the box file"
-                assert json.loads(store.read_text())["boxes"][str(index)]["box"] == expect
-                # the editor continues at the next image without a box, and counts the saved one ...
-                page.wait_for_selector("text=annotated 1 / pool", timeout=30_000)
-                header = page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()
-                shown = lambda h: int(h.split("image", 1)[1].split()[0])
-                assert shown(header) != index, header
-                # ... and going back shows the saved box, drawn by the widget where the drag left it
+                after = "".join(st["texts"][i] for i in code if i > k)
+                assert "Nothing is fine-tuned yet (annotated 2 / pool 16)" in after, after
+                # the editor continues at the next image without a box, and counts the saved ones ...
+                page.wait_for_selector("text=annotated 2 / pool", timeout=30_000)
+                assert shown_index(page) not in (first, second)
+                # ... and going back shows the last saved box, drawn by the widget where it was saved
                 dismiss_dialogs(page)
                 page.locator(".msabn-previous").first.click()
-                page.wait_for_selector(f"text=back to image {index}", timeout=10_000)
+                page.wait_for_selector(f"text=back to image {second}", timeout=10_000)
                 page.wait_for_selector(".msabn-bbox svg rect", timeout=10_000)
-                assert shown(page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()) == index
+                assert shown_index(page) == second
                 img = page.locator(".msabn-bbox img").first
                 bb = img.bounding_box()
-                rect = page.evaluate("""() => { const r = [...document.querySelectorAll('.msabn-bbox svg rect')]
-                        .map(e => e.getBoundingClientRect()).sort((a, b) => b.width * b.height - a.width * a.height)[0];
-                        return [r.x, r.y, r.width, r.height]; }""")
+                rect = largest_rect(page)
                 got = [rect[0] - bb["x"], rect[1] - bb["y"], rect[0] + rect[2] - bb["x"], rect[1] + rect[3] - bb["y"]]
-                want = [v * SCALE / s for v, s in zip(expect, (sx, sy, sx, sy))]
+                want = [v * SCALE / s for v, s in zip(edge, (sx, sy, sx, sy))]
                 assert all(abs(g - w) <= 3 for g, w in zip(got, want)), (got, want)
                 page.screenshot(path=str(SCREENSHOTS / "box-editor-after-restart.png"))
             finally:

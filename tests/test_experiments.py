@@ -332,7 +332,8 @@ def test_copy_replace_points_group_by_share_when_lambda_is_chosen_per_model():
     rows = [l for l in md.splitlines() if l.startswith("| 0")]
     assert len(rows) == 2, rows                       # one row per share (20%, 100%), not one per seed's lambda
     share20 = next(r for r in rows if "| 0.20 |" in r)
-    assert "0.92 (mean)" in share20 and "+2.00 ± 1.41 |" in share20, share20   # gains 1 and 3: mean 2, sample std 1.41
+    # gains 1 and 3: mean 2, sample std 1.41, 95% t interval 2 ± 12.71 x 1.41 / sqrt(2)
+    assert "0.92 (mean)" in share20 and "+2.0 [-10.7, +14.7] |" in share20, share20
 
 
 def test_figure_runs_are_redone_when_a_source_table_changes(monkeypatch):
@@ -603,7 +604,10 @@ def test_progress_is_a_line_per_cell_and_epoch_and_changes_no_result(tmp_path, m
                f"cell {k}/4 {row.name} {column.backbone}"], mine
         assert " img/s · cell ETA " in mine[1] and " · run ETA ~" in mine[1] and " done: acc@test_iid " in mine[3], mine
     assert lines[0].startswith("msabn_run: machine figure ") and " img/s (the bare Base ResNet-20 train step" in lines[0], lines
-    assert lines[1].startswith("[run 1/1] table1 seed 0") and lines[-2].startswith("[done 1/1] table1 seed 0"), lines
+    assert lines[1].startswith("[run 1/1] table1 seed 0") and lines[-3].startswith("[done 1/1] table1 seed 0"), lines
+    where = lines[-1]   # the exact folder, and the command that reports it
+    assert where.startswith(f"msabn_run: the run folder is {tmp_path / 'shown'}/tiny+"), where
+    assert "report: msabn_report --preset tiny+" in where, where
     assert not list((tmp_path / "shown").rglob(PROGRESS_FILE)), "the display's file is removed once shown"
     assert run_main(argv + ["--runs-dir", str(tmp_path / "quiet"), "--no-progress"]) == 0
     assert "cell 1/4" not in capsys.readouterr().out

@@ -1,6 +1,10 @@
 """Overrides (msabn_run --set, papermill's `overrides`), the fast dev run on the real-format fixtures, and the user's own data."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -8,7 +12,8 @@ import nbformat
 import pytest
 
 from msabn.core import load_json
-from msabn.experiments import (TEMPLATES, cell_folder, experiment_folder, fingerprint, get_experiment, main,
+from conftest import ROOT
+from msabn.experiments import (BY_KEY, TEMPLATES, cell_folder, experiment_folder, fingerprint, get_experiment, main,
                                run_experiment, run_table, preset_folder, with_overrides)
 from msabn.data import (write_cars_fixture, write_cifar100_fixture, write_cub_fixture, write_diagset_fixture,
                         write_imagenet_fixture)
@@ -66,7 +71,7 @@ def test_figures_need_boxes_and_the_row_they_fine_tune(tmp_path, capsys):
 
 
 # the cost of the fast dev run below on 2 CPU cores: the real models, loaders and pipeline, one cell per table and model kind
-CHEAP = ["--set", "batch_size=2", "--set", "size=64", "--set", "backbones=resnet20,efficientnet_b1,efficientnet_b3",
+CHEAP = ["--set", "size=64", "--set", "backbones=resnet20,efficientnet_b1,efficientnet_b3",
          "--set", "rows=Base,MSABN g·(1+A),MSABN", "--set", "finetune_seeds=0", "--set", "lambdas=0.5", "--set", "verify=false", "--threads", "2"]
 
 
@@ -76,6 +81,8 @@ def test_fast_dev_run_of_every_template_on_the_fixtures_is_labelled_a_dry_run(tm
     assert main(["all", "--preset", "paper", "--fast-dev-run", "1", "--data-root", str(data), "--runs-dir", str(runs), "--seeds", "0"] + CHEAP) == 0
     said = capsys.readouterr().out
     assert "msabn_run: 7 run(s) done" in said and "DRY RUN: a few batches per run" in said, said
+    (var,) = [p.name for p in runs.iterdir() if p.is_dir()]
+    assert f"the 7 run folders are in {runs / var}/; report: msabn_report --preset {var} --seeds 0 --runs-dir {runs}" in said
     (var,) = [p.name for p in runs.iterdir() if p.is_dir()]
     assert var.startswith("paper+dry-"), var
     for name, template in TEMPLATES.items():
@@ -121,16 +128,16 @@ def test_own_cub_folder_without_boxes_trains_the_table_at_the_dry_run_batch(tmp_
             "--fast-dev-run", "2", "--threads", "2"] + sets
     assert main(argv) == 0, capsys.readouterr()
     said = capsys.readouterr().out
-    assert "batch 16 -> 2 (a fast dev run's, to fit a laptop; --set batch_size=16 keeps the paper's)" in said, said   # the [run] line
+    assert "batch 16 -> 1 (a fast dev run's, to fit a laptop; --set batch_size=16 keeps the paper's)" in said, said   # the [run] line
     exp = with_overrides(get_experiment("table4", "paper"), {"dataset": "cub", "data": "birds", "size": 64, "backbones": "resnet50",
                                                              "rows": "Base", "fast_dev_run": 2})
     folder = experiment_folder(tmp_path / "runs", exp, 0)
     run, m = load_json(folder / "config.json"), load_json(folder / "metrics.json")
-    assert "batch 16 -> 2" in run["label"] and run["dry_run"]
+    assert "batch 16 -> 1" in run["label"] and run["dry_run"]
     assert m["data"] == {"train": 11, "valid": 1, "test": 12}   # the paper preset holds a tenth out (for Figs. 8/9)
     for row in ("Base",):
         cell = load_json(cell_folder(folder, "resnet50", row) / "config.json")
-        assert (cell["train"]["batch_size"], cell["train"]["eval_batch_size"], cell["model"]["num_classes"]) == (2, 2, 4), cell["train"]
+        assert (cell["train"]["batch_size"], cell["train"]["eval_batch_size"], cell["model"]["num_classes"]) == (1, 1, 4), cell["train"]
     assert "frac_attn_out" not in (folder / "metrics.json").read_text(), "no box, no localisation number"
     assert (folder / "attention.png").is_file()
 
@@ -146,10 +153,55 @@ def test_figures_refuse_a_folder_without_boxes_before_anything_runs(name, tmp_pa
 
 
 def test_a_fast_dev_run_scores_the_figures_attention_on_its_eval_batches_only(tmp_path):
-    "Figs. 1/8/9 score attention on 2 evaluation batches (of 2: the dry run's batch), not on the whole split."
+    "Figs. 1/8/9 score attention on 2 evaluation batches (of 1: the dry run's batch), not on the whole split."
     kw = dict(preset="tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=lambda s: None, overrides={"fast_dev_run": 2})
     for t in ("table4", "table5"): run_experiment(t, **kw)
     m1 = run_experiment("fig1", **kw)
-    assert m1["dry_run"] and {s["images"] for p in m1["panels"] for s in p["models"]} == {4}   # of the 8 test images: 2 batches of 2
+    assert m1["dry_run"] and {s["images"] for p in m1["panels"] for s in p["models"]} == {2}   # of the 8 test images: 2 batches of 1
     m89 = run_experiment("fig8_9", **kw)
-    assert [(c["curve"]["n_scored"], c["curve"]["n_train"], c["curve"]["n_test"]) for c in m89["curves"]] == [(4, 32, 4)] * 2
+    assert [(c["curve"]["n_scored"], c["curve"]["n_train"], c["curve"]["n_test"]) for c in m89["curves"]] == [(2, 32, 2)] * 2
+
+
+# --- papermill as the templates' own pages write it -----------------------------------------------------------
+def _documented_papermill(template: Path) -> str:
+    "The papermill command a template's first cell gives, character for character."
+    head = nbformat.read(template, as_version=4).cells[0].source
+    cmds = [ln.strip() for ln in head.splitlines() if ln.strip().startswith("papermill ")]
+    assert len(cmds) == 1, f"{template.name}: expected one papermill command in its first cell, found {cmds}"
+    return cmds[0]
+
+def _papermill(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("IN_TEST", None)
+    return subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+def test_the_documented_papermill_command_runs_as_written_and_writes_into_the_repository(tmp_path):
+    "papermill ... -p overrides '{...}' from the repository's folder; then the KEY=VALUE form from another folder: the same run folder."
+    template = ROOT / "nbs" / "experiments" / "table1_cifar100.ipynb"
+    cmd = _documented_papermill(template)
+    assert cmd.startswith("papermill nbs/experiments/table1_cifar100.ipynb out.ipynb -p preset tiny -p overrides '{"), cmd
+    clone = tmp_path / "clone"                       # a clone of the templates: the test writes nothing into the repository
+    (clone / "nbs" / "experiments").mkdir(parents=True)
+    shutil.copy(template, clone / "nbs" / "experiments")
+    r = _papermill(cmd, clone)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = nbformat.read(clone / "out.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
+    folder = next(Path(ln.split(": ", 1)[1]) for ln in printed.splitlines() if ln.startswith("run folder: "))
+    assert folder.parent.parent.parent == clone / "runs" and folder.parent.parent.name.startswith("tiny+"), folder
+    assert load_json(folder / "metrics.json")["overrides"] == {"epochs": "1"}
+    assert (clone / "data").is_dir() and not (clone / "nbs" / "experiments" / "runs").exists()
+    # the KEY=VALUE form, started from the templates' folder as Jupyter would: the repository's folders again
+    r = _papermill("papermill table1_cifar100.ipynb again.ipynb -p preset tiny -p overrides 'epochs=1'", clone / "nbs" / "experiments")
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = "".join(o.get("text", "") for c in nbformat.read(clone / "nbs" / "experiments" / "again.ipynb", as_version=4).cells
+                    if c.cell_type == "code" for o in c.outputs)
+    assert f"run folder: {folder}" in again
+    # a string that is neither: one line in the notebook, no traceback
+    r = _papermill("papermill table1_cifar100.ipynb bad.ipynb -p preset tiny -p overrides 'epochs: 60'", clone / "nbs" / "experiments")
+    assert r.returncode != 0
+    bad = nbformat.read(clone / "nbs" / "experiments" / "bad.ipynb", as_version=4)
+    errors = [o for c in bad.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].traceback == [
+        "OverrideError: overrides 'epochs: 60': expected a JSON object such as '{\"epochs\": 60}' or KEY=VALUE pairs such as "
+        "'epochs=60,size=224'; valid keys: " + ", ".join(BY_KEY)], errors

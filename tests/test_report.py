@@ -240,7 +240,7 @@ def test_runs_of_another_preset_or_seeds_are_named_with_the_command(tmp_path, ca
     assert main(["--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "pf")]) == 2
     err = capsys.readouterr().err
     assert "no complete runs of preset 'smoke' and seeds [0, 1, 2]" in err and "complete runs there: preset tiny, seed 0" in err, err
-    assert "`msabn_report --preset tiny --seeds 0`" in err
+    assert f"`msabn_report --preset tiny --seeds 0 --runs-dir {tmp_path / 'runs'}`" in err   # a command that works as it is
     assert _report(tmp_path, "--seeds", "5") == 2
     assert "complete runs there: preset tiny, seed 0" in capsys.readouterr().err
     assert not (tmp_path / "pf" / "tiny_seeds-5").exists()
@@ -377,3 +377,37 @@ def test_copy_replace_gains_get_the_tables_treatment():
     md = markdown_curves([_fig_run(0, -5.0), _fig_run(1, -7.0), _fig_run(2, -6.0)])
     assert "| -6.0 [-8.5, -3.5] | 3 | 3.10 | +2.0 | the opposite sign |" in md, md
     assert "| -6.0 | 1 | - | +2.0 | one seed: not judged |" in markdown_curves([_fig_run(0, -6.0)])
+
+
+# --- a report on the user's own data ---------------------------------------------------------------------------
+def _own_runs(runs: Path, seeds=(0, 1, 2)) -> str:
+    "Complete Table 4 runs (tiny protocol) on a CUB-layout folder `my_birds` of 10 classes, as msabn_run --set leaves them."
+    from msabn.core import save_json
+    from msabn.experiments import experiment_folder, preset_folder, with_overrides
+    exp = with_overrides(get_experiment("table4", "tiny"), {"dataset": "cub", "data": "my_birds"})
+    for s in seeds:
+        folder, fp = experiment_folder(runs, exp, s), fingerprint(exp, s)
+        cells = [{"row": r.name, "column": c.paper, "backbone": c.backbone, "in_paper": r.in_paper,
+                  **{f"{m}@{sp}": ACC[r.name][s] for m in ("acc", "balanced_acc") for sp in exp.data.eval_splits}}
+                 for c, r in exp.cells()]
+        folder.mkdir(parents=True)
+        save_json({"fingerprint": fp, "overrides": dict(exp.overrides), "cells": cells, "splits": list(exp.data.eval_splits),
+                   "data": {"train": 30, "test": 30}, "num_classes": 10}, folder / "metrics.json")
+        (folder / "attention.png").write_bytes(b"")
+        write_status(folder, "complete", fp)
+    return preset_folder(exp)
+
+
+def test_a_report_on_own_data_says_whose_data_and_sets_the_papers_numbers_apart(tmp_path):
+    "Before: titled 'Table 4: ... CUB-200-2011', the paper's numbers in our table's columns, and made by `msabn_run all`."
+    preset = _own_runs(tmp_path / "runs")
+    folder = write_report(tmp_path / "runs", tmp_path / "pf", preset, [0, 1, 2], log=QUIET)
+    page, index = (folder / "table4_cub.md").read_text(), (folder / "README.md").read_text()
+    assert page.startswith("# Table 4's protocol on your data `my_birds`"), page[:200]
+    assert "your data `my_birds` (a folder in the cub layout: 10 classes; train 30, test 30 images)" in page
+    ours = page.split("## Accuracy (%)")[1].split("The paper's accuracy (%) on CUB-200-2011")[0]
+    assert "paper" not in ours and "40.62" not in ours, ours                  # the paper's numbers are not in our table ...
+    assert "| Base | 40.62 ± 1.985 | 44.68 ± 0.816 | 53.41 ± 0.792 |" in page  # ... but in their own, as the paper's
+    assert "embedded" not in page + index
+    assert (f"Made by `msabn_report --preset {preset} --seeds 0 1 2` from the complete runs of "
+            "`msabn_run table4 --preset tiny --seeds 0 1 2 --set dataset=cub --set data=my_birds`.") in index, index

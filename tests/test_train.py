@@ -311,7 +311,7 @@ def test_nan_in_the_inputs_names_the_images(tmp_path):
 def test_resume_on_an_empty_folder_starts_fresh_but_never_over_results(tmp_path, capsys):
     empty = tmp_path / "empty"; empty.mkdir()
     _fit(empty, resume=True)
-    assert "no checkpoint in empty/: starting fresh" in capsys.readouterr().out
+    assert "first run in empty/ (no checkpoint to resume from yet): training from the start" in capsys.readouterr().out
     (empty / "checkpoint.pt").unlink()           # results without their checkpoint: starting fresh would replace them
     with pytest.raises(RunExistsError, match="no checkpoint.pt to resume from, only history.csv, metrics.json"):
         _fit(empty, resume=True)
@@ -329,7 +329,7 @@ def test_ctrl_c_during_the_epochs_evaluation_loses_no_epoch(tmp_path, monkeypatc
         calls.append(1)
         if len(calls) == 1: raise KeyboardInterrupt
         return real(*a, **kw)
-    monkeypatch.setattr(msabn.train, "evaluate", ctrl_c)
+    monkeypatch.setattr(msabn.train.engine, "evaluate", ctrl_c)
     with pytest.raises(KeyboardInterrupt): fit(_model(), data, data, two, out_dir=tmp_path / "cut")
     ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (ck["epoch"], ck["step"], ck["pending_eval"]) == (1, 0, True), "the trained epoch is saved, its evaluation pending"
@@ -344,9 +344,9 @@ def test_killed_before_the_history_is_written_is_repaired_on_resume(tmp_path, mo
     def killed(rows, path):
         if len(rows) == 2: raise _Killed()
         real(rows, path)
-    monkeypatch.setattr(msabn.train, "_write_history", killed)
+    monkeypatch.setattr(msabn.train.engine, "_write_history", killed)
     with pytest.raises(_Killed): _fit(out, TrainConfig(**{**CFG.__dict__, "epochs": 2}))
-    monkeypatch.setattr(msabn.train, "_write_history", real)
+    monkeypatch.setattr(msabn.train.engine, "_write_history", real)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2 and len(pd.read_csv(out / "history.csv")) == 1
     m = _fit(out, TrainConfig(**{**CFG.__dict__, "epochs": 2}), resume=True)
     assert pd.read_csv(out / "history.csv").epoch.tolist() == [1, 2]

@@ -5,6 +5,7 @@
 # %% ../../nbs/api/experiments/04_folders.ipynb #572d7993
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ from .presets import source_experiment, preset_folder
 # %% auto #0
 __all__ = ['RUNTIME_FIELDS', 'LABEL_FIELDS', 'RESULTS_VERSION', 'UNSET_FIELDS', 'STATUSES', 'fingerprint', 'run_folder',
            'experiment_folder', 'cell_folder', 'keep_aside', 'write_status', 'metrics_fingerprint', 'run_state',
-           'other_run']
+           'other_run', 'repository', 'repo_path']
 
 # %% ../../nbs/api/experiments/04_folders.ipynb #dc7c1a74
 RUNTIME_FIELDS = ("device", "num_workers", "progress", "eval_batch_size")  # where and how fast, not what
@@ -131,3 +132,27 @@ def other_run(
         if rec == _DAMAGED: return f"its {name} cannot be read"
         if rec is not None and rec.get("fingerprint") != fp: return f"its {name} was made with other settings"
     return None
+
+# %% ../../nbs/api/experiments/04_folders.ipynb #588df83c
+_MARK = Path("nbs") / "experiments" / "table1_cifar100.ipynb"   # what a clone of the repository holds
+
+def _is_repository(p: Path) -> bool: return (p / _MARK).is_file()
+
+def repository(
+    start: str | Path | None = None,   # where to look from (default: the working directory)
+) -> Path | None:                      # the repository's folder (None: neither is a clone)
+    "The nearest folder above `start` holding nbs/experiments/, else the clone msabn is installed from."
+    here = Path(start if start is not None else Path.cwd()).expanduser().absolute()
+    for base in (here, *here.parents):
+        if _is_repository(base): return base
+    installed = Path(__file__).resolve().parents[2] if "__file__" in globals() else None   # msabn/experiments/ -> the clone
+    return installed if installed is not None and _is_repository(installed) else None
+
+def repo_path(
+    path: str | Path,                  # a folder parameter: absolute, `~/...`, or relative to the repository
+    start: str | Path | None = None,   # where to look for the repository from (default: the working directory)
+) -> Path:                             # absolute
+    "A template's folder parameter as an absolute path: a relative one from the repository's folder (the working directory only outside any clone)."
+    p = Path(path).expanduser()
+    if p.is_absolute(): return p
+    return Path(os.path.normpath((repository(start) or Path.cwd().absolute()) / p))

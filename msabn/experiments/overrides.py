@@ -5,6 +5,8 @@
 # %% ../../nbs/api/experiments/01_overrides.ipynb #476f116e
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,7 +15,7 @@ import pandas as pd
 from ..data.datasets import DATA_LAYOUTS
 
 # %% auto #0
-__all__ = ['OVERRIDES', 'BY_KEY', 'DRY_RUN_KEYS', 'Override', 'override_table', 'parse_overrides']
+__all__ = ['OVERRIDES', 'BY_KEY', 'DRY_RUN_KEYS', 'Override', 'override_table', 'OverrideError', 'parse_overrides']
 
 # %% ../../nbs/api/experiments/01_overrides.ipynb #3f747583
 def _whole(lo: int = 1) -> Callable[[str], int]:
@@ -126,6 +128,10 @@ def override_table() -> pd.DataFrame:
                          for o in OVERRIDES])
 
 # %% ../../nbs/api/experiments/01_overrides.ipynb #b12b1e76
+class OverrideError(ValueError):
+    "A setting that cannot be used, said in one line: a notebook (papermill's too) shows the line, not a traceback."
+    def _render_traceback_(self) -> list[str]: return [f"{type(self).__name__}: {self}"]
+
 def _text(v: Any) -> str:
     if isinstance(v, (list, tuple)): return ",".join(str(x) for x in v)
     return str(v)
@@ -133,22 +139,41 @@ def _text(v: Any) -> str:
 def _canonical(key: str, value: Any) -> str:
     try: v = BY_KEY[key].parse(_text(value))
     except (ValueError, TypeError):
-        raise ValueError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
+        raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
     return _text(v) if isinstance(v, tuple) else str(v)
 
+_NEXT_KEY = re.compile(r",\s*(?=[A-Za-z_]\w*\s*=)")   # a comma that starts the next KEY= (values keep theirs: rows=Base,MSABN)
+_FORMS = "a JSON object such as '{\"epochs\": 60}' or KEY=VALUE pairs such as 'epochs=60,size=224'"
+
+def _from_text(s: str) -> Mapping[str, Any] | list[str]:
+    "One string (papermill's `-p overrides`): a JSON object (or list of KEY=VALUE strings), or KEY=VALUE pairs split at commas."
+    t = s.strip()
+    if not t: return {}
+    if t[0] in "{[":
+        try: v = json.loads(t)
+        except json.JSONDecodeError as e:
+            raise OverrideError(f"overrides {s!r}: not valid JSON ({e.msg} at character {e.pos + 1}); expected {_FORMS}") from None
+        if isinstance(v, dict) or (isinstance(v, list) and all(isinstance(x, str) for x in v)): return v
+        raise OverrideError(f"overrides {s!r}: a JSON {type(v).__name__}; expected {_FORMS}")
+    if "=" not in t: raise OverrideError(f"overrides {s!r}: expected {_FORMS}; valid keys: {', '.join(BY_KEY)}")
+    return _NEXT_KEY.split(t)
+
 def parse_overrides(
-    overrides: Mapping[str, Any] | Sequence[str] | None,   # {"epochs": 60} or ["epochs=60"]; None: none
-) -> dict[str, str]:                                       # key -> its value as normal text, in the table's order
-    "Check overrides: unknown keys and bad values refused, naming the valid keys or values."
+    overrides: Mapping[str, Any] | Sequence[str] | str | None,  # {"epochs": 60}, ["epochs=60"], '{"epochs": 60}' or 'epochs=60,size=224'
+) -> dict[str, str]:                                             # key -> its value as normal text, in the table's order
+    "Check overrides: unknown keys and bad values refused (OverrideError), naming the valid keys or values."
+    if isinstance(overrides, str): overrides = _from_text(overrides)
     if not overrides: return {}
     if not isinstance(overrides, Mapping):
+        if not isinstance(overrides, (list, tuple)):
+            raise OverrideError(f"overrides {overrides!r}: expected {_FORMS}, a dict or a list of KEY=VALUE strings")
         pairs = {}
         for s in overrides:
-            if "=" not in str(s): raise ValueError(f"override {s!r}: expected KEY=VALUE, e.g. epochs=60; valid keys: {', '.join(BY_KEY)}")
+            if "=" not in str(s): raise OverrideError(f"override {s!r}: expected KEY=VALUE, e.g. epochs=60; valid keys: {', '.join(BY_KEY)}")
             k, v = str(s).split("=", 1); pairs[k.strip()] = v.strip()
         overrides = pairs
     unknown = [k for k in overrides if k not in BY_KEY]
-    if unknown: raise ValueError(f"unknown override {', '.join(map(repr, unknown))}; valid keys: {', '.join(BY_KEY)}")
+    if unknown: raise OverrideError(f"unknown override {', '.join(map(repr, unknown))}; valid keys: {', '.join(BY_KEY)}")
     if "lambdas" in overrides and "fractions" in overrides:
-        raise ValueError("override lambdas and fractions together: Figs. 8/9 take one of them (lambda_out values, or shares of images)")
+        raise OverrideError("override lambdas and fractions together: Figs. 8/9 take one of them (lambda_out values, or shares of images)")
     return {k: _canonical(k, overrides[k]) for k in BY_KEY if k in overrides}

@@ -258,7 +258,7 @@ def _valid_fraction(d: DataSpec, v: dict) -> float:
     return d.valid_fraction if f is None else f
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #43d63eb5
-DRY_RUN_BATCH = 2   # a fast dev run's batch and evaluation batch, unless batch_size is set: what a laptop's memory holds at 352 px
+DRY_RUN_BATCH = 1   # a fast dev run's batch and evaluation batch, unless batch_size is set: under 8 GB at 352 px
 
 def _capped(v: dict) -> bool: return "fast_dev_run" in v and "batch_size" not in v
 

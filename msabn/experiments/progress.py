@@ -65,8 +65,12 @@ class ProgressFile:
                  works: Sequence[float],    # each stage's cost, in order (a cell: the images it trains on; a figure's stages: 1 each)
                  unit: str = "cell",        # what a stage is called on the display
                  every: float = 2.0,        # seconds between writes while training
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 keys: Sequence[tuple[str, str]] | None = None):  # each stage's (column, row), for the ETA
         self.path, self.works, self.unit, self.every, self.clock = Path(path), [float(w) for w in works], unit, every, clock
+        if keys is not None and len(keys) != len(self.works):
+            raise ValueError(f"{len(keys)} keys for {len(self.works)} stages")
+        self.keys, self.times = list(keys) if keys is not None else None, {}   # stage index -> seconds (trained stages)
         self.on = not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)   # one writer under torchrun
         self.error, self.events, self.finished = None, [], False
         self.k, self.label, self.t0, self.ended = 0, "", clock(), False
@@ -101,6 +105,7 @@ class ProgressFile:
             total = (self.epochs or 1) * (self.steps or 1)
             self.done_work += self.works[self.k - 1] * (1.0 if not self.steps else (total - self.p0) / total)
             self.done_time += el
+            if not self.p0: self.times[self.k - 1] = el   # a whole stage (not resumed half-way): its cost, for the ETA
         self.ended = True
         how = f" ({el:.0f} s)" if trained else " (reused: trained before)"
         self._event("end", f"{self.name()} done" + (f": {result}" if result else "") + how)
@@ -112,9 +117,31 @@ class ProgressFile:
 
     def name(self) -> str: return f"{self.unit} {self.k}/{len(self.works)} {self.label}".rstrip()
 
+    def _predict(self) -> Callable[[int], float] | None:
+        "Seconds a stage (0-based) takes, learnt from the whole stages trained: a row's cost per work x a column's."
+        if not self.keys or not self.times: return None
+        u = {i: max(t, 1e-6) / max(self.works[i], 1e-9) for i, t in self.times.items()}
+        col, row = (lambda i: self.keys[i][0]), (lambda i: self.keys[i][1])
+        gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))
+        f = {col(i): 1.0 for i in u}
+        for _ in range(50):   # log(cost) = row + column, fitted by alternating means (a few dozen stages: cheap)
+            b = {r: gmean([v / f[col(i)] for i, v in u.items() if row(i) == r]) for r in {row(i) for i in u}}
+            f = {cc: gmean([v / b[row(i)] for i, v in u.items() if col(i) == cc]) for cc in f}
+            g = gmean(list(f.values())); f = {cc: v / g for cc, v in f.items()}
+        other = gmean(list(b.values()))   # a row not seen yet: the typical row
+        return lambda i: b.get(row(i), other) * g * f.get(col(i), 1.0) * self.works[i]
+
     def etas(self) -> tuple[float | None, float | None]:
         "Seconds left in this stage and in the run (None while not known)."
         if self.k == 0: return None, None
+        predict = self._predict()
+        if predict is not None:   # costs learnt by row and column: a dry run's cells differ by far more than their work
+            el, total = self.clock() - self.t0, (self.epochs or 1) * (self.steps or 1)
+            stepped = not self.ended and self.pos is not None and self.pos > (self.p0 or 0) and total >= 20   # long
+            if self.ended: left = 0.0
+            elif stepped: left = el * (total - self.pos) / (self.pos - self.p0)
+            else: left = max(predict(self.k - 1) - el, 0.0)
+            return left, left + sum(predict(i) for i in range(self.k, len(self.works)))
         el, w = self.clock() - self.t0, self.works[self.k - 1]
         left, done = (0.0, 0.0) if self.ended else (None, 0.0)
         if not self.ended and self.steps and self.pos is not None and self.pos > self.p0:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import papermill as pm
 import torch
 from filelock import FileLock, Timeout
+from jupyter_client.manager import AsyncKernelManager
 
 from .catalog import TEMPLATES
 from .presets import PRESETS, get_experiment, resolve_name, sources_of
@@ -32,7 +33,7 @@ from .folders import (experiment_folder, fingerprint, keep_aside, metrics_finger
 
 # %% auto #0
 __all__ = ['templates_dir', 'check_templates', 'plan', 'execute_template', 'check_used', 'run_experiments', 'cli_overrides',
-           'check_args', 'main']
+           'check_args', 'where_lines', 'main']
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #43a62268
 def templates_dir() -> Path:
@@ -83,6 +84,13 @@ def _lock(runs_dir: Path) -> Iterator[None]:
     finally: lock.release()
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #4fd44552
+class _QuietShutdown(AsyncKernelManager):
+    "The kernel manager papermill uses, except that it shuts a finished kernel down without a SIGINT first."
+    # jupyter_client interrupts a kernel before asking it to shut down; when the signal lands inside a message handler,
+    # ipykernel logs "KeyboardInterrupt caught in kernel." at ERROR: a stray error line under a run that succeeded
+    async def _async_interrupt_kernel(self):
+        if not self.shutting_down: await super()._async_interrupt_kernel()
+
 def execute_template(
     name: str,                       # the experiment
     preset: str,
@@ -103,7 +111,8 @@ def execute_template(
     params = dict(preset=preset, seed=int(seed), runs_dir=str(runs_dir), data_root=str(data_root), device=device,
                   num_workers=None if num_workers is None else int(num_workers), threads=threads, overrides=dict(overrides or {}) or None)
     pm.execute_notebook(str(template), str(out), parameters=params, kernel_name="python3", cwd=str(folder),
-                        progress_bar=False, log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                        progress_bar=False, log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                        kernel_manager_class=_QuietShutdown)
     return out
 
 def _short_error(e: BaseException) -> str:
@@ -205,6 +214,7 @@ def run_experiments(
     log: Callable[[str], None] = print,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,  # settings changed from the preset's (msabn.experiments.overrides)
     progress: bool = True,                # show which run, cell, epoch, img/s and ETA while each works (stdout; msabn.experiments.progress)
+    on_ready: Callable[[], None] | None = None,  # called once everything is checked, before the first run (msabn_run: the machine figure)
 ) -> list[dict]:                          # per run: experiment, seed, state found, what happened, seconds, error
     "Execute the templates of the given experiments for every seed, skipping complete runs, going on after failures."
     todo, ov = plan(names, preset, seeds), parse_overrides(overrides)
@@ -215,6 +225,7 @@ def run_experiments(
     check_boxes(exps.values(), data_root)   # a figure on a folder without boxes: refused before its tables train
     tdir = Path(templates).resolve() if templates else templates_dir()
     check_templates(tdir, list(exps))
+    if on_ready: on_ready()
     b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,
                num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov, progress=progress)
     report = []
@@ -310,6 +321,31 @@ def _summary(rep: Sequence[dict]) -> int:
           + (": " + ", ".join(f"{r['experiment']} seed {r['seed']}" for r in failed) if failed else ""))
     return 1 if failed else 0
 
+# %% ../../nbs/api/experiments/08_runner.ipynb #0317a080
+def _shown_path(p: Path) -> str:
+    "A path as the user can type it: relative to the working directory where it lies below it."
+    try: return str(Path(p).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError: return str(p)
+
+def where_lines(
+    rep: Sequence[dict],     # run_experiments' report (each entry's folder)
+    runs_dir: str | Path,    # msabn_run's --runs-dir, as given
+    dry: bool = False,       # a dry run (a fast dev run or a batch limit)
+) -> list[str]:              # msabn_run's last lines: where the runs are, and the msabn_report command for them
+    "Where a batch's runs are (the exact folder of a single run), and the command that reports them."
+    folders = [Path(r["folder"]) for r in rep if r.get("folder") is not None]
+    if not folders: return []
+    out = []
+    if dry: out.append("DRY RUN: a few batches per run, to check the data, the settings and the report; its numbers are not results")
+    for preset_dir in dict.fromkeys(f.parent.parent for f in folders):
+        mine = [f for f in folders if f.parent.parent == preset_dir]
+        seeds = " ".join(str(s) for s in sorted({int(f.name[4:]) for f in mine}))
+        runs = "" if Path(runs_dir) == Path("runs") else f" --runs-dir {runs_dir}"
+        where = f"the run folder is {_shown_path(mine[0])}" if len(mine) == 1 else \
+                f"the {len(mine)} run folders are in {_shown_path(preset_dir)}/"
+        out.append(f"{where}; report: msabn_report --preset {preset_dir.name} --seeds {seeds}{runs}")
+    return out
+
 # %% ../../nbs/api/experiments/08_runner.ipynb #afba073b
 def main(argv: Sequence[str] | None = None) -> int:
     "The `msabn_run` console command."
@@ -318,12 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in bad: print(f"msabn_run: {line}", file=sys.stderr)
     if bad: return 2
     if a.threads: torch.set_num_threads(a.threads)
-    print(f"msabn_run: machine figure {machine_figure():.0f} img/s (the bare Base ResNet-20 train step, 32 px, batch 128, "
-          f"{torch.get_num_threads()} threads; a slower machine takes longer: the README gives each time with the figure of the machine it was measured on)")
+    def figure():   # measured once the arguments, the data and the templates are known to be good (it takes seconds)
+        print(f"msabn_run: machine figure {machine_figure():.0f} img/s (the bare Base ResNet-20 train step, 32 px, batch 128, "
+              f"{torch.get_num_threads()} threads; a slower machine takes longer: the README gives each time with the figure "
+              "of the machine it was measured on)", flush=True)
     try:
         rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
                               device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads,
-                              overrides=cli_overrides(a), progress=not a.no_progress)
+                              overrides=cli_overrides(a), progress=not a.no_progress, on_ready=figure)
     except KeyboardInterrupt:
         print("msabn_run: interrupted; the run in progress is half-written: the same command redoes it, keeping its finished cells",
               file=sys.stderr)
@@ -332,7 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"msabn_run: {_error_line(e)}", file=sys.stderr)
         return 2
     code = _summary(rep)
-    if any(k in DRY_RUN_KEYS for k in parse_overrides(cli_overrides(a))):
-        print(f"msabn_run: DRY RUN: a few batches per run, to check the data, the settings and the report; its numbers are not results "
-              f"(in {Path(a.runs_dir) / (a.preset + '+dry-*')})")
+    for line in where_lines(rep, a.runs_dir, dry=any(k in DRY_RUN_KEYS for k in parse_overrides(cli_overrides(a)))):
+        print(f"msabn_run: {line}")
     return code

@@ -144,7 +144,10 @@ def train_cell(
                   extra_config=extra, on_step=on_step)
     evals = {headline: metrics["final"][headline] if valid is None else evaluate_split(model, data[headline], cfg)}
     for split in exp.data.eval_splits[1:]: evals[split] = evaluate_split(model, data[split], cfg)
-    np.savez_compressed(out / "attention_samples.npz", **_attention_samples(model, data[headline], exp.n_attention, cfg.device))
+    dry = cfg.limit_eval_batches is not None
+    n = min(exp.n_attention, cfg.eval_batch_size or cfg.batch_size) if dry else exp.n_attention
+    samples = _attention_samples(model, data[headline], n, cfg.device)   # a dry run: one evaluation batch of them
+    np.savez_compressed(out / "attention_samples.npz", **samples)
     rec = {**_cell_record(exp, column, row, seed, out, metrics, evals, count_params(model)), "fingerprint": fp}
     if valid is not None: rec |= {"best_epoch": metrics["best"]["epoch"], "best_valid_acc": metrics["best"]["acc"]}
     save_json(rec, out / "done.json")
@@ -214,7 +217,8 @@ def run_table(
     folder, fp = start_results(exp, seed, runs_dir, device, log)
     data, head, records = load_splits(exp.data, data_root, decoded=True), exp.data.eval_splits[0], []
     plan = progress_plan(exp, seed, len(data["train"]), device, num_workers)
-    pf = ProgressFile(folder / PROGRESS_FILE, [p["epochs"] * p["steps"] * p["batch_size"] for p in plan])
+    pf = ProgressFile(folder / PROGRESS_FILE, [p["epochs"] * p["steps"] * p["batch_size"] for p in plan],
+                      keys=[(column.backbone, row.name) for column, row in exp.cells()])   # the ETA learns their costs
     for k, ((column, row), p) in enumerate(zip(exp.cells(), plan), 1):
         t = time.perf_counter()
         pf.begin(k, f"{row.name} {column.backbone}", **p)
@@ -227,7 +231,8 @@ def run_table(
     fig = attention_picture(folder, exp, data[head])
     fig.savefig(folder / "attention.png", dpi=72, bbox_inches="tight"); plt.close(fig)
     metrics = write_results(folder, fp, exp, seed, {"cells": records, "splits": list(exp.data.eval_splits),
-                                                    "data": {k: len(v) for k, v in data.items()}}, t0)
+                                                    "data": {k: len(v) for k, v in data.items()},
+                                                    "num_classes": getattr(data["train"], "num_classes", None)}, t0)
     pf.finish()
     return metrics
 

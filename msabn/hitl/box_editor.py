@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import numbers
+import time
 from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
@@ -23,7 +25,7 @@ from ..train.recipe import TrainConfig
 from ..explain.viz import attention_grid
 
 # %% auto #0
-__all__ = ['BoxEditor']
+__all__ = ['QUICK_FINETUNE', 'BoxEditor']
 
 # %% ../../nbs/api/hitl/03_box_editor.ipynb #4b052020
 def _check_order(order: Sequence, n: int) -> list[int]:
@@ -49,14 +51,14 @@ def _check_store(store: BoxStore, n: int, size: Callable[[int], tuple[int, int]]
 
 # %% ../../nbs/api/hitl/03_box_editor.ipynb #41de4035
 class BoxEditor:
-    "Draw or correct object boxes image by image in a chosen order; fine-tune with copy-replace (no screen: see BoxEditorWidget)."
+    "Draw or correct object boxes image by image in a chosen order; fine-tune with and without copy-replace (no screen: see BoxEditorWidget)."
     def __init__(self,
                  store: BoxStore,                       # where the boxes go
-                 train_data: Dataset,                   # the training images (any pipeline: the editor shows them raw)
+                 train_data: Dataset,                   # the training images as fine-tuning sees them (the editor shows them raw)
                  order: Sequence[int],                  # the dataset indices to show, first first: the pool
                  scores: AttentionScores | None = None, # the model's attention on train_data (overlay, prediction, score)
                  model: nn.Module | None = None,        # the model to fine-tune (copied; never changed)
-                 test_data: Dataset | None = None,      # where before/after accuracy and attention are measured
+                 test_data: Dataset | None = None,      # where accuracy and attention before and after are measured
                  cfg: TrainConfig = PAPER_FINETUNE,     # the fine-tuning schedule
                  stats: str | tuple | None = None,      # the normalisation of train/test_data's pipeline (for pictures), e.g. "cifar"
                  scale: int | None = None,              # display magnification (default: about 256 px wide)
@@ -73,8 +75,10 @@ class BoxEditor:
         missing = [i for i in self.order if scores is not None and i not in self._row]
         if missing: raise ValueError(f"order lists image(s) {missing[:5]} that the scores do not cover")
         _check_store(store, len(self.raw), self.image_size)
-        self.message, self.error, self.result, self.before = "", False, None, None
+        self.message, self.error, self.result, self.before, self.vanilla = "", False, None, None, None
+        self.stage, self.clamped = "", False   # what the fine-tuning is doing; whether the last box was cut to its image
         self._pending = None          # the message of a refused box on the current image
+        self._drawing = False         # a box of no size is on the image: the press that starts a drag (or a click)
         self._views: list[Callable[[bool], None]] = []
         self.current = self._next(0)
 
@@ -97,21 +101,25 @@ class BoxEditor:
 
     def _advance(self):
         pos = self.order.index(self.current) + 1 if self.current in self.order else 0
-        self.current, self._pending = self._next(pos), None
+        self.current, self._pending, self._drawing = self._next(pos), None, False
 
     def show(self, index: int) -> str:
         "Jump to an image of the order (e.g. to correct its box)."
         i = check_index(index, len(self.raw), "show")
         if i not in self.order: raise ValueError(f"image {i} is not in this editor's order (its {len(self.order)} images)")
-        self.current, self._pending = i, None
-        return self._say(f"image {i}" + ("" if i in self.store else " (no box yet)"), moved=True)
+        self.current, self._pending, self._drawing = i, None, False
+        return self._say(f"image {i}{self._state(i)}", moved=True)
 
     def previous(self) -> str:
         "Back to the image before this one in the order (to see or correct its box)."
         pos = self.order.index(self.current) if self.current in self.order else len(self.order)
         if pos == 0: return self._say("this is the first image of the order")
-        self.current, self._pending = self.order[pos - 1], None
-        return self._say(f"back to image {self.current}" + ("" if self.current in self.store else " (no box yet)"), moved=True)
+        self.current, self._pending, self._drawing = self.order[pos - 1], None, False
+        return self._say(f"back to image {self.current}{self._state(self.current)}", moved=True)
+
+    def _state(self, i: int) -> str:
+        "How an image stands, for the status line: '' (boxed), ' (skipped)' or ' (no box yet)'."
+        return "" if i in self.store else " (skipped)" if i in set(self.store.skipped) else " (no box yet)"
 
     @property
     def annotated(self) -> int: return sum(i in self.store for i in self.order)
@@ -168,15 +176,32 @@ class BoxEditor:
         return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "label": "object"}
 
     # --- what the person does --------------------------------------------------------------------
+    def clamp(self, box: Sequence[float], index: int | None = None) -> tuple[float, float, float, float]:
+        "A box (x0, y0, x1, y1) in image pixels cut to the image."
+        h, w = self.image_size(index)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)
+
     def on_boxes(self, bboxes: Sequence[Mapping]) -> str:
-        "The boxes on the current image changed: save the last one at once (or delete, if none); refuse bad ones."
+        "The boxes on the current image changed: save the last one at once, cut to the image (or delete, if none); refuse bad ones."
         i = self.current
         if i is None: return self._say("every image of the pool has been seen")
+        was_drawing, self._drawing, self.clamped = self._drawing, False, False
         try:
-            if not bboxes:
+            if not bboxes or (was_drawing and i in self.store and [self.to_image_box(b) for b in bboxes] == [self.store.get(i)]):
                 self._pending = None
+                if was_drawing:   # the view took away the box of no size a click left: nothing was drawn
+                    return self._say(f"image {i}: a click is not a box: press at one corner of the object, drag to the other, release")
                 return self._say(f"image {i}: box removed" if self.store.remove(i) else f"image {i}: no box")
-            saved = self.store.set(i, self.to_image_box(bboxes[-1]), self.image_size(i))
+            drawn = self.to_image_box(bboxes[-1])
+            if drawn[0] == drawn[2] and drawn[1] == drawn[3]:   # the press that starts a drag (or a click): not a box yet
+                self._drawing, self._pending = True, f"image {i}: no box yet: drag to the opposite corner of the object and release"
+                return self._say(self._pending)
+            box = self.clamp(drawn, i)
+            self.clamped = box != drawn
+            if self.clamped and (box[2] <= box[0] or box[3] <= box[1]):
+                raise ValueError(f"image {i}: box ({', '.join(f'{v:g}' for v in drawn)}) lies outside the image")
+            saved = self.store.set(i, box, self.image_size(i))
         except BoxStoreError as e:     # not saved (another writer, an unwritable file): show what the file holds
             self._pending = None
             return self._say(str(e), error=True, moved=True)
@@ -185,7 +210,8 @@ class BoxEditor:
             return self._say(self._pending + (" (drag to draw a box)" if "zero area" in str(e) else ""), error=True)
         self._pending = None
         note = f" (the last of {len(bboxes)} boxes: one box per image)" if len(bboxes) > 1 else ""
-        return self._say(f"image {i}: saved box ({', '.join(f'{v:g}' for v in saved)}){note}")
+        cut = " (cut to the image)" if self.clamped else ""
+        return self._say(f"image {i}: saved box ({', '.join(f'{v:g}' for v in saved)}){cut}{note}")
 
     def submit(self) -> str:
         "Done with this image: on to the next (refused while its box is missing or was refused)."
@@ -218,7 +244,7 @@ class BoxEditor:
     def _steps_per_epoch(self) -> int: return max(1, steps_per_epoch(len(self.data), self.cfg.batch_size, self.cfg.limit_train_batches))
 
     def finetune_now(self, progress: Callable[[int, int], None] | None = None) -> FinetuneResult | None:
-        "Fine-tune a copy of the model with copy-replace on every boxed image; before/after on test_data."
+        "Fine-tune copies of the model on one schedule and seed, without (once) and with copy-replace on every boxed image; score both."
         if self.model is None or self.test_data is None:
             self._say("no model or test data was given to the editor: nothing to fine-tune", error=True); return None
         try:                                     # with what another notebook on this project saved meanwhile
@@ -226,35 +252,62 @@ class BoxEditor:
             _check_store(self.store, len(self.raw), self.image_size)
         except (BoxStoreError, ValueError) as e:
             self._say(f"{e}: nothing was fine-tuned", error=True); return None
+        if len(pool) < 2:
+            self._say(f"fine-tuning needs boxes on two images at least (copy-replace pastes the object of one boxed image into "
+                      f"another): {len(pool)} boxed so far; draw a box and press Submit on {2 - len(pool)} more", error=True)
+            return None
         cfg = replace(self.cfg, progress=False)  # the view's bar instead of fit's (tqdm's bars switch off through the config)
-        per_epoch = self._steps_per_epoch()
-        total = max(1, cfg.epochs * per_epoch)
-        on_step = None if progress is None else (lambda epoch, step: progress(min(total, epoch * per_epoch + step + 1), total))
+        per_run = max(1, cfg.epochs * self._steps_per_epoch())
+        jobs = ([("vanilla", [], "vanilla fine-tuning (no boxes: the baseline)")] if self.vanilla is None else []) + \
+               [("copy_replace", pool, f"copy-replace fine-tuning on {len(pool)} boxed images")]
+        total, t0 = per_run * len(jobs), time.monotonic()
         try:
-            if self.before is None: self.before = score_attention(self.model, self.test_data, device=cfg.device)
-            self.result = finetune(self.model, self.data, self.test_data, cfg, "copy_replace", pool, boxes=self.store.boxes,
-                                   label_policy=self.label_policy, on_step=on_step)
+            if self.before is None:
+                self.stage = "scoring the model before fine-tuning"; self._say(self.stage + " ...")
+                self.before = score_attention(self.model, self.test_data, device=cfg.device)
+            for k, (method, p, what) in enumerate(jobs):
+                self.stage = what
+                self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} steps ...")
+                def on_step(epoch, step, k=k):
+                    if progress: progress(k * per_run + min(per_run, epoch * (per_run // cfg.epochs) + step + 1), total)
+                res = finetune(self.model, self.data, self.test_data, cfg, method, p, boxes=self.store.boxes if p else None,
+                               label_policy=self.label_policy, on_step=on_step)
+                if method == "vanilla": self.vanilla = res
+                else: self.result = res
         except EmptyPoolError as e:
             self._say(str(e) + f" (boxes so far: {len(pool)})", error=True); return None
-        b, a = self.before, self.result
-        self._say(f"fine-tuned with copy-replace on {len(pool)} boxed images: test accuracy {b.acc:.1f}% -> {a.acc:.1f}%, "
-                  f"mean frac_attn_out {b.frac_attn_out.mean():.3f} -> {a.frac_attn_out:.3f}")
+        finally: self.stage = ""
+        b, v, a = self.before, self.vanilla, self.result
+        self._say(f"fine-tuned on one schedule and seed ({time.monotonic() - t0:.0f} s): test accuracy before {b.acc:.1f}%, vanilla "
+                  f"{v.acc:.1f}%, copy-replace on {len(pool)} boxes {a.acc:.1f}%")
         return self.result
 
     def comparison(self) -> dict:
-        "Test accuracy (%) and mean frac_attn_out before and after the last fine-tuning."
+        "Test accuracy (%) and mean frac_attn_out before fine-tuning, after vanilla and after copy-replace fine-tuning."
         if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
         return {"before": {"acc": self.before.acc, "frac_attn_out": float(self.before.frac_attn_out.mean())},
-                "after": {"acc": self.result.acc, "frac_attn_out": self.result.frac_attn_out, "boxes": self.result.pool_size}}
+                "vanilla": {"acc": self.vanilla.acc, "frac_attn_out": self.vanilla.frac_attn_out},
+                "copy_replace": {"acc": self.result.acc, "frac_attn_out": self.result.frac_attn_out, "boxes": self.result.pool_size}}
 
-    def before_after(self, n: int = 4):
-        "Attention maps of the first `n` test images before and after fine-tuning (a figure)."
+    def comparison_frame(self) -> pd.DataFrame:
+        "The comparison as a table: before, vanilla and copy-replace side by side (one schedule, one seed)."
+        c = self.comparison()
+        names = {"before": "before fine-tuning", "vanilla": "vanilla fine-tuning (no boxes)",
+                 "copy_replace": f"copy-replace ({c['copy_replace']['boxes']} boxes)"}
+        return pd.DataFrame({"test accuracy (%)": [round(c[k]["acc"], 1) for k in names],
+                             "mean frac_attn_out": [round(c[k]["frac_attn_out"], 3) for k in names]}, index=list(names.values()))
+
+    def before_after(self, n: int = 4, size: float = 1.6):
+        "Attention maps of the first `n` test images before fine-tuning, after vanilla and after copy-replace (a figure)."
         if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
         b = collate([self.test_data[i] for i in range(n)])
-        maps = {"before": torch.from_numpy(self.before.records.attn_map[:n].astype(np.float32))[:, None],
-                "after": torch.from_numpy(self.result.scores.records.attn_map[:n].astype(np.float32))[:, None]}
-        preds = {"before": torch.from_numpy(self.before.pred[:n]), "after": torch.from_numpy(self.result.scores.pred[:n])}
+        runs = {"before": self.before, "vanilla": self.vanilla.scores, "copy-replace": self.result.scores}
+        maps = {k: torch.from_numpy(s.records.attn_map[:n].astype(np.float32))[:, None] for k, s in runs.items()}
+        preds = {k: torch.from_numpy(s.pred[:n]) for k, s in runs.items()}
         return attention_grid(b["image"], maps, boxes=b["box"], labels=b["label"], preds=preds, classes=self.classes,
-                              stats=self.stats, threshold=0.2)
+                              stats=self.stats, threshold=0.2, size=size)
 
     def __repr__(self) -> str: return f"BoxEditor({self.counter}, current image {self.current})"
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #982e9ce0
+QUICK_FINETUNE = TrainConfig(epochs=1, batch_size=32, lr=0.01, momentum=0.9, weight_decay=1e-4, milestones=())

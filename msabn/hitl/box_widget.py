@@ -5,10 +5,15 @@
 # %% ../../nbs/api/hitl/04_box_widget.ipynb #77119a20
 from __future__ import annotations
 
+import base64
 import io
-from typing import Sequence
+import json
+import math
+import time
+from typing import Callable, Sequence
 
 import ipywidgets as W
+import matplotlib
 import numpy as np
 import torch
 from IPython.display import HTML, display
@@ -19,7 +24,7 @@ from .box_editor import BoxEditor
 from ..explain.viz import overlay_attention
 
 # %% auto #0
-__all__ = ['image_png', 'overlay_png', 'BoxEditorWidget']
+__all__ = ['image_png', 'overlay_png', 'EdgeSafeBBoxWidget', 'colour_scale_png', 'BoxEditorWidget', 'fmt_eta', 'StepProgress']
 
 # %% ../../nbs/api/hitl/04_box_widget.ipynb #9800d0b3
 def image_png(
@@ -46,33 +51,103 @@ def overlay_png(
         ImageDraw.Draw(pic).rectangle([box[0] * s, box[1] * s, box[2] * s - 1, box[3] * s - 1], outline=(255, 0, 255), width=2)
     buf = io.BytesIO(); pic.save(buf, format="PNG"); return buf.getvalue()
 
+# %% ../../nbs/api/hitl/04_box_widget.ipynb #9f71ca33
+_FORWARD = """
+const base = (await import(URL.createObjectURL(new Blob([__BASE__], {type: "text/javascript"})))).default;
+
+// The drawing area is the widget's largest svg. A drag that began there is passed the page's mouse moves and its
+// release wherever they happen (the original widget hears them over its svg only, so a release beside the image left
+// the drag going), and a box of no size that a click left is taken away once the button is up.
+function area(el) {
+  let best = null, most = 0;
+  for (const s of el.querySelectorAll("svg")) {
+    const r = s.getBoundingClientRect();
+    if (r.width * r.height > most) { best = s; most = r.width * r.height; }
+  }
+  return best;
+}
+function render(ctx) {
+  const { model, el } = ctx;
+  const done = base.render(ctx);
+  let dragging = false;
+  const pass = (ev) => {
+    const svg = area(el);
+    if (!dragging || !svg || svg.contains(ev.target)) return;
+    svg.dispatchEvent(new MouseEvent(ev.type, {cancelable: true, clientX: ev.clientX, clientY: ev.clientY,
+                                               button: ev.button, buttons: ev.buttons}));
+  };
+  const down = (ev) => { const svg = area(el); dragging = ev.button === 0 && !!svg && svg.contains(ev.target); };
+  const up = (ev) => {
+    if (ev.button !== 0 || !dragging) return;
+    pass(ev); dragging = false;
+    setTimeout(() => {
+      const boxes = model.get("bboxes") || [], kept = boxes.filter((b) => b.width !== 0 || b.height !== 0);
+      if (kept.length !== boxes.length) { model.set("bboxes", kept); model.save_changes(); }
+    }, 0);
+  };
+  document.addEventListener("mousedown", down, true);
+  window.addEventListener("mousemove", pass, true);
+  window.addEventListener("mouseup", up, true);
+  return () => {
+    document.removeEventListener("mousedown", down, true);
+    window.removeEventListener("mousemove", pass, true);
+    window.removeEventListener("mouseup", up, true);
+    if (typeof done === "function") done();
+  };
+}
+export default { render };
+"""
+
+class EdgeSafeBBoxWidget(BBoxWidget):
+    "jupyter-bbox-widget whose drags end where the mouse is released, on the image or beside it, and whose clicks leave no box."
+    _esm = (_FORWARD.replace("__BASE__", json.dumps(str(BBoxWidget._esm)))
+            if isinstance(BBoxWidget._esm, str) and "export" in BBoxWidget._esm else BBoxWidget._esm)
+
 # %% ../../nbs/api/hitl/04_box_widget.ipynb #0f15b73a
+def colour_scale_png(width: int = 256, height: int = 10, cmap: str = "jet") -> bytes:
+    "The attention colour scale, low (left) to high (right), as PNG."
+    row = (matplotlib.colormaps[cmap](np.linspace(0, 1, width))[:, :3] * 255).round().astype(np.uint8)
+    buf = io.BytesIO(); Image.fromarray(np.repeat(row[None], height, 0)).save(buf, format="PNG"); return buf.getvalue()
+
+_LEGEND = ("<small>the model's attention over the image (0 <img src='data:image/png;base64,{scale}' style='vertical-align:middle'> 1) "
+           "and the saved box (magenta).<br><b>frac_attn_out</b>: the share of the attention (above 0.2) outside the object's "
+           "box: 0 all inside, 1 all outside. Images with the most attention outside come first.</small>")
+
 class BoxEditorWidget:
     "The box editor on screen: a jupyter-bbox-widget and buttons over a BoxEditor (every action is the editor's)."
     def __init__(self, editor: BoxEditor):  # the controller it shows
         self.editor, self._syncing = editor, False   # _syncing: set while Python updates the widget (its echo is not an edit)
-        self.bbox = BBoxWidget(classes=["object"], label="object", hide_buttons=False)
+        self._shown, self._t0 = None, None           # the fine-tuning result on screen; when the fine-tuning started
+        self.bbox = EdgeSafeBBoxWidget(classes=["object"], label="object", hide_buttons=False)
         self.bbox.add_class("msabn-bbox")
         self.header, self.status, self.overlay = W.HTML(), W.HTML(), W.Image(format="png")
         self.back = W.Button(description="◀ Previous image", layout=W.Layout(width="140px"))
         self.back.add_class("msabn-previous")
-        self.button = W.Button(description="Fine-tune with copy-replace", layout=W.Layout(width="240px"), button_style="primary")
-        self.bar = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="240px"))
+        self.button = W.Button(description="Fine-tune (vanilla and copy-replace)", layout=W.Layout(width="270px"), button_style="primary")
+        self.button.add_class("msabn-finetune")
+        self.bar = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="200px", visibility="hidden"))
+        self.progress = W.HTML()
+        self.progress.add_class("msabn-progress")
         self.out = W.Output()
+        self.out.add_class("msabn-result")
         self.bbox.observe(lambda change: None if self._syncing else editor.on_boxes(change["new"]), names=["bboxes"])
         self.bbox.on_submit(editor.submit)
         self.bbox.on_skip(editor.skip)
         self.back.on_click(lambda _: editor.previous())
         self.button.on_click(self._finetune)
-        right = W.VBox([W.HTML("<small>attention (model) and the saved box</small>"), self.overlay])
-        self.box = W.VBox([self.header, W.HBox([self.bbox, right]), self.status, W.HBox([self.back, self.button, self.bar]), self.out])
+        legend = W.HTML(_LEGEND.format(scale=base64.b64encode(colour_scale_png(64, 8)).decode()), layout=W.Layout(width="270px"))
+        right = W.VBox([self.overlay, legend])
+        self.box = W.VBox([self.header, W.HBox([self.bbox, right]), self.status, W.HBox([self.back, self.button]),
+                           W.HBox([self.bar, self.progress]), self.out])
         editor.watch(self.redraw)
         self.redraw(moved=True)
 
     def header_html(self) -> str:
         "The line above the image: index, true class, prediction, confidence, frac_attn_out, counter."
         d = self.editor.info()
-        if d["done"]: return f"<b>every image of the pool has been seen</b> &nbsp; {d['counter']}"
+        if d["done"]:
+            return (f"<b>every image of the pool has been seen</b> &nbsp; <span class='msabn-counter'>{d['counter']}</span> &nbsp; "
+                    "(◀ Previous image to correct a box; Fine-tune when you are ready)")
         s = f"<b>image {d['index']}</b> &nbsp; true: <b>{d['label']}</b>"
         if "pred" in d:
             ok = "✓" if d["pred"] == d["label"] else "✗"
@@ -85,32 +160,69 @@ class BoxEditorWidget:
         colour = "#b00020" if ed.error else "#1b5e20"
         self.status.value = f"<span style='color:{colour}'>{ed.message or 'draw a box around the object, then Submit (or Skip)'}</span>"
         self.header.value = self.header_html()
-        if ed.current is None: return
+        if ed.result is not None and ed.result is not self._shown: self._show_result()
+        done = ed.current is None
+        self.bbox.hide_buttons = self.bbox.view_only = done   # nothing left to Submit or Skip (keys included)
+        if done: return
         s = ed.display_scale()
-        self.overlay.value = overlay_png(ed.image(), ed.attn_map(), ed.store.get(ed.current), s)
-        if moved:
+        box = ed.store.get(ed.current)
+        self.overlay.value = overlay_png(ed.image(), ed.attn_map(), box, s)
+        if moved or ed.clamped:   # another image, or a box cut to the image: draw what was saved
             self._syncing = True
             try:
-                box = ed.store.get(ed.current)
                 self.bbox.bboxes = [ed.to_widget_box(box)] if box else []
-                self.bbox.image_bytes = image_png(ed.image(), s)
+                if moved: self.bbox.image_bytes = image_png(ed.image(), s)
             finally: self._syncing = False
 
+    def _step(self, done: int, total: int):
+        "The fine-tuning's progress: what it does, step k of n, and the time left."
+        self.bar.max, self.bar.value = total, done
+        el = time.monotonic() - self._t0
+        eta = f" · about {fmt_eta(el * (total - done) / done)} left" if 0 < done < total else ""
+        self.progress.value = f"<small>{self.editor.stage}: step {done} of {total}{eta}</small>"
+
     def _finetune(self, _=None):
-        self.button.disabled, self.bar.value = True, 0
-        def step(done: int, total: int): self.bar.max, self.bar.value = total, done
-        try:
-            if self.editor.finetune_now(progress=step) is not None: self._show_result()
-        finally: self.button.disabled = False
+        self.button.disabled, self.bar.value, self.bar.layout.visibility = True, 0, "visible"
+        self._t0 = time.monotonic()
+        self.progress.value = "<small>starting ...</small>"
+        try: self.editor.finetune_now(progress=self._step)
+        finally:
+            self.button.disabled, self.bar.layout.visibility = False, "hidden"
+            self.progress.value = f"<small>done in {time.monotonic() - self._t0:.0f} s</small>" if self.editor.result is not None else ""
 
     def _show_result(self):
-        c = self.editor.comparison()
+        ed = self.editor
+        self._shown = ed.result
         with self.out:
             self.out.clear_output()
-            display(HTML("<table><tr><th></th><th>test accuracy</th><th>mean frac_attn_out</th></tr>"
-                         f"<tr><td>before</td><td>{c['before']['acc']:.1f}%</td><td>{c['before']['frac_attn_out']:.3f}</td></tr>"
-                         f"<tr><td>after copy-replace ({c['after']['boxes']} boxes)</td><td>{c['after']['acc']:.1f}%</td>"
-                         f"<td>{c['after']['frac_attn_out']:.3f}</td></tr></table>"))
-            display(self.editor.before_after())
+            display(HTML(f"<b>Test accuracy and attention, one schedule ({ed.cfg.summary()}) and seed {ed.cfg.seed} for both "
+                         "fine-tunings</b>" + ed.comparison_frame().to_html()))
+            display(ed.before_after())
 
     def _ipython_display_(self): display(self.box)
+
+def fmt_eta(seconds: float) -> str:
+    "A time left as '0:42' or '1:02:03'."
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+# %% ../../nbs/api/hitl/04_box_widget.ipynb #08623005
+class StepProgress:
+    "One line updated in place: what runs, step k of n, the time left; at the end, how long it took."
+    def __init__(self,
+                 what: str | Callable[[], str],   # what runs (a function: asked at each update)
+                 every: float = 0.5,               # seconds between updates (the last step always shows)
+                 done: str | None = None):         # what the last line calls the whole (default: `what`)
+        self.what, self.every, self.done, self.t0 = what, every, done, time.monotonic()
+        self._last, self._handle, self.line = -math.inf, None, ""
+
+    def __call__(self, done: int, total: int):
+        "Step `done` of `total` (1-based) has finished."
+        now = time.monotonic()
+        if done < total and now - self._last < self.every: return
+        self._last, what = now, self.what() if callable(self.what) else self.what
+        el = now - self.t0
+        self.line = (f"{what}: step {done} of {total} · about {fmt_eta(el * (total - done) / max(done, 1))} left" if done < total
+                     else f"{self.done or what}: {total} steps in {el:.0f} s")
+        if self._handle is None: self._handle = display({"text/plain": self.line}, raw=True, display_id=True)
+        else: self._handle.update({"text/plain": self.line}, raw=True)

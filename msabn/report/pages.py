@@ -5,22 +5,25 @@
 # %% ../../nbs/api/report/01_pages.ipynb #210cb30d
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..experiments.catalog import TableExperiment
-from ..experiments.presets import base_preset, overrides_label
+from ..experiments.catalog import TEMPLATES, TableExperiment
+from ..experiments.overrides import BY_KEY
+from ..experiments.presets import base_preset, get_experiment, overrides_label
 from ..train.metrics import mean_std
 from .runs import (PAPER_FIG8_9, PAPER_TABLES, fig8_9_label, VERDICT_RULE, RunRecord, fmt_mean_std,
                                one_preset, orderings, paired, paper_gain, record_experiment, summarize, table_frame,
                                verdict_counts, fmt_interval)
 
 # %% auto #0
-__all__ = ['SHORT_SPLITS', 'METRIC_NAMES', 'markdown_table', 'table_figure', 'curve_frame', 'curve_figure', 'curve_verdicts',
-           'markdown_curves', 'verdict_summary', 'markdown_fig1']
+__all__ = ['SHORT_SPLITS', 'METRIC_NAMES', 'own_data', 'run_command', 'markdown_table', 'table_figure', 'curve_frame',
+           'curve_figure', 'curve_verdicts', 'markdown_curves', 'verdict_summary', 'markdown_fig1']
 
 # %% ../../nbs/api/report/01_pages.ipynb #886ca8c7
 SHORT_SPLITS = {"test": "test", "val": "validation", "test_iid": "test_iid"}
@@ -35,13 +38,35 @@ def _split_note(exp: TableExperiment, splits: Sequence[str]) -> str:
     return ("Splits: *test_iid* is in distribution (an image's background habitat goes with its class as in training, like the "
             "paper's test sets); *test (shifted)* draws the habitat independently of the class, so only the object tells the class.")
 
+def own_data(exp) -> str | None:
+    "The name of the user's own dataset a run read (`--set data=...`, or a `--set dataset=...` other than its preset's); None for the preset's data."
+    ov = dict(getattr(exp, "overrides", ()))
+    if "data" in ov: return Path(exp.data.subdir or exp.data.dataset).name
+    if "dataset" in ov and exp.data.dataset != get_experiment(exp.name, base_preset(exp.preset)).data.dataset: return exp.data.dataset
+    return None
+
+def run_command(
+    names: Sequence[str],                 # the experiments run (in any order)
+    preset: str,                          # a preset or a modified run's folder name ("smoke+1a2b3c4d")
+    seeds: Sequence[int],
+    overrides: Mapping[str, str] = {},    # the settings the runs changed (a RunRecord's `overrides`)
+) -> str:                                 # the msabn_run command that makes these runs (with --data-root DATA for the paper preset)
+    "The msabn_run command that makes the runs of a report: the experiments that were run, never 'all' for a part of them."
+    base = base_preset(preset)
+    which = [n for n in TEMPLATES if n in set(names)]
+    keys = sorted(overrides, key=lambda k: list(BY_KEY).index(k) if k in BY_KEY else len(BY_KEY))   # as the table lists them
+    sets = "".join(f" --set {shlex.quote(f'{k}={overrides[k]}')}" for k in keys)
+    return (f"msabn_run {' '.join(which) if len(which) < len(TEMPLATES) else 'all'} --preset {base} --seeds "
+            f"{' '.join(map(str, seeds))}" + (" --data-root DATA" if base == "paper" else "") + sets)
+
 def _data_line(exp: TableExperiment, metrics: Mapping) -> str:
     d = exp.data
-    sizes = ", ".join(f"{k} {v}" for k, v in metrics.get("data", {}).items())
-    if d.dataset != "synthetic":
-        own = {"dataset", "data"} & {k for k, _ in exp.overrides}   # the user's own data, not the paper's dataset
-        what = f"your data `{d.subdir}` (read in the {d.dataset} layout)" if own else PAPER_TABLES[exp.name].dataset
-        return f"{what} ({sizes}), {d.size} px, recipe `{d.recipe}`"
+    sizes = ", ".join(f"{k} {v}" for k, v in sorted(metrics.get("data", {}).items(), key=lambda kv: kv[0] != "train"))
+    own = own_data(exp)
+    if own:   # whose data it is: its name, classes and sizes
+        classes = f"{metrics['num_classes']} classes; " if metrics.get("num_classes") else ""
+        return f"your data `{own}` (a folder in the {d.dataset} layout: {classes}{sizes} images), {d.size} px, recipe `{d.recipe}`"
+    if d.dataset != "synthetic": return f"{PAPER_TABLES[exp.name].dataset} ({sizes}), {d.size} px, recipe `{d.recipe}`"
     s = dict(d.synthetic)
     kind = "fine-grained birds (classes differ in small parts)" if s.get("fine_grained") else "CIFAR-like silhouettes"
     extra = f", classes kept at shares {d.keep_fractions[0]:g} ... {d.keep_fractions[-1]:g} (imbalanced)" if d.keep_fractions else ""
@@ -50,36 +75,44 @@ def _data_line(exp: TableExperiment, metrics: Mapping) -> str:
 
 def _table_intro(exp: TableExperiment, preset: str, seeds: Sequence[int], missing: Sequence[int], metrics: Mapping) -> list[str]:
     "The lines above a table: its title, how ours were made (and which seeds are missing), and what the paper's are."
-    name, paper = exp.name, PAPER_TABLES[exp.name]
-    lines = [f"# {exp.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", ""]
+    name, paper, own = exp.name, PAPER_TABLES[exp.name], own_data(exp)
+    title = f"{exp.title.split(':')[0]}'s protocol on your data `{own}`" if own else exp.title
+    lines = [f"# {title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", ""]
     ep = exp.train.epochs
     lines.append(f"**Ours**: preset `{preset}`; data: {_data_line(exp, metrics)}; {ep} epoch{'s' if ep != 1 else ''}, batch "
                  f"{exp.train.batch_size}, SGD lr {exp.train.lr} divided by 10 after epochs {exp.train.milestone_epochs()}, weight decay "
                  f"{exp.train.weight_decay}{', class-weighted loss' if exp.train.class_weighted else ''}; the last epoch's numbers, "
                  f"mean ± sample std over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; one seed has no spread).")
-    if missing: lines.append(f"Seeds asked for but not complete: {', '.join(map(str, missing))} (run `msabn_run {name} --preset {preset} --seeds "
-                             f"{' '.join(map(str, missing))}`).")
+    if missing: lines.append(f"Seeds asked for but not complete: {', '.join(map(str, missing))} "
+                             f"(run `{run_command([name], preset, missing, dict(exp.overrides))}`).")
     if exp.overrides: lines.append(f"**{overrides_label(exp)}**" + (" Its numbers only show that the pipeline runs; never compare them "
                                    "with the paper's." if "DRY RUN" in overrides_label(exp) else ""))
     if base_preset(preset) != "paper":
         stand = "; ".join(f"`{c.backbone}` stands for {c.paper}" for c in exp.columns)
-        lines.append(f"Backbones: {stand}. Numbers on the embedded data are not comparable with the paper's in value, only in "
-                     f"ordering (which model beats which).")
+        lines.append(f"Backbones: {stand}." + ("" if own else " Numbers on the embedded data are not comparable with the paper's "
+                                                "in value, only in ordering (which model beats which)."))
     three = any("±" in v for rows in paper.values.values() for v in rows.values())
-    lines.append(f"**Paper**: {paper.dataset}, as published ({'mean ± std of 3 seeds' if three else 'one run'}).")
+    how = "mean ± std of 3 seeds" if three else "one run"
+    lines.append(f"**The paper's numbers** (on {paper.dataset}) are not a measurement on your data: they are shown after ours, on their own, "
+                 f"as published ({how})." if own else f"**Paper**: {paper.dataset}, as published ({how}).")
     return lines
 
 def _ordering_lines(exp: TableExperiment, od: pd.DataFrame, mname: str) -> list[str]:
     "The orderings of one metric as a markdown table (n, mean ± std, MDE, verdict per pair), their count, and the rule."
     if od.empty: return []
+    paper = f"paper, on {PAPER_TABLES[exp.name].dataset}" if own_data(exp) else "paper"
     lines = [f"### Orderings ({mname}, ours paired by seed: the difference of the two rows on the same seed)", "",
-             "| pair | ours: backbone (stands for) | split | paper (points) | ours: mean [95% CI] (points) | n | MDE (points) "
+             f"| pair | ours: backbone (stands for) | split | {paper} (points) | ours: mean [95% CI] (points) | n | MDE (points) "
              "| verdict |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, o in od.iterrows():
         lines.append(f"| {o.pair} | {o.backbone} ({o.column}) | {_split_label(exp, o.split)} | {fmt_mean_std(o.paper, sign=True)} | "
                      f"{fmt_interval(o.ours_mean, o.ci_lo, o.ci_hi)} | {o.n} | {fmt_mean_std(o.mde)} | {o.verdict} |")
     return lines + ["", f"Counted ({mname}): {verdict_counts(list(od.verdict))}.", "", VERDICT_RULE, ""]
+
+def _paper_cell(paper, metric: str, row: str, column: str) -> str:
+    t = paper.text(metric, row, column) if row in paper.rows else None
+    return (t.replace("±", " ± ") if t else "-") if row in paper.rows else "not in the paper"
 
 def markdown_table(
     records: Sequence[RunRecord],           # complete runs (one preset)
@@ -98,11 +131,12 @@ def markdown_table(
     lines = _table_intro(exp, preset, seeds, missing, runs[0].metrics)
     if _split_note(exp, splits): lines.append(_split_note(exp, splits))
     lines.append("")
+    own = own_data(exp)
     for metric in paper.metrics:
         mname = METRIC_NAMES[metric]
         ours = "DRY RUN, not a result" if "+dry-" in preset else "ours"
         head = ["model"] + [f"{ours}: {c.backbone}, {_split_label(exp, s)}" for c in exp.columns for s in splits] \
-               + [f"paper: {c}" for c in paper.columns]
+               + ([] if own else [f"paper: {c}" for c in paper.columns])
         lines += [f"## {mname.capitalize()}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for row in [r.name for r in exp.rows]:
             cells = [row]
@@ -111,11 +145,14 @@ def markdown_table(
                     x = summ[(summ.row == row) & (summ.column == c.paper) & (summ.split == s) & (summ.metric == metric)]
                     cells.append("not run (as the paper)" if x.empty and any(r.name == row and c.paper in r.skip for r in exp.rows)
                                  else "-" if x.empty else fmt_mean_std(x["mean"].iloc[0], x["std"].iloc[0]))
-            for c in paper.columns:
-                t = paper.text(metric, row, c) if row in paper.rows else None
-                cells.append((t.replace("±", " ± ") if t else "-") if row in paper.rows else "not in the paper")
+            for c in () if own else paper.columns: cells.append(_paper_cell(paper, metric, row, c))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if own:   # the paper's numbers on their own, never beside the numbers on the user's data
+            lines += [f"The paper's {mname} on {paper.dataset} (as published; not on your data):", "",
+                      "| model | " + " | ".join(f"paper: {c}" for c in paper.columns) + " |", "|" + " --- |" * (1 + len(paper.columns))]
+            lines += ["| " + " | ".join([row] + [_paper_cell(paper, metric, row, c) for c in paper.columns]) + " |" for row in paper.rows]
+            lines.append("")
         lines += _ordering_lines(exp, orderings(runs, name, metric), mname)
     return "\n".join(lines)
 
@@ -127,7 +164,7 @@ def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.F
     preset = one_preset(runs, name)
     exp, paper = record_experiment(runs[0]), PAPER_TABLES[name]
     df = table_frame(runs, name)
-    df = df[df.metric == "acc"].copy()
+    df, own = df[df.metric == "acc"].copy(), own_data(exp)
     df["split"] = [_split_label(exp, s).split(",")[0].split(" (")[0] for s in df.split]
     df["model"] = df["row"]
     order = [r.name for r in exp.rows]
@@ -141,12 +178,17 @@ def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.F
     sns.barplot(pdf, y="model", x="value", hue="column", order=order, ax=axes[1], orient="h")
     lo = pdf.value.min()
     axes[1].set_xlim(max(0, lo - 10), pdf.value.max() + 2)
-    axes[1].set_title(f"paper: {paper.dataset}", fontsize=9); axes[1].set_xlabel("accuracy (%)"); axes[1].set_ylabel("")
+    axes[1].set_title(f"the paper's, on {paper.dataset}" if own else f"paper: {paper.dataset}", fontsize=9); axes[1].set_xlabel("accuracy (%)"); axes[1].set_ylabel("")
     axes[1].legend(fontsize=7, loc="best"); axes[1].set_yticklabels([])
-    fig.suptitle(exp.title + (f"\n{overrides_label(exp)}" if exp.overrides else ""), fontsize=10)
+    title = f"{exp.title.split(':')[0]}'s protocol on your data `{own}`" if own else exp.title
+    fig.suptitle(title + (f"\n{overrides_label(exp)}" if exp.overrides else ""), fontsize=10)
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+def _data_name(src, table: str) -> str:
+    "A source table's data in a heading: the user's own by its name, else what the data stand for (or the paper's dataset)."
+    return f"your data `{own_data(src)}`" if own_data(src) else src.data.stands_for or PAPER_TABLES[table].dataset
 
 def curve_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     "Every point of the Fig. 8/9 runs: source, backbone, seed, lambda, fraction annotated, accuracies, gain."
@@ -187,7 +229,9 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
             if pg is not None: ax.plot([x], [pg], mk, color=colours[k], mfc="none", ms=7, label=f"paper {column}, {at}")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("fraction of training images annotated (copy-replace pool)"); ax.set_ylabel("accuracy gain over vanilla (points)")
-    ax.set_title(f"{fig8_9_label(table)['figure']}: {fig8_9_label(table)['dataset']} (ours: preset {preset}, n={df.seed.nunique()} seed(s))"
+    src = record_experiment(next(r for r in records if r.name == "fig8_9"), table)
+    on = f"your data {own_data(src)}" if own_data(src) else fig8_9_label(table)['dataset']
+    ax.set_title(f"{fig8_9_label(table)['figure']}: {on} (ours: preset {preset}, n={df.seed.nunique()} seed(s))"
                  + ("\nDRY RUN: not a result" if "+dry-" in preset else ""), fontsize=9)
     ax.set_xlim(0, 1.05); ax.grid(alpha=0.3); ax.legend(fontsize=7)
     fig.tight_layout()
@@ -225,12 +269,14 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
               if fig.fractions else "") + ", against vanilla fine-tuning with the same schedule; "
              f"fine-tuning seeds {list(fig.finetune_seeds)} per model; accuracy on the split named below; mean ± std over the runs' seeds; "
              "the gain is copy-replace minus vanilla of the same seed's model, judged against the paper's gain where it gives one.",
-             "**Paper**: gain over vanilla of about " + "; ".join(f"{v['dataset']} {v['20%']} points with 20% of the images annotated and "
+             ("**The paper's** (on its datasets, not yours): gain over vanilla of about " if any(own_data(record_experiment(runs[0], t))
+                                                                                              for t in fig.sources)
+              else "**Paper**: gain over vanilla of about ") + "; ".join(f"{v['dataset']} {v['20%']} points with 20% of the images annotated and "
              f"{v['almost all']} with almost all (ResNet-50 / ResNeXt-50 / EfficientNet-B3)" for v in PAPER_FIG8_9.values()) + ".", ""]
     if fig.overrides: lines[2:2] = [f"**{overrides_label(fig)}**", ""]
     for (source, column, backbone, split), d in cv.groupby(["source", "column", "backbone", "split"], sort=False):
         src = record_experiment(runs[0], source)
-        lines += [f"## {fig8_9_label(source)['figure']} ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}, "
+        lines += [f"## {fig8_9_label(source)['figure']} ({_data_name(src, source)}): `{backbone}` for {column}, "
                   f"accuracy on {_split_label(src, split)}", "",
                   "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean [95% CI] (points) | n | "
                   "MDE (points) | paper gain | verdict |", "|" + " --- |" * 10]
@@ -272,7 +318,7 @@ def markdown_fig1(records: Sequence[RunRecord]) -> str:
     df = pd.DataFrame(rows)
     for (source, column, backbone), d in df.groupby(["source", "column", "backbone"], sort=False):
         src = record_experiment(runs[0], source)
-        lines += [f"## {src.title.split(':')[0]} models ({src.data.stands_for or PAPER_TABLES[source].dataset}): `{backbone}` for {column}", "",
+        lines += [f"## {src.title.split(':')[0]} models ({_data_name(src, source)}): `{backbone}` for {column}", "",
                   "| model | map (h x w) | accuracy (%) | frac_attn_out |", "| --- | --- | --- | --- |"]
         for m, x in d.groupby("model", sort=False):
             lines.append(f"| {m} | {x.map_size.iloc[0][0]} x {x.map_size.iloc[0][1]} | {fmt_mean_std(*mean_std(x.acc))} | "

@@ -20,7 +20,7 @@ from ..experiments.catalog import TABLES, TEMPLATES, TITLES_SHORT
 from ..experiments.presets import PRESETS, base_preset, get_experiment, overrides_label
 from ..experiments.runner import templates_dir
 from .cost import write_cost
-from .pages import (curve_figure, markdown_curves, markdown_fig1, markdown_table, table_figure,
+from .pages import (curve_figure, markdown_curves, markdown_fig1, markdown_table, own_data, run_command, table_figure,
                                 verdict_summary)
 from .runs import RunRecord, collect_runs, fig8_9_label, record_experiment
 
@@ -192,14 +192,29 @@ def _check_same_report(folder: Path, earlier: dict, preset: str, seeds: Sequence
         f"writing the preset {preset}, seeds {list(seeds)} report there (the files in it are kept)")
     return {"preset": None, "seeds": None, "files": {}, "tables": {}}
 
+def _folder_settings(preset_dir: Path) -> tuple[list[str], dict] | None:
+    "The experiments and the settings (overrides) that made a modified run's folder, read from its runs' config.json; None if none."
+    names, ov = [], None
+    for cfg in sorted(preset_dir.glob("*/seed*/config.json")):
+        try: rec = load_json(cfg)
+        except (OSError, ValueError): continue
+        if isinstance(rec, dict) and ov is None: ov = dict(rec.get("overrides") or {})
+        names.append(cfg.parent.parent.name)
+    return (names, ov) if ov is not None else None
+
 def _no_runs(runs_dir: Path, preset: str, seeds: Sequence[int]) -> str:
-    "Why there is nothing to report, with what there is and the commands that make it."
-    cmd = f"msabn_run all --preset {preset} --seeds {' '.join(map(str, seeds))}"
-    if not runs_dir.is_dir(): return f"no complete runs of preset {preset!r} and seeds {seeds}: {runs_dir} does not exist: run `{cmd}` first"
+    "Why there is nothing to report, with what there is and the commands that make it (commands msabn_run takes as they are)."
+    made = _folder_settings(runs_dir / preset) if "+" in preset else None
+    if made: cmd = f"`{run_command(made[0], preset, seeds, made[1])}`"
+    elif "+" in preset: cmd = (f"the `msabn_run ... --preset {base_preset(preset)}` command with the --set settings that named {preset} "
+                               "(none of its runs is left to read them from)")
+    else: cmd = f"`{run_command(list(TEMPLATES), preset, seeds)}`"
+    runs = "" if Path(runs_dir) == Path("runs") else f" --runs-dir {runs_dir}"
+    if not runs_dir.is_dir(): return f"no complete runs of preset {preset!r} and seeds {seeds}: {runs_dir} does not exist: run {cmd} first"
     have = sorted({(r.preset, r.seed) for r in collect_runs(runs_dir)[0]})
     there = "; ".join(f"preset {p}, seed {s}" for p, s in have) or "none"
-    hint = "" if not have else f", or report what is there (`msabn_report --preset {have[0][0]} --seeds {have[0][1]}`)"
-    return f"no complete runs of preset {preset!r} and seeds {seeds} in {runs_dir} (complete runs there: {there}): run `{cmd}` first{hint}"
+    hint = "" if not have else f", or report what is there (`msabn_report --preset {have[0][0]} --seeds {have[0][1]}{runs}`)"
+    return f"no complete runs of preset {preset!r} and seeds {seeds} in {runs_dir} (complete runs there: {there}): run {cmd} first{hint}"
 
 def _out_folder(out_dir: str | Path) -> Path:
     "The output folder, made if missing; a clear error where it is a file."
@@ -210,14 +225,18 @@ def _out_folder(out_dir: str | Path) -> Path:
 
 # %% ../../nbs/api/report/03_write.ipynb #b30f18fe
 def _index_page(preset: str, seeds: Sequence[int], left_out: Sequence[str], stale: dict, earlier: dict, index: list[str],
-                label: str | None = None) -> str:
+                label: str | None = None, records: Sequence[RunRecord] = ()) -> str:
     "The report folder's README.md: how it was made (and, for modified runs, what was changed), what was left out or not updated, then every page."
     s = " ".join(map(str, seeds))
+    names = [r.name for r in records] or list(TEMPLATES)
+    own = sorted({o for r in records for o in [own_data(record_experiment(r))] if o})
+    run = run_command(names, preset, seeds, dict(records[0].overrides) if records else {})
+    data = (f" Every number here is on your data ({', '.join(f'`{o}`' for o in own)}): each page says whose data it is, and the "
+            "paper's numbers appear only as the paper's, on their own lines." if own else
+            " Every number here is on the embedded synthetic data (labelled as such in each table): comparable with the paper's "
+            "in ordering only." if base_preset(preset) != "paper" else "")
     lines = [f"# Results: preset `{preset}`, seeds {', '.join(map(str, seeds))}", "",
-             f"Made by `msabn_report --preset {preset} --seeds {s}` from the complete runs of `msabn_run all --preset {base_preset(preset)} --seeds {s}"
-             + (" --set ...` (the settings named above)." if "+" in preset else "`.") +
-             (" Every number here is on the embedded synthetic data (labelled as such in each table): comparable with the paper's "
-              "in ordering only." if base_preset(preset) != "paper" else ""), ""]
+             f"Made by `msabn_report --preset {preset} --seeds {s}` from the complete runs of `{run}`." + data, ""]
     if label: lines[2:2] = [f"**{label}**" + (": these pages check that the pipeline runs end to end; their numbers are not results and "
                                               "never belong beside the paper's." if label.startswith("DRY RUN") else
                                               "; never mixed with the unmodified runs of the preset."), ""]
@@ -254,7 +273,7 @@ def write_report(
         tables, index = _write_pages(tmp, [r for r in records if r.name not in stale], seeds, log)
         tables |= {n: {**earlier["tables"][n], "not_updated": why} for n, why in stale.items()}
         label = overrides_label(record_experiment(records[0])) if records[0].overrides else None
-        (tmp / "README.md").write_text(_index_page(preset, seeds, left_out, stale, earlier, index, label))
+        (tmp / "README.md").write_text(_index_page(preset, seeds, left_out, stale, earlier, index, label, records))
         runs = [{"experiment": r.name, "seed": r.seed, **{k: v for k, v in r.metrics.items() if k != "fingerprint"}}
                 for r in sorted(records, key=lambda r: (list(TEMPLATES).index(r.name), r.seed)) if r.name not in stale]
         save_json({"preset": preset, "seeds": seeds, "runs": runs, **({"not_updated": stale} if stale else {})}, tmp / "results.json")
@@ -323,10 +342,10 @@ def write_index(
         preset, seeds = folder.name.split("_seeds-")
         seeds = seeds.replace("-", " ")
         names = [n for n, t in TEMPLATES.items() if (folder / f"{t}.md").exists()]   # what this folder reports
-        which = "all" if len(names) == len(TEMPLATES) else " ".join(names)
+        try: ov = dict(load_json(folder / "results.json")["runs"][0].get("overrides") or {})   # a modified run's settings
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError): ov = {}
         lines += [f"## `{folder.name}/`: preset `{preset}`, seeds {seeds}", "",
-                  f"Made by: `msabn_run {which} --preset {base_preset(preset)} --seeds {seeds}" + (" --data-root DATA" if base_preset(preset) == "paper" else "") +
-                  (" --set ..." if "+" in preset else "") + f" && msabn_report --preset {preset} --seeds {seeds}`" +
+                  f"Made by: `{run_command(names, preset, seeds.split(), ov)} && msabn_report --preset {preset} --seeds {seeds}`" +
                   (" (a modified run: its README names what was changed; never mixed with the preset's own runs)" if "+" in preset else ""), "",
                   "| file | what |", "| --- | --- |"]
         stale = load_json(folder / MANIFEST).get("tables", {}) if (folder / MANIFEST).is_file() else {}

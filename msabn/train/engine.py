@@ -185,7 +185,8 @@ class _TrainingRun:
 def _resume(run: _TrainingRun):
     "Continue from out/checkpoint.pt if there is one: weights, optimizer, schedule, generators, history, position."
     path = run.out / "checkpoint.pt"
-    if not path.exists(): return say(f"resume=True but there is no checkpoint in {run.out.name}/: starting fresh", run.rank)
+    if not path.exists():   # an ordinary first run of resume=True
+        return say(f"first run in {run.out.name}/ (no checkpoint to resume from yet): training from the start", run.rank)
     try: ck = load_checkpoint(path, run.model)
     except CheckpointError as e:
         raise CheckpointError(f"{e}; resume with the model it was made for, or start again with overwrite=True (the old run "
