@@ -40,13 +40,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from msabn.data import BATCHED_RECIPES, MemoryImages
 from msabn.core import load_json, save_json, set_seed
+from msabn.data import BATCHED_RECIPES, MemoryImages, SyntheticConfig
 from msabn.experiments import get_experiment, load_splits
 from msabn.models import create_model
-from msabn.train import machine_figure, machine_figure_line
-from msabn.data import SyntheticConfig
-from msabn.train import evaluate, fit
+from msabn.train import evaluate, fit, machine_figure, machine_figure_line
 
 SPLITS = ("test_iid", "test")
 OTHER_INIT = 1000  # the other initialisation's seed offset
@@ -73,7 +71,12 @@ def cropped(d: MemoryImages) -> MemoryImages:
     return _like(d, out, torch.tensor([[0.0, 0.0, S, S]]).repeat(len(out), 1))
 
 
-MODES = {"Base": (None, 0), "Base (other init)": (None, OTHER_INIT), "habitat probe": (blanked, 0), "object oracle": (cropped, 0)}
+MODES = {
+    "Base": (None, 0),
+    "Base (other init)": (None, OTHER_INIT),
+    "habitat probe": (blanked, 0),
+    "object oracle": (cropped, 0),
+}
 
 
 TRAIN_KEYS, SYNTHETIC_KEYS = ("epochs", "lr", "batch_size"), {f.name for f in fields(SyntheticConfig)}
@@ -85,9 +88,9 @@ def parse_vary(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in SYNTHETIC_KEYS | set(TRAIN_KEYS) | {"backbone"}:
-            raise SystemExit(f"--vary {item!r}: expected KEY=VALUE with KEY one of backbone, {', '.join(TRAIN_KEYS)} or a "
-                             f"SyntheticConfig field ({', '.join(sorted(SYNTHETIC_KEYS))})")
-        num = lambda v: v if key == "backbone" else (int(v) if v.lstrip("-").isdigit() else float(v))
+            raise SystemExit(f"--vary {item!r}: expected KEY=VALUE with KEY one of backbone, {', '.join(TRAIN_KEYS)} "
+                             f"or a SyntheticConfig field ({', '.join(sorted(SYNTHETIC_KEYS))})")
+        num = lambda v, key=key: v if key == "backbone" else (int(v) if v.lstrip("-").isdigit() else float(v))
         out[key] = tuple(num(v) for v in value.split(",")) if "," in value else num(value)
     return out
 
@@ -97,7 +100,9 @@ def varied(exp, vary: dict):
     syn = {k: v for k, v in vary.items() if k in SYNTHETIC_KEYS}
     if "n_test" in syn: syn["n_test_iid"] = syn["n_test"]
     column = replace(exp.columns[0], backbone=vary["backbone"]) if "backbone" in vary else exp.columns[0]
-    data = replace(exp.data, synthetic={**exp.data.synthetic, **syn}, **({"size": syn["size"]} if "size" in syn else {}))
+    data = replace(
+        exp.data, synthetic={**exp.data.synthetic, **syn}, **({"size": syn["size"]} if "size" in syn else {})
+    )
     return replace(exp, data=data, columns=(column,),
                    train=replace(exp.train, **{k: v for k, v in vary.items() if k in TRAIN_KEYS}))
 
@@ -112,16 +117,21 @@ def check_modes(table: str, modes: list[str]):
     recipe = get_experiment(table, "smoke").data.recipe
     views = [m for m in modes if MODES[m][0]]
     if views and recipe not in BATCHED_RECIPES:
-        raise SystemExit(f"{table}: its smoke data are read image by image (the {recipe!r} recipe has no batch-wise augmentation), "
-                         f"so only the modes Base and 'Base (other init)' can train on it, not {', '.join(map(repr, views))}")
+        raise SystemExit(f"{table}: its smoke data are read image by image (the {recipe!r} recipe has no batch-wise "
+                         "augmentation), "
+                         "so only the modes Base and 'Base (other init)' can train on it, not "
+                         f"{', '.join(map(repr, views))}")
 
 
-def run(table: str, seeds: list[int], data_root: Path, modes: list[str], log: Path, vary: dict | None = None) -> list[dict]:
+def run(
+    table: str, seeds: list[int], data_root: Path, modes: list[str], log: Path, vary: dict | None = None
+) -> list[dict]:
     exp = varied(get_experiment(table, "smoke"), vary or {})
     column, row = exp.columns[0], next(r for r in exp.rows if r.name == "Base")
     splits = load_splits(exp.data, data_root, decoded=True)
     views = any(MODES[m][0] for m in modes)
-    assert not views or all(isinstance(v, MemoryImages) for v in splits.values()), "check_modes lets views through on decoded data only"
+    assert not views or all(isinstance(v, MemoryImages) for v in splits.values()), ("check_modes lets views through on "
+                                                                                    "decoded data only")
     var = label(vary or {})
     out, done = [], {(r["table"], r.get("vary", ""), r["mode"], r["seed"]) for r in _records(log)}
     for mode in modes:
@@ -136,8 +146,16 @@ def run(table: str, seeds: list[int], data_root: Path, modes: list[str], log: Pa
             fit(model, data["train"], None, cfg)
             seconds = time.perf_counter() - t
             acc = {s: evaluate(model, data[s], replace(cfg, progress=False))["acc"] for s in SPLITS}
-            rec = {"table": table, "stands_for": exp.data.stands_for, **({"vary": var} if var else {}), "mode": mode, "seed": seed, **acc,
-                   "train_seconds": round(seconds, 1), "image_steps": len(data["train"]) * cfg.epochs}
+            rec = {
+                "table": table,
+                "stands_for": exp.data.stands_for,
+                **({"vary": var} if var else {}),
+                "mode": mode,
+                "seed": seed,
+                **acc,
+                "train_seconds": round(seconds, 1),
+                "image_steps": len(data["train"]) * cfg.epochs,
+            }
             print(json.dumps(rec), flush=True)
             with log.open("a") as f: f.write(json.dumps(rec) + "\n")
             out.append(rec)
@@ -155,13 +173,17 @@ def summary(records: list[dict], vary: bool = False) -> list[str]:
     def ms(v): return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
     records = [r for r in records if bool(r.get("vary")) == vary]
     lead = "| variation " if vary else ""
-    lines = [f"{lead}| stand-in | model | n | test_iid | shifted test | iid - shifted |", "| --- " * (7 if vary else 6) + "|"]
+    lines = [
+        f"{lead}| stand-in | model | n | test_iid | shifted test | iid - shifted |",
+        "| --- " * (7 if vary else 6) + "|",
+    ]
     for table, var in dict.fromkeys((r["table"], r.get("vary", "")) for r in records):
         rs = [r for r in records if (r["table"], r.get("vary", "")) == (table, var)]
         lead = f"| `{var}` " if vary else ""
         for mode in dict.fromkeys(r["mode"] for r in rs):
             m = [r for r in rs if r["mode"] == mode]
-            lines.append(f"{lead}| {m[0]['stands_for']} ({table}) | {mode} | {len(m)} | {ms([r['test_iid'] for r in m])} | "
+            lines.append(f"{lead}| {m[0]['stands_for']} ({table}) | {mode} | {len(m)} | "
+                         f"{ms([r['test_iid'] for r in m])} | "
                          f"{ms([r['test'] for r in m])} | {ms([r['test_iid'] - r['test'] for r in m])} |")
         a = {r["seed"]: r for r in rs if r["mode"] == "Base"}
         b = {r["seed"]: r for r in rs if r["mode"] == "Base (other init)"}
@@ -179,7 +201,8 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--vary", nargs="+", default=[], metavar="KEY=VALUE", help="a variation of the frozen settings (see above)")
+    p.add_argument("--vary", nargs="+", default=[], metavar="KEY=VALUE", help="a variation of the frozen settings (see "
+                                                                              "above)")
     p.add_argument("--out", default="paper_figures/calibration")
     a = p.parse_args()
     vary = parse_vary(a.vary)
@@ -197,24 +220,43 @@ def main():
     res = out / "results.json"
     machines = load_json(res).get("machine_img_per_s_by_run", []) if res.exists() else []
     machines.append({"vary": label(vary), "machine_img_per_s": round(fig)})
-    save_json({"machine_img_per_s": round(fig), "machine_img_per_s_by_run": machines, "threads": a.threads, "records": records}, res)
+    save_json(
+        {
+            "machine_img_per_s": round(fig),
+            "machine_img_per_s_by_run": machines,
+            "threads": a.threads,
+            "records": records,
+        },
+        res,
+    )
     (out / "README.md").write_text(page(lines, variations))
 
 
 def page(lines: list[str], variations: list[str]) -> str:
     "The folder's page: what was trained, the frozen settings' table, the variations' table, and where the protocol is."
-    text = ("# Calibration of the embedded benchmark\n\nThe Base model alone, trained as the smoke preset trains it, and its "
-            "companions (another initialisation, the habitat-only probe, the object oracle); mean ± std over seeds, accuracy in %. "
-            "Made by `python benchmarks/calibration.py`; the machine figure of each invocation (the bare Base ResNet-20 train step "
-            "at 32 px, batch 128) is in results.json, and moves times, not accuracies. The protocol, the targets and what the "
-            "tables mean: the synthetic page (`nbs/api/data/03_synthetic.ipynb`, \"Calibration\"). Every run is a line of "
+    text = ("# Calibration of the embedded benchmark\n\nThe Base model alone, trained as the smoke preset trains it, "
+            "and its "
+            "companions (another initialisation, the habitat-only probe, the object oracle); mean ± std over seeds, "
+            "accuracy in %. "
+            "Made by `python benchmarks/calibration.py`; the machine figure of each invocation (the bare Base "
+            "ResNet-20 train step "
+            "at 32 px, batch 128) is in results.json, and moves times, not accuracies. The protocol, the targets and "
+            "what the "
+            "tables mean: the synthetic page (`nbs/api/data/03_synthetic.ipynb`, \"Calibration\"). Every run is a line "
+            "of "
             "records.jsonl.\n\n## The frozen smoke settings\n\n" + "\n".join(lines) + "\n")
     if len(variations) > 2:
-        text += ("\n## Variations of them (Base only, for the next calibration step; not frozen)\n\n"
-                 "Each made by `python benchmarks/calibration.py --tables TABLE --seeds 0 1 2 3 4 --modes Base "
-                 "\"Base (other init)\" --vary ...`, TABLE the stand-in's table, with the variation shown. Table 4's runs from before "
-                 "its stand-in was frozen at 64 px spell their settings out in full (backbone, size, n_train, epochs, n_test, lr, "
-                 "spurious), so that they stay what they were whatever the frozen settings are.\n\n" + "\n".join(variations) + "\n")
+        text += (
+            "\n## Variations of them (Base only, for the next calibration step; not frozen)\n\n"
+            "Each made by `python benchmarks/calibration.py --tables TABLE --seeds 0 1 2 3 4 --modes Base "
+            "\"Base (other init)\" --vary ...`, TABLE the stand-in's table, with the variation shown. Table 4's "
+            "runs from before "
+            "its stand-in was frozen at 64 px spell their settings out in full (backbone, size, n_train, epochs, "
+            "n_test, lr, "
+            "spurious), so that they stay what they were whatever the frozen settings are.\n\n"
+            + "\n".join(variations)
+            + "\n"
+        )
     return text
 
 

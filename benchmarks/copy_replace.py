@@ -44,20 +44,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msabn.experiments import get_experiment
-from msabn.hitl import PAPER_FINETUNE, score_attention
 from msabn.core import load_json, provenance, save_json, set_seed
-from msabn.experiments import load_splits
+from msabn.experiments import get_experiment, load_splits
+from msabn.hitl import (
+    ORDERINGS,
+    PAPER_FINETUNE,
+    compare_orderings,
+    copy_replace_curve,
+    lambda_for_fraction,
+    orderings_table,
+    plot_curve,
+    score_attention,
+    summarize_runs,
+)
 from msabn.models import create_model
-from msabn.hitl import (ORDERINGS, compare_orderings, copy_replace_curve, lambda_for_fraction, orderings_table,
-                        plot_curve, summarize_runs)
-from msabn.train import machine_figure, machine_figure_line
 from msabn.report import VERDICT_RULE, fmt_interval, paired
-from msabn.train import fit
+from msabn.train import fit, machine_figure, machine_figure_line
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_GAINS = ("CUB-200-2011, 20% annotated: +6 / +5 / +3 points (ResNet-50 / ResNeXt-50 / EfficientNet-B3); almost all: "
-               "+12.5 / +12.5 / +6. Stanford Cars, 20%: +2 / +1.5 / +0.5; almost all: +4.5 / +3.5 / +1.5 (read off Figs. 8 and 9).")
+PAPER_GAINS = ("CUB-200-2011, 20% annotated: +6 / +5 / +3 points (ResNet-50 / ResNeXt-50 / EfficientNet-B3); almost "
+               "all: "
+               "+12.5 / +12.5 / +6. Stanford Cars, 20%: +2 / +1.5 / +0.5; almost all: +4.5 / +3.5 / +1.5 (read off "
+               "Figs. 8 and 9).")
 
 
 def parse(argv=None):
@@ -67,15 +75,18 @@ def parse(argv=None):
                     help="pool sizes of the curve, as shares of the training images")
     ap.add_argument("--budgets", type=int, nargs="+", default=[25, 100], help="boxes drawn in the orderings comparison")
     ap.add_argument("--orderings", nargs="+", default=list(ORDERINGS))
-    ap.add_argument("--paper-finetune", action="store_true", help="the paper's fine-tuning schedule (50 epochs, batch 16)")
+    ap.add_argument("--paper-finetune", action="store_true", help="the paper's fine-tuning schedule (50 epochs, batch "
+                                                                  "16)")
     ap.add_argument("--reading", choices=("paper", "normalized"), default="paper",
                     help="frac_attn_out on the attention map as it is (the paper's) or min-max normalised first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=str(ROOT / "data"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "copy_replace"))
     ap.add_argument("--out", default=str(ROOT / "paper_figures" / "copy_replace"))
-    ap.add_argument("--replot", action="store_true", help="rewrite results.md and curve.png from --out/results.json, running nothing")
-    ap.add_argument("--quick", action="store_true", help="a seconds-long run on the tiny preset's data (for tests), not a result")
+    ap.add_argument("--replot", action="store_true", help="rewrite results.md and curve.png from --out/results.json, "
+                                                          "running nothing")
+    ap.add_argument("--quick", action="store_true", help="a seconds-long run on the tiny preset's data (for tests), "
+                                                         "not a result")
     a = ap.parse_args(argv)
     a.preset = "tiny" if a.quick else "smoke"
     if a.quick: a.seeds, a.fractions, a.budgets = a.seeds[:1], [0.5, 1.0], [4]
@@ -83,14 +94,16 @@ def parse(argv=None):
 
 
 def setup(preset: str):
-    "The preset's Table 1 experiment, its column, the row the smoke Figs. 8/9 fine-tune, and the preset's fine-tuning schedule."
+    ("The preset's Table 1 experiment, its column, the row the smoke Figs. 8/9 fine-tune, and the preset's fine-tuning "
+     "schedule.")
     table, fig = get_experiment("table1", preset), get_experiment("fig8_9", preset)
     row = next(r for r in table.rows if r.name == get_experiment("fig8_9", "smoke").row)
     return table, table.columns[0], row, fig.finetune
 
 
 def train_base(table, column, row, seed: int, train, out_dir: Path) -> torch.nn.Module:
-    "The model to fine-tune, trained as the preset's Table 1 trains it; found again in out_dir (fit resumes a finished run as is)."
+    ("The model to fine-tune, trained as the preset's Table 1 trains it; found again in out_dir (fit resumes a "
+     "finished run as is).")
     cfg = replace(table.train_config(column, row, seed, device="cpu"), progress=False)
     set_seed(seed)
     model = create_model(row.arch, column.backbone, train.num_classes, **row.model_kwargs())
@@ -106,10 +119,13 @@ def merge(per_seed: list[dict], fractions: list[float]) -> tuple[dict, dict]:
             name = r["name"] if r["name"] == "vanilla" else f"fraction={s['names'][r['name']]:g}"
             rows.append({**r, "name": name})
         orows += s["orderings"]["runs"]
-        for f, lam in zip(fractions, s["lambdas"]): lams[f].append(lam)
+        for f, lam in zip(fractions, s["lambdas"], strict=True): lams[f].append(lam)
         before.append(s["curve"]["before"])
     summ = {r["name"]: r for r in summarize_runs(rows)}
-    points = [{"lambda_out": float(np.mean(lams[f])), "lambda_out_per_seed": lams[f], **summ[f"fraction={f:g}"]} for f in fractions]
+    points = [
+        {"lambda_out": float(np.mean(lams[f])), "lambda_out_per_seed": lams[f], **summ[f"fraction={f:g}"]}
+        for f in fractions
+    ]
     mean = lambda k: float(np.mean([b[k] for b in before]))
     sd = lambda k: float(np.std([b[k] for b in before], ddof=1)) if len(before) > 1 else None
     curve = {"points": points, "vanilla": summ["vanilla"], "runs": rows,
@@ -140,23 +156,43 @@ READINGS = {  # settings' reading -> what results.md says (results made before t
 }
 
 
+
+def _diff(a, b): return None if a is None else a - b
+
 def report(res: dict) -> str:
     "results.md from results.json."
     curve, orders, st = res["curve"], res["orderings"], res["settings"]
-    seeds, n_train, n_test, seconds, cmd = st["seeds"], res["n_train"], res["n_test"], res["timing"]["total_s"], res["command"]
+    seeds, n_train, n_test, seconds, cmd = (
+        st["seeds"],
+        res["n_train"],
+        res["n_test"],
+        res["timing"]["total_s"],
+        res["command"],
+    )
     v, b = curve["vanilla"], curve["before"]
-    machine = f"machine figure {res['machine_img_per_s']} img/s" if "machine_img_per_s" in res else "the machine figure was not recorded"
+    machine = (
+        f"machine figure {res['machine_img_per_s']} img/s"
+        if "machine_img_per_s" in res
+        else "the machine figure was not recorded"
+    )
     L = ["# Copy-replace fine-tuning on the embedded benchmark", "",
-         f"Produced by `{cmd}` ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))}; {seconds / 60:.0f} min on the "
-         f"project's 2-core CPU, {st['threads']} thread(s), {machine}: the bare Base ResNet-20 train step at 32 px, batch 128). "
-         f"Data: the {st.get('data', 'CIFAR-like stand-in')}; model: {st.get('model', 'MSABN')}, one trained model per seed "
-         f"({n_train} training images). Mean ± standard deviation over seeds. Accuracy and frac_attn_out are measured on the "
+         f"Produced by `{cmd}` ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {', '.join(map(str, seeds))}; "
+         f"{seconds / 60:.0f} min on the "
+         f"project's 2-core CPU, {st['threads']} thread(s), {machine}: the bare Base ResNet-20 train step at 32 px, "
+         "batch 128). "
+         f"Data: the {st.get('data', 'CIFAR-like stand-in')}; model: {st.get('model', 'MSABN')}, one trained model per "
+         "seed "
+         f"({n_train} training images). Mean ± standard deviation over seeds. Accuracy and frac_attn_out are measured "
+         "on the "
          f"**shifted test split** ({n_test} images whose background habitat is independent of the class). See "
          f"`benchmarks/copy_replace.py` for every setting. {READINGS[st.get('reading', 'normalized')]}", "",
          "## Accuracy against the number of training images annotated (Figs. 8/9)", "",
-         "The pool for a point is every training image with frac_attn_out > lambda_out (the dataset's true boxes stand in "
-         "for the person); lambda_out is chosen per model so that the pool holds the stated number of boxes (its mean over seeds "
-         "is shown). Gain: copy-replace minus vanilla fine-tuning of the same seed, same schedule; its verdict against the "
+         "The pool for a point is every training image with frac_attn_out > lambda_out (the dataset's true boxes stand "
+         "in "
+         "for the person); lambda_out is chosen per model so that the pool holds the stated number of boxes (its mean "
+         "over seeds "
+         "is shown). Gain: copy-replace minus vanilla fine-tuning of the same seed, same schedule; its verdict against "
+         "the "
          "paper's sign (copy-replace ahead) follows the report's rule below.", "",
          "| images annotated | lambda_out (mean) | copy-replace acc (%) | vanilla acc (%) | gain (points) | n | "
          "gain: mean [95% CI] | verdict | test frac_attn_out: copy-replace | vanilla | change |",
@@ -164,24 +200,41 @@ def report(res: dict) -> str:
     gains = {r["name"]: r["gains"] for r in summarize_runs(curve["runs"])}   # per seed, paired with vanilla
     for p in curve["points"]:
         g = paired(1.0, gains[p["name"]])
-        L.append(f"| {p['pool_size']} ({100 * p['fraction_annotated']:.1f}%) | {p['lambda_out']:.3f} | {pm(p['acc'], p['acc_std'])} | "
-                 f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {g.n} | "
-                 f"{fmt_interval(g.mean, g.lo, g.hi)} | {g.verdict} | "
-                 f"{pm(p['frac_attn_out'], None, 3)} | {v['frac_attn_out']:.3f} | "
-                 f"{pm(None if p['frac_attn_out'] is None else p['frac_attn_out'] - v['frac_attn_out'], None, 3, sign=True)} |")  # an empty pool: -
-    L += ["", f"Before fine-tuning: test accuracy {pm(b['acc'], b['acc_std'])}%, test frac_attn_out {b['frac_attn_out']:.3f}; "
-          f"training accuracy {b['train_acc']:.1f}%, training frac_attn_out {b['train_frac_attn_out']:.3f}. "
-          f"Vanilla fine-tuning: test accuracy {pm(v['acc'], v['acc_std'])}%, test frac_attn_out {v['frac_attn_out']:.3f}.", "",
-          f"The paper, for scale (real datasets and models, 50 fine-tuning epochs): {PAPER_GAINS}", "",
-          "![accuracy against the fraction of training images annotated](curve.png)", "",
-          "Left: test accuracy (mean and spread over seeds; the seeds' models differ, so the spread is mostly theirs). "
-          "Right: the gain over vanilla fine-tuning of the same model and seed (mean ± std of the paired differences).", "",
-          VERDICT_RULE, "",
-          "## Which images to box first: accuracy gained per box drawn", "",
-          f"Each ordering shows the person (the simulated annotator: the dataset's true boxes) its first "
-          f"{' or '.join(str(b) for b in dict.fromkeys(t['budget'] for t in orders['table'])) or '?'} training images; copy-replace "
-          f"fine-tuning on those, minus vanilla fine-tuning of the same seed.", "",
-          orderings_table(orders), ""]
+        L.append(
+            f"| {p['pool_size']} ({100 * p['fraction_annotated']:.1f}%) | {p['lambda_out']:.3f} | "
+            f"{pm(p['acc'], p['acc_std'])} | "
+            f"{pm(v['acc'], v['acc_std'])} | **{pm(p['gain'], p['gain_std'], sign=True)}** | {g.n} | "
+            f"{fmt_interval(g.mean, g.lo, g.hi)} | {g.verdict} | "
+            f"{pm(p['frac_attn_out'], None, 3)} | {v['frac_attn_out']:.3f} | "
+            f"{pm(_diff(p['frac_attn_out'], v['frac_attn_out']), None, 3, sign=True)} |"
+        )  # an empty pool: -
+    L += [
+        "",
+        f"Before fine-tuning: test accuracy {pm(b['acc'], b['acc_std'])}%, test frac_attn_out "
+        f"{b['frac_attn_out']:.3f}; "
+        f"training accuracy {b['train_acc']:.1f}%, training frac_attn_out {b['train_frac_attn_out']:.3f}. "
+        f"Vanilla fine-tuning: test accuracy {pm(v['acc'], v['acc_std'])}%, test frac_attn_out "
+        f"{v['frac_attn_out']:.3f}.",
+        "",
+        f"The paper, for scale (real datasets and models, 50 fine-tuning epochs): {PAPER_GAINS}",
+        "",
+        "![accuracy against the fraction of training images annotated](curve.png)",
+        "",
+        "Left: test accuracy (mean and spread over seeds; the seeds' models differ, so the spread is mostly theirs). "
+        "Right: the gain over vanilla fine-tuning of the same model and seed (mean ± std of the paired differences).",
+        "",
+        VERDICT_RULE,
+        "",
+        "## Which images to box first: accuracy gained per box drawn",
+        "",
+        f"Each ordering shows the person (the simulated annotator: the dataset's true boxes) its first "
+        f"{' or '.join(str(b) for b in dict.fromkeys(t['budget'] for t in orders['table'])) or '?'} training images; "
+        "copy-replace "
+        f"fine-tuning on those, minus vanilla fine-tuning of the same seed.",
+        "",
+        orderings_table(orders),
+        "",
+    ]
     return "\n".join(L)
 
 
@@ -207,15 +260,30 @@ def main(argv=None):
         model = train_base(table, column, row, seed, train_aug, runs / f"seed{seed}" / "base")
         scores = score_attention(model, train_ev, normalize=a.reading == "normalized")
         lams = [lambda_for_fraction(scores, f) for f in a.fractions]
-        print(f"seed {seed}: model trained/loaded in {time.perf_counter() - t0:.0f} s; training accuracy {scores.acc:.1f}%, "
-              f"mean frac_attn_out {scores.frac_attn_out.mean():.3f}; lambda_out for {a.fractions}: {[round(l, 3) for l in lams]}", flush=True)
-        curve = copy_replace_curve(model, train_ev, test_ev, lams, ft, seeds=[seed], scores=scores, out_dir=runs / "finetune", progress=False)
-        names = {f"lambda={l:g}": f for l, f in zip(lams, a.fractions)}
+        print(f"seed {seed}: model trained/loaded in {time.perf_counter() - t0:.0f} s; training accuracy "
+              f"{scores.acc:.1f}%, "
+              f"mean frac_attn_out {scores.frac_attn_out.mean():.3f}; lambda_out for {a.fractions}: "
+              f"{[round(l, 3) for l in lams]}", flush=True)
+        curve = copy_replace_curve(
+            model, train_ev, test_ev, lams, ft, seeds=[seed], scores=scores, out_dir=runs / "finetune", progress=False
+        )
+        names = {f"lambda={l:g}": f for l, f in zip(lams, a.fractions, strict=True)}
         for p in curve["points"]:
-            print(f"  lambda_out {p['lambda_out']:.3f} ({p['pool_size']} images): copy-replace {pm(p['acc'], None)}% vs vanilla "
+            print(f"  lambda_out {p['lambda_out']:.3f} ({p['pool_size']} images): copy-replace {pm(p['acc'], None)}% "
+                  "vs vanilla "
                   f"{pm(curve['vanilla']['acc'], None)}%", flush=True)
-        orders = compare_orderings(model, train_ev, test_ev, budgets, ft, seeds=[seed], orderings=a.orderings, scores=scores,
-                                   out_dir=runs / "finetune", progress=False)
+        orders = compare_orderings(
+            model,
+            train_ev,
+            test_ev,
+            budgets,
+            ft,
+            seeds=[seed],
+            orderings=a.orderings,
+            scores=scores,
+            out_dir=runs / "finetune",
+            progress=False,
+        )
         per_seed.append({"seed": seed, "lambdas": lams, "names": names, "curve": curve, "orderings": orders})
         timing[f"seed{seed}_s"] = time.perf_counter() - t0
         print(f"seed {seed} done in {timing[f'seed{seed}_s']:.0f} s", flush=True)
@@ -228,8 +296,11 @@ def main(argv=None):
         if not t.startswith(("--data=", "--runs=", "--out=")): args.append(t)
     cmd = " ".join(["python benchmarks/copy_replace.py"] + args)
     settings = {k: v for k, v in vars(a).items() if k not in ("data", "runs", "out", "replot")}
-    settings |= {"data": table.data.stands_for + " stand-in (" + a.preset + " Table 1)", "model": f"{row.name} ({column.backbone})",
-                 "train": asdict(table.train_config(column, row, a.seeds[0], device="cpu"))}
+    settings |= {
+        "data": table.data.stands_for + " stand-in (" + a.preset + " Table 1)",
+        "model": f"{row.name} ({column.backbone})",
+        "train": asdict(table.train_config(column, row, a.seeds[0], device="cpu")),
+    }
     res = {"curve": curve, "orderings": orders, "per_seed": per_seed, "settings": settings,
            "finetune": asdict(ft), "n_train": n, "n_test": len(test_ev), "timing": {**timing, "total_s": seconds},
            "provenance": provenance("cpu"), "command": cmd, "machine_img_per_s": round(fig)}
@@ -243,7 +314,8 @@ def write(res: dict, out: Path):
     save_json(res, out / "results.json")
     st = res["settings"]
     fig = plot_curve({f"({st.get('model', 'MSABN')})": res["curve"]}, gain=True,
-                     title=f"embedded benchmark, shifted test split ({len(st['seeds'])} seed{'s' if len(st['seeds']) > 1 else ''})")
+                     title=f"embedded benchmark, shifted test split ({len(st['seeds'])} "
+                           f"seed{'s' if len(st['seeds']) > 1 else ''})")
     fig.savefig(out / "curve.png", dpi=100)
     (out / "results.md").write_text(report(res))
     print((out / "results.md").read_text())

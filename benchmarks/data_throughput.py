@@ -27,9 +27,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from msabn.data import collate, get_dataset, write_cifar100_fixture, write_cub_fixture
-from msabn.data import SYNTHETIC_PRESETS, make_synthetic
-from msabn.data import train_transform
+from msabn.data import (
+    SYNTHETIC_PRESETS,
+    collate,
+    get_dataset,
+    make_synthetic,
+    train_transform,
+    write_cifar100_fixture,
+    write_cub_fixture,
+)
 
 
 def images_per_second(ds, batch_size: int, workers: int, passes: int, threads: int | None = None) -> float:
@@ -60,12 +66,21 @@ def main():
         cub = get_dataset("cub", tmp/"cub", "train", transform=train_transform("fine_grained", 352))
         write_cifar100_fixture(tmp/"cifar", n_train=5120, n_test=10)
         cifar = get_dataset("cifar100", tmp/"cifar", "train", transform=train_transform("cifar", 32), verify=False)
-        for name, ds, bs in (("fine_grained train, 352 px, CUB-format JPEGs", cub, 16), ("cifar train, 32 px, CIFAR-100 pickles", cifar, 256)):
+        for name, ds, bs in (
+            ("fine_grained train, 352 px, CUB-format JPEGs", cub, 16),
+            ("cifar train, 32 px, CIFAR-100 pickles", cifar, 256),
+        ):
             # in the main process torch uses every core for each op; DataLoader workers use one thread each
-            for w, threads, how in ((0, None, f"0 workers, {torch.get_num_threads()} torch threads"), (0, 1, "0 workers, 1 torch thread"),
-                                    (2, None, "2 workers (1 thread each)")):
+            for w, threads, how in (
+                (0, None, f"0 workers, {torch.get_num_threads()} torch threads"),
+                (0, 1, "0 workers, 1 torch thread"),
+                (2, None, "2 workers (1 thread each)"),
+            ):
                 rows.append((name, how, images_per_second(ds, bs, w, args.passes, threads), len(ds), bs))
-                print(f"{rows[-1][0]:46s} {how:34s} {rows[-1][2]:8.0f} images/s  ({len(ds)} images, batch {bs})", flush=True)
+                print(
+                    f"{rows[-1][0]:46s} {how:34s} {rows[-1][2]:8.0f} images/s  ({len(ds)} images, batch {bs})",
+                    flush=True,
+                )
         for preset, cfg in SYNTHETIC_PRESETS.items():
             t0 = time.perf_counter()
             make_synthetic(tmp/f"syn_{preset}", cfg)

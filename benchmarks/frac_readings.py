@@ -106,7 +106,7 @@ def main(argv=None):
             model = model_from_checkpoint(cell_folder(folder, column.backbone, row) / "checkpoint.pt")
             res[row][seed] = measure(model, data, boxes, size)
             r = res[row][seed]
-            at = lambda reading: " / ".join(str(r[reading]["pools"][k]) for k in ("0", "0.3", "0.5"))
+            at = lambda reading, r=r: " / ".join(str(r[reading]["pools"][k]) for k in ("0", "0.3", "0.5"))
             print(f"seed {seed} {row}: pool at 0 / 0.3 / 0.5: paper {at('paper')}, normalized {at('normalized')}; "
                   f"50% pools share {r['shared_50']:.2f}", flush=True)
     print(f"\n{len(data)} training images, seeds {a.seeds}\n\n" + table(res))

@@ -17,9 +17,14 @@ from msabn.core import provenance, save_json
 from msabn.models import create_model
 from msabn.train import TrainConfig, TrainStep
 
-MODELS = {"Base": (dict(arch="base"), False), "ABN": (dict(arch="abn"), False),
-          "MSABN (literal)": (dict(arch="msabn"), False), "MSABN (efficient)": (dict(arch="msabn", variant="efficient"), False),
-          "Puzzle-MSABN (literal)": (dict(arch="msabn"), True), "Puzzle-MSABN (efficient)": (dict(arch="msabn", variant="efficient"), True)}
+MODELS = {
+    "Base": (dict(arch="base"), False),
+    "ABN": (dict(arch="abn"), False),
+    "MSABN (literal)": (dict(arch="msabn"), False),
+    "MSABN (efficient)": (dict(arch="msabn", variant="efficient"), False),
+    "Puzzle-MSABN (literal)": (dict(arch="msabn"), True),
+    "Puzzle-MSABN (efficient)": (dict(arch="msabn", variant="efficient"), True),
+}
 
 
 def main():
@@ -34,7 +39,9 @@ def main():
     torch.backends.cudnn.benchmark = True
     results = {}
     for name, (opts, puzzle) in MODELS.items():
-        model = create_model(backbone=a.backbone, num_classes=a.classes, **opts).to(dev, memory_format=torch.channels_last)
+        model = create_model(backbone=a.backbone, num_classes=a.classes, **opts).to(
+            dev, memory_format=torch.channels_last
+        )
         step = TrainStep(model, TrainConfig(puzzle=puzzle)).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         x = torch.randn(a.batch, 3, a.size, a.size, device=dev).contiguous(memory_format=torch.channels_last)
@@ -48,8 +55,13 @@ def main():
             opt.zero_grad(set_to_none=True); terms["loss"].backward(); opt.step()
             torch.cuda.synchronize()
             if i >= a.warmup: times.append(time.perf_counter() - t)
-        results[name] = {"images_per_s": a.batch / statistics.median(times), "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-        print(f"{name:<26}{results[name]['images_per_s']:>10.1f} img/s{results[name]['peak_gib']:>8.2f} GiB", flush=True)
+        results[name] = {
+            "images_per_s": a.batch / statistics.median(times),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }
+        print(
+            f"{name:<26}{results[name]['images_per_s']:>10.1f} img/s{results[name]['peak_gib']:>8.2f} GiB", flush=True
+        )
         del model, step, opt
         torch.cuda.empty_cache()
     save_json({"setting": vars(a), "results": results, "provenance": provenance("cuda")}, Path(a.out))

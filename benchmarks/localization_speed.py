@@ -26,8 +26,10 @@ from scipy import ndimage
 
 from msabn.explain import as_boxes, box_hits, normalize_maps
 
+THRESHOLDS = tuple(np.arange(0, 1, 0.01))  # the first version's thresholds
 
-def old_box_hits(maps, boxes, thresholds=tuple(np.arange(0, 1, 0.01)), deltas=(0.3, 0.5, 0.7), image_size=None):
+
+def old_box_hits(maps, boxes, thresholds=THRESHOLDS, deltas=(0.3, 0.5, 0.7), image_size=None):
     "The first version: a Python loop over images and thresholds, one scipy label per binary image."
     maps = normalize_maps(maps, image_size)
     gt = as_boxes(boxes, len(maps), tuple(maps.shape[-2:])).numpy()
@@ -80,7 +82,8 @@ def main(argv=None):
                 if name == "old": h_old = h
                 else: h_new = h
         old, new = (n / statistics.median(times[k]) for k in ("old", "new"))
-        print(f"| {size} px | {side}x{side} | {n} | {old:.1f} | {new:.1f} | {new / old:.1f}x | {100 * (h_old == h_new).mean():.1f}% |",
+        print(f"| {size} px | {side}x{side} | {n} | {old:.1f} | {new:.1f} | {new / old:.1f}x | "
+              f"{100 * (h_old == h_new).mean():.1f}% |",
               flush=True)
 
 

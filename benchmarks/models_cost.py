@@ -28,8 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from msabn.models import count_macs, count_params, create_model
-from msabn.models import puzzle_loss
+from msabn.models import count_macs, count_params, create_model, puzzle_loss
 
 MODELS = {  # label -> (arch, options, puzzle)
     "Base": ("base", {}, False),
@@ -71,7 +70,7 @@ def bench(setting: str, rounds: int, warmup: int) -> list[dict]:
         rows.append(dict(model=label, params=count_params(model), macs=count_macs(meta, (1, 3, size, size)), times=[]))
         runs.append((model, opt, puzzle))
     for r in range(warmup + rounds):
-        for row, (model, opt, puzzle) in zip(rows, runs):
+        for row, (model, opt, puzzle) in zip(rows, runs, strict=True):
             t = train_step(model, opt, x, y, puzzle)
             if r >= warmup: row["times"].append(t)
         print(f"  {setting}: round {r + 1}/{warmup + rounds} done", flush=True)
@@ -105,7 +104,10 @@ def main():
         for r in rows:
             print(f"| {r['model']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['step']:.3f} | "
                   f"{r['step_ratio']:.2f} | {r['macs_ratio']:.2f} |")
-        print("all step times (s): " + "; ".join(f"{r['model']}: " + ", ".join(f"{t:.2f}" for t in r["times"]) for r in rows))
+        print(
+            "all step times (s): "
+            + "; ".join(f"{r['model']}: " + ", ".join(f"{t:.2f}" for t in r["times"]) for r in rows)
+        )
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
 
 

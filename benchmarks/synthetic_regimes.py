@@ -24,9 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from msabn.core import set_seed
-from msabn.data import collate, get_dataset
-from msabn.data import SYNTHETIC_PRESETS, make_synthetic
-from msabn.data import eval_transform, recipe_for
+from msabn.data import SYNTHETIC_PRESETS, collate, eval_transform, get_dataset, make_synthetic, recipe_for
 
 SPLITS = ("train", "test_iid", "test")
 
@@ -38,7 +36,8 @@ def load(root: Path, split: str, recipe: str, size: int) -> tuple[torch.Tensor, 
 
 
 def small_cnn(width: int, num_classes: int, stem_stride: int) -> nn.Module:
-    def block(i, o, s): return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+    def block(i, o, s):
+        return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
     W = width
     return nn.Sequential(block(3, W, stem_stride), block(W, W, 1), block(W, 2 * W, 2), block(2 * W, 2 * W, 1),
                          block(2 * W, 4 * W, 2), block(4 * W, 4 * W, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -86,12 +85,14 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     cfg = SYNTHETIC_PRESETS[args.preset]
-    print(f"preset {args.preset}: {cfg}\nsmall CNN width {args.width}, {args.epochs} epochs, SGD 0.05 one-cycle, batch 64, "
+    print(f"preset {args.preset}: {cfg}\nsmall CNN width {args.width}, {args.epochs} epochs, SGD 0.05 one-cycle, batch "
+          "64, "
           f"torch threads {torch.get_num_threads()}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for sp in args.spurious: results[sp] = run(args.preset, sp, args.epochs, args.width, args.seed, Path(tmp))
-    print(f"\n| spurious | train | test_iid | test (shifted) |  (chance {1 / cfg.num_classes:.2f})\n| --- | --- | --- | --- |")
+    print(f"\n| spurious | train | test_iid | test (shifted) |  (chance {1 / cfg.num_classes:.2f})\n| --- | --- | --- "
+          "| --- |")
     for sp, acc in results.items(): print(f"| {sp} | " + " | ".join(f"{acc[s]:.2f}" for s in SPLITS) + " |")
 
 

@@ -17,11 +17,9 @@ import pandas as pd
 import torch
 
 from msabn.core import device_name, set_seed
-from msabn.data import get_dataset
+from msabn.data import get_dataset, make_synthetic, train_transform
 from msabn.models import create_model
-from msabn.data import make_synthetic
 from msabn.train import TrainConfig, fit
-from msabn.data import train_transform
 
 MODELS = {"Base": dict(arch="base"), "ABN": dict(arch="abn"),
           "MSABN (literal)": dict(arch="msabn"), "MSABN (efficient)": dict(arch="msabn", variant="efficient")}
@@ -52,7 +50,8 @@ def main():
             t = res["timing"]
             outside = (t["total_s"] - t["model_s"]) / t["total_s"]
             model_ips = len(data) // 128 * 128 * a.epochs / t["model_s"]
-            print(f"{name:<20}{run_ips:>12.0f}{model_ips:>15.0f}{100 * outside:>14.1f}%{100 * t['data_s'] / t['total_s']:>15.1f}%")
+            data_share = 100 * t["data_s"] / t["total_s"]
+            print(f"{name:<20}{run_ips:>12.0f}{model_ips:>15.0f}{100 * outside:>14.1f}%{data_share:>15.1f}%")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,6 @@ from .core import set_seed
 from .data.datasets import get_dataset
 from .data.synthetic import make_synthetic
 from .data.transforms import eval_transform, train_transform
-from .models.attention import upsample_map
-from .models.backbones import create_backbone
-from .models.networks import ModelOutput, count_macs, count_params, create_model
-from .models.puzzle import puzzle_loss
-from .train.engine import evaluate, fit
-from .train.losses import total_loss
-from .train.recipe import TrainConfig
 from .explain.attention_export import collect_attention
 from .explain.explainers import create_explainer
 from .explain.localization import frac_attn_out, localization_scores
@@ -28,6 +21,13 @@ from .hitl.annotate import BoxStore
 from .hitl.box_editor import BoxEditor
 from .hitl.copy_replace import CopyReplace, finetune, score_attention
 from .hitl.ordering import order_images
+from .models.attention import upsample_map
+from .models.backbones import create_backbone
+from .models.networks import ModelOutput, count_macs, count_params, create_model
+from .models.puzzle import puzzle_loss
+from .train.engine import evaluate, fit
+from .train.losses import total_loss
+from .train.recipe import TrainConfig
 
 _all_ = ["set_seed", "get_dataset", "make_synthetic", "eval_transform", "train_transform", "create_backbone",
          "ModelOutput", "count_macs", "count_params", "create_model", "upsample_map", "puzzle_loss", "evaluate", "fit",

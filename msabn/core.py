@@ -51,7 +51,8 @@ def get_device(
     if isinstance(device, torch.device): device = str(device)
     if device == "auto":
         if torch.cuda.is_available(): return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
         return torch.device("cpu")
     dev = torch.device(device)  # raises on malformed names
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -143,7 +144,9 @@ def git_commit(path: str | Path | None = None) -> dict | None:
         spec = importlib.util.find_spec("msabn")
         path = Path(spec.origin).parent if spec and spec.origin else Path.cwd()
     try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=path, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        run = lambda *a: subprocess.run(
+            ["git", *a], cwd=path, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError): return None
 
@@ -170,7 +173,8 @@ def stored_key_numbers(
     if len(cells) != 1: raise ValueError(f"{notebook}: expected one cell marked {marker!r}, found {len(cells)}")
     text = "".join("".join(o.get("text", "")) for o in cells[0].get("outputs", []) if o.get("output_type") == "stream")
     lines = [line for line in text.splitlines() if line.startswith("{")]
-    if not lines: raise ValueError(f"{notebook}: the cell marked {marker!r} has no stored JSON line: run the notebook and save it")
+    if not lines: raise ValueError(f"{notebook}: the cell marked {marker!r} has no stored JSON line: run the notebook "
+                                   "and save it")
     return json.loads(lines[-1])
 
 def check_key_numbers(

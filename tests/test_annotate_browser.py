@@ -45,8 +45,13 @@ def _free_port() -> int:
 
 def _settings(folder: Path):
     "User settings: render every cell (no windowing, so cells can be found) and never ask the internet for news."
-    for rel, value in {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-                       "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False}}.items():
+    for rel, value in {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
+    }.items():
         p = folder / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(value))
@@ -55,17 +60,37 @@ def _settings(folder: Path):
 def jupyterlab(root_dir: Path, home: Path):
     "Start JupyterLab serving root_dir; yields (base_url, token, process); stops it and its kernels after."
     port, token = _free_port(), secrets.token_hex(16)
-    for d in ("config", "data", "runtime", "settings", "workspaces", "ipython"): (home / d).mkdir(parents=True, exist_ok=True)
+    for d in ("config", "data", "runtime", "settings", "workspaces", "ipython"):
+        (home / d).mkdir(parents=True, exist_ok=True)
     _settings(home / "settings")
     env = {k: v for k, v in os.environ.items() if k != "IN_TEST"}
-    env.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
-               IPYTHONDIR=str(home / "ipython"), JUPYTER_PLATFORM_DIRS="1", PYTHONUNBUFFERED="1")
+    env.update(
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_DATA_DIR=str(home / "data"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        IPYTHONDIR=str(home / "ipython"),
+        JUPYTER_PLATFORM_DIRS="1",
+        PYTHONUNBUFFERED="1",
+    )
     log = open(home / "jupyterlab.log", "w")
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}", "--LabApp.expose_app_in_browser=True",
-           "--ServerApp.terminals_enabled=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--LabApp.extension_manager=readonly"] + (["--allow-root"] if os.geteuid() == 0 else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root_dir}",
+        "--LabApp.expose_app_in_browser=True",
+        "--ServerApp.terminals_enabled=False",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+    ] + (["--allow-root"] if os.geteuid() == 0 else [])
     proc = subprocess.Popen(cmd, cwd=root_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -120,7 +145,7 @@ JS_RUN_ALL = """() => {
 
 def run_all(page, timeout: float = 600) -> dict:
     "Run All and wait until every code cell has run; asked again once if the request was lost. The final state."
-    for attempt in (0, 1):
+    for _attempt in (0, 1):
         page.evaluate(JS_RUN_ALL)
         t0 = time.time()
         while time.time() - t0 < timeout:
@@ -129,7 +154,8 @@ def run_all(page, timeout: float = 600) -> dict:
                 if st["errors"]: pytest.fail(f"a tutorial cell failed in JupyterLab: {st['errors']}")
                 code = [c for c in st["counts"] if c != -1]
                 if st["status"] == "idle" and code and all(c is not None for c in code): return st
-                if st["status"] == "idle" and all(c is None for c in code) and time.time() - t0 > 15: break  # lost: again
+                # lost: again
+                if st["status"] == "idle" and all(c is None for c in code) and time.time() - t0 > 15: break
             time.sleep(0.5)
         else:
             pytest.fail(f"Run All did not finish within {timeout} s: {page.evaluate(JS_STATE)}")
@@ -141,7 +167,8 @@ def wait_kernel_idle(page, timeout: float = 60):
                   && nb.sessionContext.session.kernel.status === 'idle'); }""", timeout=timeout * 1000)
 
 def dismiss_dialogs(page, seconds: float = 0):
-    "Close JupyterLab's dialogs (e.g. 'the kernel appears to have died. It will restart automatically.'), for `seconds`."
+    ("Close JupyterLab's dialogs (e.g. 'the kernel appears to have died. It will restart automatically.'), for "
+     "`seconds`.")
     end = time.time() + seconds
     while True:
         d = page.locator(".jp-Dialog")
@@ -224,9 +251,11 @@ def test_box_editor_in_jupyterlab():
                 # the editor is there: the widget's image, enlarged 8x
                 img = page.locator(".msabn-bbox img").first
                 img.wait_for(state="visible", timeout=30_000)
-                page.wait_for_function("() => { const i = document.querySelector('.msabn-bbox img'); return i && i.complete && i.naturalWidth > 0; }")
+                page.wait_for_function("() => { const i = document.querySelector('.msabn-bbox img'); return i && "
+                                       "i.complete && i.naturalWidth > 0; }")
                 img.scroll_into_view_if_needed()
-                nat = page.evaluate("() => { const i = document.querySelector('.msabn-bbox img'); return [i.naturalWidth, i.naturalHeight]; }")
+                nat = page.evaluate("() => { const i = document.querySelector('.msabn-bbox img'); return "
+                                    "[i.naturalWidth, i.naturalHeight]; }")
                 assert nat == [32 * SCALE, 32 * SCALE], nat
                 first = shown_index(page)
 
@@ -236,15 +265,17 @@ def test_box_editor_in_jupyterlab():
                 drag(page, bb, *DRAG)
                 # the widget maps the page to the image's natural pixels and rounds; the editor divides by the scale.
                 # The image may sit at a fractional page offset (it moves with the text above it), and the browser's
-                # mouse events carry whole page pixels: so the drag lands within one display pixel of where it was aimed.
+                # mouse events carry whole page pixels: so the drag lands within one display pixel of where it was
+                # aimed.
                 sx, sy = nat[0] / bb["width"], nat[1] / bb["height"]
                 (x0, y0), (x1, y1) = DRAG
                 aimed = [x0 * sx / SCALE, y0 * sy / SCALE, x1 * sx / SCALE, y1 * sy / SCALE]
                 boxes = wait_for_boxes(store, 1)
                 assert list(boxes) == [str(first)], (boxes, first)
                 expect = boxes[str(first)]["box"]
-                assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(expect, aimed)), (boxes, aimed)
-                assert all(v * SCALE == round(v * SCALE) for v in expect), expect      # whole display pixels, divided by the scale
+                assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(expect, aimed, strict=True)), (boxes, aimed)
+                # whole display pixels, divided by the scale
+                assert all(v * SCALE == round(v * SCALE) for v in expect), expect
                 assert boxes[str(first)]["image_size"] == [32, 32]
                 page.wait_for_selector(f"text=image {first}: saved box", timeout=10_000)
                 SCREENSHOTS.mkdir(exist_ok=True)
@@ -260,7 +291,7 @@ def test_box_editor_in_jupyterlab():
                 boxes = wait_for_boxes(store, 2)
                 edge = boxes[str(second)]["box"]
                 assert edge[2] == 32, edge
-                assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(edge, (20, 12.5, 32, 25))), edge
+                assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(edge, (20, 12.5, 32, 25), strict=True)), edge
                 page.wait_for_selector(f"text=image {second}: saved box", timeout=10_000)
                 page.wait_for_selector("text=(cut to the image)", timeout=10_000)
                 time.sleep(1)
@@ -331,8 +362,8 @@ def test_box_editor_in_jupyterlab():
                 bb = img.bounding_box()
                 rect = largest_rect(page)
                 got = [rect[0] - bb["x"], rect[1] - bb["y"], rect[0] + rect[2] - bb["x"], rect[1] + rect[3] - bb["y"]]
-                want = [v * SCALE / s for v, s in zip(edge, (sx, sy, sx, sy))]
-                assert all(abs(g - w) <= 3 for g, w in zip(got, want)), (got, want)
+                want = [v * SCALE / s for v, s in zip(edge, (sx, sy, sx, sy), strict=True)]
+                assert all(abs(g - w) <= 3 for g, w in zip(got, want, strict=True)), (got, want)
                 page.screenshot(path=str(SCREENSHOTS / "box-editor-after-restart.png"))
             finally:
                 ctx.close()

@@ -1,6 +1,6 @@
-"""The in-memory engine (msabn.data.memory): decoded datasets give the file-backed items, the batch-wise augmentation is the
-per-image transforms v2 pipeline given the same random parameters (boxes moved exactly alike), and fit on it trains and
-resumes exactly after a kill."""
+"""The in-memory engine (msabn.data.memory): decoded datasets give the file-backed items, the batch-wise augmentation is
+the per-image transforms v2 pipeline given the same random parameters (boxes moved exactly alike), and fit on it
+trains and resumes exactly after a kill."""
 import os
 import signal
 import subprocess
@@ -10,18 +10,25 @@ import time
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torchvision.transforms import v2
 
-from conftest import ROOT
-from msabn.data import augment_batch, decode, memory_batches, sample_params, select_params
-from msabn.train import EpochBatches
 from msabn.core import set_seed
-from msabn.data import get_dataset, make_box
+from msabn.data import (
+    augment_batch,
+    decode,
+    eval_transform,
+    get_dataset,
+    make_box,
+    make_synthetic,
+    memory_batches,
+    sample_params,
+    select_params,
+    train_transform,
+)
 from msabn.models import create_model
-from msabn.data import make_synthetic
-from msabn.train import TrainConfig, evaluate, fit
-from msabn.data import eval_transform, train_transform
+from msabn.train import EpochBatches, TrainConfig, evaluate, fit
 
 SCRIPT = ROOT / "tests" / "scripts" / "train_tiny.py"
 
@@ -37,7 +44,7 @@ def _apply(t, item, params):
     "One v2 transform on an item dict with its random parameters given (not drawn)."
     flat, spec = tree_flatten(item)
     need = t._needs_transform_list(flat)
-    return tree_unflatten([t.transform(x, params) if n else x for x, n in zip(flat, need)], spec)
+    return tree_unflatten([t.transform(x, params) if n else x for x, n in zip(flat, need, strict=True)], spec)
 
 
 def _per_image(tf: v2.Compose, item: dict, p: dict, noise, monkeypatch) -> dict:
@@ -82,7 +89,9 @@ def test_batched_augmentation_is_the_per_image_pipeline(roots, recipe, monkeypat
     params = sample_params(recipe, n, size, torch.Generator().manual_seed(3))
     if recipe == "fine_grained":  # exercise every branch at least once
         params["blur"][:4], params["solarize"][2:6], params["noise_on"][1:5] = True, True, True
-        params["noise"] = torch.randn(int(params["noise_on"].sum()), 3, size, size, generator=torch.Generator().manual_seed(4))
+        params["noise"] = torch.randn(
+            int(params["noise_on"].sum()), 3, size, size, generator=torch.Generator().manual_seed(4)
+        )
     x, boxes = augment_batch(mem.images[:n], mem.boxes[:n], recipe, params)
     tf = train_transform(recipe, size)
     rows = params["noise_on"].cumsum(0) - 1 if "noise_on" in params else None
@@ -135,16 +144,26 @@ def test_sampled_parameters_follow_the_pipelines_distributions():
 def test_decoded_dataset_gives_the_file_backed_items(roots, recipe):
     files = get_dataset("synthetic", roots[recipe], "test_iid")
     mem = decode(files, recipe, 32, train=False)
-    assert (len(mem), mem.classes, mem.num_classes, mem.split) == (len(files), files.classes, files.num_classes, files.split)
+    assert (len(mem), mem.classes, mem.num_classes, mem.split) == (
+        len(files),
+        files.classes,
+        files.num_classes,
+        files.split,
+    )
     assert torch.equal(mem.targets, files.targets) and torch.equal(mem.habitats, files.habitats)
     resized = files.with_transform(v2.Resize((32, 32)))
     for i in range(len(files)):
         a, b = mem.with_transform(None)[i], resized[i]
         assert set(a) == set(b) and a["label"] == b["label"] and a["index"] == b["index"] == i
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["box"], b["box"]) and a["box"].canvas_size == (32, 32)
-        assert torch.equal(mem[i]["image"], files.with_transform(mem.transform)[i]["image"])  # its eval pipeline, per item
+        assert (
+            torch.equal(a["image"], b["image"]) and torch.equal(a["box"], b["box"]) and a["box"].canvas_size == (32, 32)
+        )
+        # its eval pipeline, per item
+        assert torch.equal(mem[i]["image"], files.with_transform(mem.transform)[i]["image"])
     batch = next(memory_batches(mem, EpochBatches(len(mem), 4, shuffle=False, train=False), train=False))
-    assert torch.allclose(batch["image"], torch.stack([files.with_transform(mem.transform)[i]["image"] for i in range(4)]))
+    assert torch.allclose(
+        batch["image"], torch.stack([files.with_transform(mem.transform)[i]["image"] for i in range(4)])
+    )
 
 
 def test_decode_refuses_what_it_cannot_hold(roots):
@@ -158,13 +177,29 @@ def test_fit_on_the_decoded_data_trains(roots, tmp_path):
     test = decode(get_dataset("synthetic", roots["cifar"], "test_iid"), "cifar", 32, train=False)
     set_seed(0)
     model = create_model("abn", "resnet20", train.num_classes)
-    fit(model, train, test, TrainConfig(epochs=3, batch_size=16, lr=0.05, progress=False, device="cpu"), out_dir=tmp_path)
+    fit(
+        model,
+        train,
+        test,
+        TrainConfig(epochs=3, batch_size=16, lr=0.05, progress=False, device="cpu"),
+        out_dir=tmp_path,
+    )
     tr = pd.read_csv(tmp_path / "history.csv").query("split == 'train'")
     assert tr.loss.iloc[-1] < tr.loss.iloc[0], tr.loss.tolist()
 
 
 def _tiny(args):
-    return [sys.executable, str(SCRIPT), *map(str, args), "--arch", "base", "--deterministic", "--memory", "--batch-size", "8"]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        *map(str, args),
+        "--arch",
+        "base",
+        "--deterministic",
+        "--memory",
+        "--batch-size",
+        "8",
+    ]
 
 
 def test_memory_path_killed_and_resumed_equals_uninterrupted(roots, tmp_path):
@@ -203,7 +238,7 @@ def test_each_image_is_augmented_alike_whatever_the_number_of_processes(roots, r
         b = EpochBatches(len(mem), 8, seed=5, rank=rank, world_size=world); b.set_epoch(2)
         return list(memory_batches(mem, b, train=True))
     one, r0, r1 = epoch(0, 1), epoch(0, 2), epoch(1, 2)
-    for a, b0, b1 in zip(one, r0, r1):
+    for a, b0, b1 in zip(one, r0, r1, strict=True):
         assert torch.equal(a["index"][0::2], b0["index"]) and torch.equal(a["index"][1::2], b1["index"])
         assert torch.equal(a["image"][0::2], b0["image"]) and torch.equal(a["image"][1::2], b1["image"])
         assert torch.equal(a["box"][1::2], b1["box"])

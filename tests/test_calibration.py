@@ -30,9 +30,11 @@ def test_a_variation_is_recorded_tabled_apart_and_resumed(tmp_path):
     recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 4 and {x["vary"] for x in recs} == {"n_train=48 n_test=24 epochs=1 spurious=0.9"}
     assert {(x["mode"], x["seed"]) for x in recs} == {(m, s) for m in ("Base", "Base (other init)") for s in (0, 1)}
-    assert all(x["image_steps"] == 48 and 0 <= x["test"] <= 100 for x in recs)   # 48 images x 1 epoch: the variation was applied
+    # 48 images x 1 epoch: the variation was applied
+    assert all(x["image_steps"] == 48 and 0 <= x["test"] <= 100 for x in recs)
     page = (out / "README.md").read_text()
-    assert "## Variations of them" in page and "| `n_train=48 n_test=24 epochs=1 spurious=0.9` | CIFAR-100 (table1) | Base - Base (other init), paired | 2 |" in page
+    assert "## Variations of them" in page and ("| `n_train=48 n_test=24 epochs=1 spurious=0.9` | CIFAR-100 (table1) | "
+                                                "Base - Base (other init), paired | 2 |") in page
     assert "## The frozen smoke settings" in page and str(tmp_path) not in page
     again = _run(TINY, out)                                # every run recorded: nothing is trained again
     assert again.returncode == 0 and len((out / "records.jsonl").read_text().splitlines()) == 4, again.stderr[-2000:]
@@ -57,5 +59,7 @@ def test_a_size_variation_draws_and_feeds_the_network_at_that_size():
 
 def test_a_probe_on_data_read_image_by_image_is_refused_before_anything_runs(tmp_path):
     r = _run(["--tables", "table2", "--modes", "Base", "habitat probe"], tmp_path / "cal")
-    assert r.returncode != 0 and "table2" in r.stderr and "'imagenet' recipe" in r.stderr and "'habitat probe'" in r.stderr
+    assert (
+        r.returncode != 0 and "table2" in r.stderr and "'imagenet' recipe" in r.stderr and "'habitat probe'" in r.stderr
+    )
     assert "machine figure" not in r.stdout and not (tmp_path / "cal").exists()

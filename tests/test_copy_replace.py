@@ -13,17 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import ROOT
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import ROOT
-from msabn.hitl import BoxStore
-from msabn.hitl import BoxEditor
-from msabn.hitl import CopyReplace, EmptyPoolError, box_pixels, finetune, score_attention
-from msabn.data import ImageDataset, get_dataset
+from msabn.data import ImageDataset, eval_transform, get_dataset, make_synthetic, train_transform
+from msabn.hitl import BoxEditor, BoxStore, CopyReplace, EmptyPoolError, box_pixels, finetune, score_attention
 from msabn.models import ModelOutput
-from msabn.data import make_synthetic
 from msabn.train import SeededSamples, TrainConfig
-from msabn.data import eval_transform, train_transform
 
 torch.set_num_threads(1)
 
@@ -46,7 +42,9 @@ def test_pasted_region_is_the_donor_patch_resized(bench):
         t, dn = raw[i], raw[d]
         tx0, ty0, tx1, ty1 = box_pixels(t["box"][0].tolist(), 32, 32)
         dx0, dy0, dx1, dy1 = box_pixels(dn["box"][0].tolist(), 32, 32)
-        want = TF.resize(dn["image"].as_subclass(torch.Tensor)[:, dy0:dy1, dx0:dx1], [ty1 - ty0, tx1 - tx0], antialias=True)
+        want = TF.resize(
+            dn["image"].as_subclass(torch.Tensor)[:, dy0:dy1, dx0:dx1], [ty1 - ty0, tx1 - tx0], antialias=True
+        )
         assert torch.equal(s["image"][:, ty0:ty1, tx0:tx1], want)                       # the donor's patch, resized
         outside = torch.ones(32, 32, dtype=torch.bool); outside[ty0:ty1, tx0:tx1] = False
         assert torch.equal(s["image"][:, outside], t["image"][:, outside])              # nothing else changed
@@ -100,7 +98,9 @@ class _BoxMap(nn.Module):
         self.config = {"num_classes": 2}
     def forward(self, x):
         b = len(x)
-        return ModelOutput(torch.zeros(b, 2) + self.w, torch.zeros(b, 2), self.m.expand(b, -1, -1, -1), torch.zeros(b, 2, 8, 8))
+        return ModelOutput(
+            torch.zeros(b, 2) + self.w, torch.zeros(b, 2), self.m.expand(b, -1, -1, -1), torch.zeros(b, 2, 8, 8)
+        )
 
 
 class _FixedBox(ImageDataset):
@@ -113,7 +113,8 @@ class _FixedBox(ImageDataset):
 
 
 def test_scores_use_the_box_at_the_input_size():
-    data = _FixedBox(transform=eval_transform("cifar", 32))   # 64 px images resized to 32: the box becomes (8, 8, 24, 24)
+    # 64 px images resized to 32: the box becomes (8, 8, 24, 24)
+    data = _FixedBox(transform=eval_transform("cifar", 32))
     on = score_attention(_BoxMap((8, 8, 24, 24)), data, device="cpu")
     off = score_attention(_BoxMap((0, 0, 8, 8)), data, device="cpu")
     assert on.image_size == (32, 32) and on.boxes.tolist() == [[8, 8, 24, 24]] * 4
@@ -124,13 +125,20 @@ def test_scores_use_the_box_at_the_input_size():
 
 def test_empty_pool_is_said_not_run(bench, tmp_path):
     ev = eval_transform("cifar", 32)
-    train, test = get_dataset("synthetic", bench, "train", transform=ev), get_dataset("synthetic", bench, "test", transform=ev)
+    train, test = (
+        get_dataset("synthetic", bench, "train", transform=ev),
+        get_dataset("synthetic", bench, "test", transform=ev),
+    )
     model = _BoxMap((8, 8, 24, 24)); model.config = {"num_classes": 10}
     cfg = TrainConfig(epochs=1, batch_size=8, progress=False)
     with pytest.raises(EmptyPoolError, match="the annotated pool is empty"):
         finetune(model, train, test, cfg, "copy_replace", [])
     ed = BoxEditor(BoxStore(tmp_path / "b.json"), train, [0, 1, 2], model=model, test_data=test, cfg=cfg)
-    assert ed.finetune_now() is None and "needs boxes on two images at least" in ed.message and "0 boxed so far" in ed.message
+    assert (
+        ed.finetune_now() is None
+        and "needs boxes on two images at least" in ed.message
+        and "0 boxed so far" in ed.message
+    )
 
 
 class _Tiny(nn.Module):
@@ -144,13 +152,18 @@ class _Tiny(nn.Module):
 
 
 def test_quiet_finetune_switches_progress_off_through_the_config(bench, monkeypatch):
-    "finetune(quiet=True): no tqdm bar and no epoch line, because fit gets progress=False (redirecting stdout left the bar on stderr)."
+    ("finetune(quiet=True): no tqdm bar and no epoch line, because fit gets progress=False (redirecting stdout left "
+     "the bar on stderr).")
     ev = eval_transform("cifar", 32)
-    train, test = get_dataset("synthetic", bench, "train", transform=ev), get_dataset("synthetic", bench, "test", transform=ev)
+    train, test = (
+        get_dataset("synthetic", bench, "train", transform=ev),
+        get_dataset("synthetic", bench, "test", transform=ev),
+    )
     model = _Tiny()
     cfg = TrainConfig(epochs=1, batch_size=8, progress=True, device="cpu")
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err): r = finetune(model, train, test, cfg, "copy_replace", [0, 1, 2], quiet=True)
+    with redirect_stdout(out), redirect_stderr(err):
+        r = finetune(model, train, test, cfg, "copy_replace", [0, 1, 2], quiet=True)
     assert (out.getvalue(), err.getvalue()) == ("", ""), (out.getvalue()[-300:], err.getvalue()[-300:])
     assert r.pool_size == 3 and cfg.progress                   # the caller's config is left as it was
     seen = []
@@ -162,17 +175,43 @@ def test_quiet_finetune_switches_progress_off_through_the_config(bench, monkeypa
 
 def test_benchmark_script_quick(tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "benchmarks/copy_replace.py", "--quick", "--data", str(tmp_path / "data"),
-                        "--runs", str(tmp_path / "runs"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/copy_replace.py",
+            "--quick",
+            "--data",
+            str(tmp_path / "data"),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["curve.png", "results.json", "results.md"]
     res = json.loads((out / "results.json").read_text())
     pts = res["curve"]["points"]
-    sizes, n = [p["pool_size"] for p in pts], res["n_train"]  # the quick model's scores may tie (attention wholly outside): a pool can fall short
-    assert n == 32 and sizes[-1] == n and sizes[0] <= n // 2 and all((p["acc"] is None) == (p["pool_size"] == 0) for p in pts), pts
+    # the quick model's scores may tie (attention wholly outside): a pool can fall short
+    sizes, n = [p["pool_size"] for p in pts], res["n_train"]
+    assert (
+        n == 32
+        and sizes[-1] == n
+        and sizes[0] <= n // 2
+        and all((p["acc"] is None) == (p["pool_size"] == 0) for p in pts)
+    ), pts
     assert res["machine_img_per_s"] > 0 and res["settings"]["model"].startswith("MSABN g·(1+A)")
     assert "| verdict |" in (out / "results.md").read_text()
-    assert {t["ordering"] for t in res["orderings"]["table"]} == {"frac_attn_out", "misclassified", "confidence", "random"}
+    assert {t["ordering"] for t in res["orderings"]["table"]} == {
+        "frac_attn_out",
+        "misclassified",
+        "confidence",
+        "random",
+    }
     assert "| images annotated |" in (out / "results.md").read_text()
     assert str(tmp_path) not in (out / "results.md").read_text() + (out / "results.json").read_text()
 
@@ -187,10 +226,11 @@ def test_widget_front_end_is_bundled():
 
 
 def test_a_pool_of_one_image_is_skipped_not_fatal(tmp_path):
-    "Before: finetune_pools skipped empty pools only, and a pool of one (likely in a fast dev run's 4 scored images) raised."
-    from msabn.models import create_model
-    from msabn.hitl import finetune_pools
+    ("Before: finetune_pools skipped empty pools only, and a pool of one (likely in a fast dev run's 4 scored images) "
+     "raised.")
     from msabn.data import eval_transform
+    from msabn.hitl import finetune_pools
+    from msabn.models import create_model
     root = make_synthetic(tmp_path / "syn", "cifar", n_train=8, n_test=4, n_test_iid=4)
     tr, te = (get_dataset("synthetic", root, s, transform=eval_transform("cifar", 32)) for s in ("train", "test"))
     torch.manual_seed(0)

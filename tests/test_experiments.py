@@ -21,12 +21,22 @@ import torch
 from conftest import ROOT
 
 from msabn.core import load_json, save_json
-from msabn.data import write_cub_fixture
-from msabn.experiments import (TEMPLATES, data_folder, fingerprint, get_experiment, main as run_main,
-                               run_experiments, run_folder, run_state, write_status)
-from msabn.report import collect_runs, main as report_main, table_frame, write_table_run
-from msabn.experiments import PROGRESS_FILE, ProgressFile
-from msabn.data import train_transform
+from msabn.data import train_transform, write_cub_fixture
+from msabn.experiments import (
+    PROGRESS_FILE,
+    TEMPLATES,
+    ProgressFile,
+    data_folder,
+    fingerprint,
+    get_experiment,
+    run_experiments,
+    run_folder,
+    run_state,
+    write_status,
+)
+from msabn.experiments import main as run_main
+from msabn.report import collect_runs, table_frame, write_table_run
+from msabn.report import main as report_main
 
 TEMPLATE_DIR = ROOT / "nbs" / "experiments"
 QUIET = lambda s: None
@@ -41,8 +51,14 @@ def test_template_has_one_parameters_cell_no_outputs_and_a_header(name, template
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'; papermill needs exactly one"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0] is tagged[0], f"{path.name}: the parameters cell must be the first code cell"
-    defaults = {t.id: ast.literal_eval(n.value) for n in ast.parse(tagged[0].source).body if isinstance(n, ast.Assign) for t in n.targets}
-    assert defaults["preset"] == "smoke" and defaults["seed"] == 0, f"{path.name}: the defaults must be the smoke preset: {defaults}"
+    defaults = {
+        t.id: ast.literal_eval(n.value)
+        for n in ast.parse(tagged[0].source).body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+    }
+    assert defaults["preset"] == "smoke" and defaults["seed"] == 0, (f"{path.name}: the defaults must be the smoke "
+                                                                     f"preset: {defaults}")
     assert {"preset", "seed", "data_root", "runs_dir", "device", "num_workers", "threads"} <= set(defaults)
     for c in code:
         assert not c.outputs and c.execution_count is None, f"{path.name}: committed with outputs"
@@ -50,9 +66,12 @@ def test_template_has_one_parameters_cell_no_outputs_and_a_header(name, template
     assert head.cell_type == "markdown" and head.source.startswith("# ")
     assert "Reproduces the paper's" in head.source and "`smoke`" in head.source and "`paper`" in head.source
     assert "@@" not in head.source, f"{path.name}: an unfilled placeholder in the header"
-    assert "min" in head.source and "GPU-hour" in head.source, f"{path.name}: the header must say how long each preset takes"
-    assert f'run_experiment("{name}"' in "".join(c.source for c in code), f"{path.name}: must call run_experiment for {name}"
-    assert (TEMPLATE_DIR / ".notest").exists(), "nbdev_test must skip the templates (the tests run them through papermill)"
+    assert "min" in head.source and "GPU-hour" in head.source, (f"{path.name}: the header must say how long each "
+                                                                "preset takes")
+    assert f'run_experiment("{name}"' in "".join(c.source for c in code), (f"{path.name}: must call run_experiment for "
+                                                                           f"{name}")
+    assert (TEMPLATE_DIR / ".notest").exists(), ("nbdev_test must skip the templates (the tests run them through "
+                                                 "papermill)")
 
 
 def test_console_scripts_are_declared():
@@ -64,7 +83,8 @@ def test_console_scripts_are_declared():
 # --- every template through papermill, on the tiny preset ------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    "Every experiment of the tiny preset, run once through papermill (one torch thread: robust on a busy machine); what it showed in progress.txt."
+    ("Every experiment of the tiny preset, run once through papermill (one torch thread: robust on a busy machine); "
+     "what it showed in progress.txt.")
     base = tmp_path_factory.mktemp("tiny")
     shown = io.StringIO()
     with redirect_stdout(shown):   # the progress display writes to stdout: here not a terminal, so plain lines
@@ -79,17 +99,23 @@ def test_every_template_runs_through_papermill(tiny_runs):
     for name, template in TEMPLATES.items():
         folder = run_folder(base / "runs", "tiny", name, 0)
         files = {p.name for p in folder.iterdir()}
-        assert {f"{template}.ipynb", "config.json", "metrics.json", "status.json", "attention.png"} <= files, (name, files)
+        assert {f"{template}.ipynb", "config.json", "metrics.json", "status.json", "attention.png"} <= files, (
+            name,
+            files,
+        )
         nb = nbformat.read(folder / f"{template}.ipynb", as_version=4)
-        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: the executed notebook has no outputs"
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), (f"{name}: the executed notebook has "
+                                                                                  "no outputs")
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        assert len(injected) == 1 and "preset = \"tiny\"" in injected[0].source, f"{name}: papermill did not inject the parameters"
+        assert len(injected) == 1 and "preset = \"tiny\"" in injected[0].source, (f"{name}: papermill did not inject "
+                                                                                  "the parameters")
         cfg = load_json(folder / "config.json")
         assert cfg["seed"] == 0 and cfg["fingerprint"] == fingerprint(get_experiment(name, "tiny"), 0)
         assert {"versions", "git", "device", "time_utc"} <= set(cfg["provenance"])
         st = load_json(folder / "status.json")
         assert st["status"] == "complete" and st["notebook"] == f"{template}.ipynb" and st["wall_seconds"] > 0
-        assert "seconds" not in st, "status.json is the runner's: its time is wall_seconds; the template's is metrics.json's seconds"
+        assert "seconds" not in st, ("status.json is the runner's: its time is wall_seconds; the template's is "
+                                     "metrics.json's seconds")
         assert load_json(folder / "metrics.json")["seconds"] > 0
         if name.startswith("table"):
             assert "history.csv" in files
@@ -112,7 +138,8 @@ def test_report_from_the_tiny_runs(tiny_runs, tmp_path):
     t1 = (folder / "table1_cifar100.md").read_text()
     assert "preset `tiny`, seeds 0, n = 1" in t1 and "68.71 ± 0.202" in t1 and "standing in for CIFAR-100" in t1
     t3 = (folder / "table3_diagset.md").read_text()
-    assert "Balanced accuracy" in t3 and "38.57" in t3 and "not run (as the paper)" in t3   # no ABN on the EfficientNet column
+    # no ABN on the EfficientNet column
+    assert "Balanced accuracy" in t3 and "38.57" in t3 and "not run (as the paper)" in t3
     index = (tmp_path / "pf" / "README.md").read_text()
     assert "msabn_run all --preset tiny --seeds 0 && msabn_report --preset tiny --seeds 0" in index
     for t in TEMPLATES.values(): assert f"{t}.md" in index
@@ -128,11 +155,15 @@ def test_every_template_shows_its_progress_and_leaves_no_progress_file(tiny_runs
         if exp.kind == "table":
             n = len(exp.cells())
             assert sum(": cell " in l and " done: acc@" in l for l in mine) == n, (name, mine)
-            assert sum(bool(re.search(r": 1 epoch of \d+ steps?$", l)) for l in mine) == n and sum(": epoch 1/1 · " in l for l in mine) == n, (name, mine)
+            assert (
+                sum(bool(re.search(r": 1 epoch of \d+ steps?$", l)) for l in mine) == n
+                and sum(": epoch 1/1 · " in l for l in mine) == n
+            ), (name, mine)
         else:
             unit = "panel" if exp.kind == "attention_figure" else "curve"
             assert any(f": {unit} 1/" in l and " done" in l for l in mine), (name, mine)
-        assert not (run_folder(base / "runs", "tiny", name, 0) / PROGRESS_FILE).exists(), f"{name}: the runner removes the display's file"
+        assert not (run_folder(base / "runs", "tiny", name, 0) / PROGRESS_FILE).exists(), (f"{name}: the runner "
+                                                                                           "removes the display's file")
 
 
 def test_second_run_skips_complete_runs(tiny_runs):
@@ -158,7 +189,9 @@ def test_run_killed_mid_run_is_redone_not_reported(tmp_path):
     folder = run_folder(runs, "tiny", "table4", 0)
     cmd = [sys.executable, "-c", "from msabn.experiments import main; main()", "table4", "--preset", "tiny",
            "--runs-dir", str(runs), "--data-root", str(data), "--threads", "1"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first_cell = folder / "cells" / "resnet20" / "base" / "done.json"
     try:
         deadline = time.time() + 240
@@ -189,13 +222,16 @@ def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, capsys):
     blocked = data_folder(get_experiment("table2", "tiny").data, data)
     blocked.mkdir(parents=True)
     (blocked / "notes.txt").write_text("not a dataset")
-    code = run_main(["table2", "table1", "--preset", "tiny", "--runs-dir", str(runs), "--data-root", str(data), "--threads", "1"])
+    code = run_main(
+        ["table2", "table1", "--preset", "tiny", "--runs-dir", str(runs), "--data-root", str(data), "--threads", "1"]
+    )
     assert code == 1
     out = capsys.readouterr().out
     assert "1 run(s) done" in out and "1 failed: table2 seed 0" in out, out
     st = load_json(run_folder(runs, "tiny", "table2", 0) / "status.json")
     assert st["status"] == "failed" and "is not empty and holds no synthetic dataset" in st["error"], st
-    assert (run_folder(runs, "tiny", "table2", 0) / "table2_imagenet.ipynb").exists(), "the executed notebook shows where it failed"
+    assert (run_folder(runs, "tiny", "table2", 0) / "table2_imagenet.ipynb").exists(), ("the executed notebook shows "
+                                                                                        "where it failed")
     assert load_json(run_folder(runs, "tiny", "table1", 0) / "status.json")["status"] == "complete"
     recs, left_out = collect_runs(runs, "tiny")
     assert [r.name for r in recs] == ["table1"] and left_out == ["tiny/table2/seed0: failed, not reported"]
@@ -234,19 +270,67 @@ def _ops(recipe: str, size: int) -> dict:
     return out
 
 SPEC = {  # SPEC section 2, typed from its table
-    "table1": dict(dataset="cifar100", size=32, epochs=300, batch={"ResNet-20": 256, "ResNet-56": 256, "ResNet-110": 256},
-                   milestones=(0.5, 0.75), wd=5e-4, seeds=(0, 1, 2), rows=["Base", "ABN", "MSABN g·A", "MSABN g·(1+A)"]),
-    "table2": dict(dataset="imagenet", size=224, epochs=90, batch={"ResNet-101": 512, "EfficientNet-B1": 256},
-                   milestones=(0.33, 0.66), wd=1e-4, seeds=(0,), rows=["Base", "ABN", "MSABN"]),
-    "table3": dict(dataset="diagset", size=224, epochs=90, batch={"ResNet-101": 512, "EfficientNet-B1": 256},
-                   milestones=(0.33, 0.66), wd=1e-4, seeds=(0,), rows=["Base", "ABN", "MSABN"]),
-    "table4": dict(dataset="cub", size=352, epochs=300, batch={"ResNet-50": 16, "ResNeXt-50": 16, "EfficientNet-B3": 16},
-                   milestones=(0.5, 0.75), wd=1e-4, seeds=(0, 1, 2), rows=["Base", "ABN", "MSABN", "MSABN+Puzzle", "MSABN (efficient)"]),
-    "table5": dict(dataset="cars", size=352, epochs=300, batch={"ResNet-50": 16, "ResNeXt-50": 16, "EfficientNet-B3": 16},
-                   milestones=(0.5, 0.75), wd=1e-4, seeds=(0, 1, 2), rows=["Base", "ABN", "MSABN", "MSABN+Puzzle", "MSABN (efficient)"]),
+    "table1": dict(
+        dataset="cifar100",
+        size=32,
+        epochs=300,
+        batch={"ResNet-20": 256, "ResNet-56": 256, "ResNet-110": 256},
+        milestones=(0.5, 0.75),
+        wd=5e-4,
+        seeds=(0, 1, 2),
+        rows=["Base", "ABN", "MSABN g·A", "MSABN g·(1+A)"],
+    ),
+    "table2": dict(
+        dataset="imagenet",
+        size=224,
+        epochs=90,
+        batch={"ResNet-101": 512, "EfficientNet-B1": 256},
+        milestones=(0.33, 0.66),
+        wd=1e-4,
+        seeds=(0,),
+        rows=["Base", "ABN", "MSABN"],
+    ),
+    "table3": dict(
+        dataset="diagset",
+        size=224,
+        epochs=90,
+        batch={"ResNet-101": 512, "EfficientNet-B1": 256},
+        milestones=(0.33, 0.66),
+        wd=1e-4,
+        seeds=(0,),
+        rows=["Base", "ABN", "MSABN"],
+    ),
+    "table4": dict(
+        dataset="cub",
+        size=352,
+        epochs=300,
+        batch={"ResNet-50": 16, "ResNeXt-50": 16, "EfficientNet-B3": 16},
+        milestones=(0.5, 0.75),
+        wd=1e-4,
+        seeds=(0, 1, 2),
+        rows=["Base", "ABN", "MSABN", "MSABN+Puzzle", "MSABN (efficient)"],
+    ),
+    "table5": dict(
+        dataset="cars",
+        size=352,
+        epochs=300,
+        batch={"ResNet-50": 16, "ResNeXt-50": 16, "EfficientNet-B3": 16},
+        milestones=(0.5, 0.75),
+        wd=1e-4,
+        seeds=(0, 1, 2),
+        rows=["Base", "ABN", "MSABN", "MSABN+Puzzle", "MSABN (efficient)"],
+    ),
 }
-BACKBONES = {"ResNet-20": "resnet20", "ResNet-56": "resnet56", "ResNet-110": "resnet110", "ResNet-101": "resnet101",
-             "EfficientNet-B1": "efficientnet_b1", "ResNet-50": "resnet50", "ResNeXt-50": "resnext50_32x4d", "EfficientNet-B3": "efficientnet_b3"}
+BACKBONES = {
+    "ResNet-20": "resnet20",
+    "ResNet-56": "resnet56",
+    "ResNet-110": "resnet110",
+    "ResNet-101": "resnet101",
+    "EfficientNet-B1": "efficientnet_b1",
+    "ResNet-50": "resnet50",
+    "ResNeXt-50": "resnext50_32x4d",
+    "EfficientNet-B3": "efficientnet_b3",
+}
 
 
 @pytest.mark.parametrize("name", sorted(SPEC))
@@ -260,8 +344,15 @@ def test_paper_preset_matches_spec(name):
         for r in exp.rows:
             if c.paper in r.skip: continue
             t = exp.train_config(c, r, 0)
-            assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.milestones, t.lr_gamma) == \
-                   (want["epochs"], want["batch"][c.paper], 0.1, 0.9, want["wd"], want["milestones"], 0.1), (c.paper, r.name, t)
+            assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.milestones, t.lr_gamma) == (
+                want["epochs"],
+                want["batch"][c.paper],
+                0.1,
+                0.9,
+                want["wd"],
+                want["milestones"],
+                0.1,
+            ), (c.paper, r.name, t)
             assert t.puzzle == (r.name == "MSABN+Puzzle") and t.class_weighted == (name == "table3")
             # Tables 4/5 also keep their best epoch on a held-out tenth (Figs. 8/9's source); all report the last
             held = name in ("table4", "table5")
@@ -270,7 +361,11 @@ def test_paper_preset_matches_spec(name):
     assert skipped == {(c, "ABN") for c in want["batch"] if c.startswith("EfficientNet")}
     mech = {r.name: (r.arch, r.mechanism, r.variant) for r in exp.rows}
     if name == "table1":
-        assert mech["MSABN g·A"] == ("msabn", "multiply", "literal") and mech["MSABN g·(1+A)"] == ("msabn", "residual", "literal")
+        assert mech["MSABN g·A"] == ("msabn", "multiply", "literal") and mech["MSABN g·(1+A)"] == (
+            "msabn",
+            "residual",
+            "literal",
+        )
     else:
         assert mech["MSABN"] == ("msabn", "residual", "literal")
 
@@ -278,27 +373,60 @@ def test_paper_preset_matches_spec(name):
 def test_paper_augmentations_match_spec():
     ops = {n: _ops(get_experiment(n, "paper").data.recipe, get_experiment(n, "paper").data.size) for n in SPEC}
     # Table 1: random crop (pad 4) + h-flip
-    assert {"RandomCrop", "RandomHorizontalFlip"} <= set(ops["table1"]) and ops["table1"]["RandomCrop"].padding == [4, 4, 4, 4]
+    assert {"RandomCrop", "RandomHorizontalFlip"} <= set(ops["table1"]) and ops["table1"]["RandomCrop"].padding == [
+        4,
+        4,
+        4,
+        4,
+    ]
     assert not {"ColorJitter", "RandomVerticalFlip", "RandomResizedCrop"} & set(ops["table1"])
     # Table 2: random crop 224 + h-flip
-    assert {"RandomResizedCrop", "RandomHorizontalFlip"} <= set(ops["table2"]) and tuple(ops["table2"]["RandomResizedCrop"].size) == (224, 224)
+    assert {"RandomResizedCrop", "RandomHorizontalFlip"} <= set(ops["table2"]) and tuple(
+        ops["table2"]["RandomResizedCrop"].size
+    ) == (224, 224)
     assert not {"ColorJitter", "RandomVerticalFlip"} & set(ops["table2"])
     # Table 3: crop 224, h/v-flip, color jitter
     assert {"RandomCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "ColorJitter"} <= set(ops["table3"])
     assert ops["table3"]["RandomCrop"].size == (224, 224)
     # Tables 4/5: resize 352, h-flip, color jitter, gaussian blur and noise, solarize
     for n in ("table4", "table5"):
-        assert {"Resize", "RandomHorizontalFlip", "ColorJitter", "GaussianBlur", "GaussianNoise", "RandomSolarize"} <= set(ops[n])
+        assert {
+            "Resize",
+            "RandomHorizontalFlip",
+            "ColorJitter",
+            "GaussianBlur",
+            "GaussianNoise",
+            "RandomSolarize",
+        } <= set(ops[n])
         assert list(ops[n]["Resize"].size) == [352, 352]
 
 
 def test_paper_figure_presets_match_spec():
     fig = get_experiment("fig8_9", "paper")
     t = fig.finetune
-    assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.milestones) == (50, 16, 0.1, 0.9, 1e-4, (0.5, 0.75))
-    assert fig.lambdas["table4"] == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) and fig.lambdas["table5"] == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.milestones) == (
+        50,
+        16,
+        0.1,
+        0.9,
+        1e-4,
+        (0.5, 0.75),
+    )
+    assert fig.lambdas["table4"] == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) and fig.lambdas["table5"] == (
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+    )
     assert fig.fractions is None
-    assert fig.finetune_seeds == (0, 1, 2) and fig.seeds == (0, 1, 2) and fig.row == "MSABN" and fig.label_policy == "donor"
+    assert (
+        fig.finetune_seeds == (0, 1, 2)
+        and fig.seeds == (0, 1, 2)
+        and fig.row == "MSABN"
+        and fig.label_policy == "donor"
+    )
     assert fig.source_model == "best" and fig.frac_reading == "paper"   # best on a held-out split; the map as it is
     assert fig.eval_split is None   # the tables' test split
     f1 = get_experiment("fig1", "paper")
@@ -340,9 +468,12 @@ def test_figure_runs_are_redone_when_a_source_table_changes(monkeypatch):
     import msabn.experiments as E
     before = {n: fingerprint(get_experiment(n, "tiny"), 0) for n in ("fig1", "fig8_9", "table1")}
     t4 = get_experiment("table4", "tiny")
-    monkeypatch.setitem(E.EXPERIMENTS["tiny"], "table4", replace(t4, train=replace(t4.train, epochs=t4.train.epochs + 1)))
+    monkeypatch.setitem(
+        E.EXPERIMENTS["tiny"], "table4", replace(t4, train=replace(t4.train, epochs=t4.train.epochs + 1))
+    )
     after = {n: fingerprint(get_experiment(n, "tiny"), 0) for n in before}
-    assert after["fig1"] != before["fig1"] and after["fig8_9"] != before["fig8_9"], "figures must follow their source tables"
+    assert after["fig1"] != before["fig1"] and after["fig8_9"] != before["fig8_9"], ("figures must follow their source "
+                                                                                     "tables")
     assert after["table1"] == before["table1"]
 
 
@@ -381,17 +512,23 @@ def test_damaged_status_is_redone_keeping_the_old_files_aside(tmp_path, monkeypa
     (folder / "status.json").write_text('{"status": "compl')
     log = []
     rep = run_experiments(["table1", "table2"], "tiny", runs_dir=runs, data_root=tmp_path / "data", log=log.append)
-    assert [(r["experiment"], r["found"], r["result"]) for r in rep] == [("table1", "damaged", "complete"), ("table2", "new", "complete")]
+    assert [(r["experiment"], r["found"], r["result"]) for r in rep] == [
+        ("table1", "damaged", "complete"),
+        ("table2", "new", "complete"),
+    ]
     old = _aside(folder)
     assert len(old) == 1 and load_json(old[0] / "metrics.json")["cells"] == "the old results"
     assert (old[0] / "status.json").read_text() == '{"status": "compl'
     assert any("cannot be read" in l and f"kept in {old[0].name}" in l for l in log), log
     assert run_state(folder, fp) == "complete"
-    assert [r["result"] for r in run_experiments(["table1"], "tiny", runs_dir=runs, data_root=tmp_path / "data", log=QUIET)] == ["skipped"]
+    assert [
+        r["result"] for r in run_experiments(["table1"], "tiny", runs_dir=runs, data_root=tmp_path / "data", log=QUIET)
+    ] == ["skipped"]
 
 
 def test_force_retrains_and_keeps_the_old_results_aside(tmp_path, monkeypatch):
-    "Before: --force re-executed the template, whose cells returned their cached done.json: old numbers reported as fresh."
+    ("Before: --force re-executed the template, whose cells returned their cached done.json: old numbers reported as "
+     "fresh.")
     import msabn.experiments as E
     t1 = get_experiment("table1", "tiny")
     monkeypatch.setitem(E.EXPERIMENTS["tiny"], "table1", replace(t1, rows=t1.rows[:1]))
@@ -407,7 +544,9 @@ def test_force_retrains_and_keeps_the_old_results_aside(tmp_path, monkeypatch):
     assert ckpt.stat().st_mtime_ns != before, "--force must retrain, not reuse the cached cells"
     old = _aside(folder)
     assert len(old) == 1 and (old[0] / "cells" / "resnet20" / "base" / "checkpoint.pt").stat().st_mtime_ns == before
-    assert (old[0] / "metrics.json").is_file() and any("--force" in l and f"kept in {old[0].name}" in l for l in log), log
+    assert (old[0] / "metrics.json").is_file() and any("--force" in l and f"kept in {old[0].name}" in l for l in log), (
+        log
+    )
 
 
 def test_stale_run_folder_is_kept_aside_not_deleted(tmp_path, monkeypatch):
@@ -461,9 +600,18 @@ BAD_ARGS = {
     "negative workers": (["--workers", "-3"], "--workers -3: expected 0"),
     "negative threads": (["--threads", "-1"], "--threads -1: expected 1 or more"),
     "zero threads": (["--threads", "0"], "--threads 0: expected 1 or more"),
-    "nonsense device": (["--device", "gpu"], "--device gpu: not a device name; expected auto, cpu, cuda, cuda:N or mps"),
-    "cuda without a GPU": (["--device", "cuda"], "--device cuda: device 'cuda' was asked for, but PyTorch sees no CUDA GPU"),
-    "cuda index beyond the GPUs": (["--device", "cuda:3"], "--device cuda:3: device 'cuda:3' was asked for, but only 1 GPU(s) exist"),
+    "nonsense device": (
+        ["--device", "gpu"],
+        "--device gpu: not a device name; expected auto, cpu, cuda, cuda:N or mps",
+    ),
+    "cuda without a GPU": (
+        ["--device", "cuda"],
+        "--device cuda: device 'cuda' was asked for, but PyTorch sees no CUDA GPU",
+    ),
+    "cuda index beyond the GPUs": (
+        ["--device", "cuda:3"],
+        "--device cuda:3: device 'cuda:3' was asked for, but only 1 GPU(s) exist",
+    ),
     "runs dir is a file": (["--runs-dir", "{file}"], "is a file; expected a folder for the run folders"),
     "data root is a file": (["--data-root", "{file}"], "is a file; expected the folder holding one folder per dataset"),
 }
@@ -478,11 +626,21 @@ def test_bad_arguments_are_refused_before_anything_runs(case, tmp_path, monkeypa
     (tmp_path / "afile").write_text("")
     args, msg = BAD_ARGS[case]
     args = [a.replace("{file}", str(tmp_path / "afile")) for a in args]
-    argv = ["table1", "--preset", "tiny", "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), *args]
+    argv = [
+        "table1",
+        "--preset",
+        "tiny",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        *args,
+    ]
     assert run_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("msabn_run: ") and msg in err, err
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), "nothing may start before the arguments are checked"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), ("nothing may start before the "
+                                                                                   "arguments are checked")
 
 
 # --- the fault sweep: what else a user meets with msabn_run -----------------------------------------------------------
@@ -490,15 +648,33 @@ def test_import_works_without_fcntl(tmp_path):
     "Before: `import fcntl` at the top made `import msabn.experiments` (and the report) fail on Windows."
     import msabn
     code = "import sys; sys.modules['fcntl'] = None\nimport msabn.experiments, msabn.report\nprint('ok')"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(msabn.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(msabn.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_missing_templates_are_named_before_anything_runs(tmp_path, capsys):
     "Before: every run started, failed on its missing template, and the batch exited 1."
     (tmp_path / "templates").mkdir()
-    assert run_main(["fig1", "--preset", "tiny", "--templates", str(tmp_path / "templates"), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert (
+        run_main(
+            [
+                "fig1",
+                "--preset",
+                "tiny",
+                "--templates",
+                str(tmp_path / "templates"),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "lacks table4_cub.ipynb, table5_cars.ipynb, fig1_attention_maps.ipynb" in err, err
     assert not (tmp_path / "runs").exists()
@@ -509,7 +685,12 @@ def test_unwritable_runs_dir_is_refused_before_anything_runs(tmp_path, monkeypat
     monkeypatch.setattr(RUNNER, "execute_template", _stub_template(fail=list(TEMPLATES)))
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else real(p, mode, **kw))
-    assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 2
+    assert (
+        run_main(
+            ["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"--runs-dir {tmp_path / 'runs'}: cannot write in {tmp_path} (permission denied)" in err, err
 
@@ -518,7 +699,20 @@ def test_second_msabn_run_on_the_same_runs_dir_is_refused(tmp_path, capsys):
     from filelock import FileLock
     (tmp_path / "runs").mkdir()
     with FileLock(str(tmp_path / "runs" / ".msabn_run.lock")):
-        assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 2
+        assert (
+            run_main(
+                [
+                    "table1",
+                    "--preset",
+                    "tiny",
+                    "--runs-dir",
+                    str(tmp_path / "runs"),
+                    "--data-root",
+                    str(tmp_path / "data"),
+                ]
+            )
+            == 2
+        )
     assert "another msabn_run is using" in capsys.readouterr().err
 
 
@@ -556,7 +750,11 @@ def test_figure_is_not_started_when_its_source_table_failed(tmp_path, monkeypatc
     calls = []
     monkeypatch.setattr(RUNNER, "execute_template", _stub_template(calls, fail=("table4",)))
     rep = run_experiments(["fig1"], "tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=QUIET)
-    assert [(r["experiment"], r["result"]) for r in rep] == [("table4", "failed"), ("table5", "complete"), ("fig1", "failed")]
+    assert [(r["experiment"], r["result"]) for r in rep] == [
+        ("table4", "failed"),
+        ("table5", "complete"),
+        ("fig1", "failed"),
+    ]
     assert calls == ["table4", "table5"] and rep[2]["error"] == "not run: table4 seed 0 failed in this batch"
 
 
@@ -569,7 +767,10 @@ def test_a_run_made_from_python_counts_as_complete(tmp_path, monkeypatch):
     "run_table called directly leaves no status.json: its metrics.json, written last with the fingerprint, decides."
     monkeypatch.setattr(RUNNER, "execute_template", _stub_template(fail=list(TEMPLATES)))
     exp = get_experiment("table1", "tiny")
-    folder, fp = write_table_run(tmp_path / "runs", "table1", 0, {r.name: [50.0] for r in exp.rows}), fingerprint(exp, 0)
+    folder, fp = (
+        write_table_run(tmp_path / "runs", "table1", 0, {r.name: [50.0] for r in exp.rows}),
+        fingerprint(exp, 0),
+    )
     (folder / "status.json").unlink()   # as run_table leaves a run made from Python: results only
     assert run_state(folder, fp) == "complete"
     rep = run_experiments(["table1"], "tiny", runs_dir=tmp_path / "runs", data_root=tmp_path / "data", log=QUIET)
@@ -580,30 +781,59 @@ def test_a_run_made_from_python_counts_as_complete(tmp_path, monkeypatch):
 
 # --- progress a person can watch (issue 11) --------------------------------------------------------------------
 def _in_process_with(overrides_seen=None):
-    "An execute_template that runs the template's work in this process (real training, its progress file included), overrides too."
-    def run(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None, overrides=None):
+    ("An execute_template that runs the template's work in this process (real training, its progress file included), "
+     "overrides too.")
+    def run(
+        name,
+        preset,
+        seed,
+        runs_dir,
+        data_root,
+        device="auto",
+        num_workers=None,
+        templates=None,
+        threads=None,
+        overrides=None,
+    ):
         from msabn.experiments import run_experiment
-        run_experiment(name, preset=preset, seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=QUIET, overrides=overrides)
+        run_experiment(
+            name,
+            preset=preset,
+            seed=seed,
+            runs_dir=runs_dir,
+            data_root=data_root,
+            device=device,
+            log=QUIET,
+            overrides=overrides,
+        )
         return run_folder(runs_dir, preset, name, seed) / f"{TEMPLATES[name]}.ipynb"
     return run
 
 
 def test_progress_is_a_line_per_cell_and_epoch_and_changes_no_result(tmp_path, monkeypatch, capsys):
-    "Before: one line per run, nothing while it trained. Now, not on a terminal: each cell's start, each epoch's end, each cell's end."
+    ("Before: one line per run, nothing while it trained. Now, not on a terminal: each cell's start, each epoch's end, "
+     "each cell's end.")
     monkeypatch.setattr(RUNNER, "execute_template", _in_process_with())
     argv = ["table1", "--preset", "tiny", "--set", "epochs=2", "--data-root", str(tmp_path / "data")]
     assert run_main(argv + ["--runs-dir", str(tmp_path / "shown")]) == 0
     lines = capsys.readouterr().out.splitlines()
     shown = [l for l in lines if l.startswith("[1/1] table1 tiny+")]
     cells = get_experiment("table1", "tiny").cells()
-    assert len(shown) == 4 * len(cells), lines   # start, epoch 1/2, epoch 2/2, done: per cell, never per step (2 steps an epoch)
+    # start, epoch 1/2, epoch 2/2, done: per cell, never per step (2 steps an epoch)
+    assert len(shown) == 4 * len(cells), lines
     for k, (column, row) in enumerate(cells, 1):
-        mine = [l.split(" seed 0: ", 1)[1] for l in shown if f": cell {k}/{len(cells)} {row.name} {column.backbone}" in l]
-        assert [m.split(" · ")[0].split(" done")[0] for m in mine] == [f"cell {k}/4 {row.name} {column.backbone}: 2 epochs of 2 steps",
-               f"cell {k}/4 {row.name} {column.backbone}: epoch 1/2", f"cell {k}/4 {row.name} {column.backbone}: epoch 2/2",
+        mine = [
+            l.split(" seed 0: ", 1)[1] for l in shown if f": cell {k}/{len(cells)} {row.name} {column.backbone}" in l
+        ]
+        assert [m.split(" · ")[0].split(" done")[0] for m in mine] == [f"cell {k}/4 {row.name} {column.backbone}: 2 "
+                                                                       "epochs of 2 steps",
+               f"cell {k}/4 {row.name} {column.backbone}: epoch 1/2", f"cell {k}/4 {row.name} {column.backbone}: epoch "
+                                                                      "2/2",
                f"cell {k}/4 {row.name} {column.backbone}"], mine
         assert " img/s · cell ETA " in mine[1] and " · run ETA ~" in mine[1] and " done: acc@test_iid " in mine[3], mine
-    assert lines[0].startswith("msabn_run: machine figure ") and " img/s (the bare Base ResNet-20 train step" in lines[0], lines
+    assert (
+        lines[0].startswith("msabn_run: machine figure ") and " img/s (the bare Base ResNet-20 train step" in lines[0]
+    ), lines
     assert lines[1].startswith("[run 1/1] table1 seed 0") and lines[-3].startswith("[done 1/1] table1 seed 0"), lines
     where = lines[-1]   # the exact folder, and the command that reports it
     assert where.startswith(f"msabn_run: the run folder is {tmp_path / 'shown'}/tiny+"), where
@@ -612,7 +842,9 @@ def test_progress_is_a_line_per_cell_and_epoch_and_changes_no_result(tmp_path, m
     assert run_main(argv + ["--runs-dir", str(tmp_path / "quiet"), "--no-progress"]) == 0
     assert "cell 1/4" not in capsys.readouterr().out
     a, b = (load_json(next((tmp_path / d).glob("tiny+*/table1/seed0")) / "metrics.json") for d in ("shown", "quiet"))
-    assert a["fingerprint"] == b["fingerprint"] and [c["acc@test"] for c in a["cells"]] == [c["acc@test"] for c in b["cells"]]
+    assert a["fingerprint"] == b["fingerprint"] and [c["acc@test"] for c in a["cells"]] == [
+        c["acc@test"] for c in b["cells"]
+    ]
 
 
 def test_a_broken_progress_file_is_ignored(tmp_path, monkeypatch, capsys):
@@ -620,11 +852,17 @@ def test_a_broken_progress_file_is_ignored(tmp_path, monkeypatch, capsys):
     stub = _stub_template()
     def broken(name, preset, seed, runs_dir, **kw):
         folder = run_folder(runs_dir, preset, name, seed)
-        for junk in ("{not json", '{"k": 1, "events": [{"seq": 1, "te', "[1, 2, 3]", '{"k": "x", "n": null, "events": "no"}'):
+        for junk in ("{not json", '{"k": 1, "events": [{"seq": 1, "te', "[1, 2, 3]", '{"k": "x", "n": null, "events": '
+                                                                                     '"no"}'):
             (folder / PROGRESS_FILE).write_text(junk); time.sleep(0.6)   # the display reads it every second
         return stub(name, preset, seed, runs_dir, **kw)
     monkeypatch.setattr(RUNNER, "execute_template", broken)
-    assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 0
+    assert (
+        run_main(
+            ["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "Traceback" not in cap.err + cap.out and not any(l.startswith("[1/1]") for l in cap.out.splitlines()), cap
     assert load_json(run_folder(tmp_path / "runs", "tiny", "table1", 0) / "status.json")["status"] == "complete"
@@ -634,13 +872,21 @@ def test_a_broken_progress_file_is_ignored(tmp_path, monkeypatch, capsys):
 def test_ctrl_c_while_progress_is_shown_still_exits_130(tmp_path, monkeypatch, capsys):
     def interrupted(name, preset, seed, runs_dir, **kw):
         folder = run_folder(runs_dir, preset, name, seed)
-        pf = ProgressFile(folder / PROGRESS_FILE, [1.0, 1.0]); pf.begin(1, "Base resnet20", epochs=1, steps=2, batch_size=16)
+        pf = ProgressFile(folder / PROGRESS_FILE, [1.0, 1.0])
+        pf.begin(1, "Base resnet20", epochs=1, steps=2, batch_size=16)
         time.sleep(1.5)
         raise KeyboardInterrupt
     monkeypatch.setattr(RUNNER, "execute_template", interrupted)
-    assert run_main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]) == 130
+    assert (
+        run_main(
+            ["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]
+        )
+        == 130
+    )
     cap = capsys.readouterr()
-    assert "[1/1] table1 tiny seed 0: cell 1/2 Base resnet20: 1 epoch of 2 steps" in cap.out and "interrupted" in cap.err, cap
+    assert (
+        "[1/1] table1 tiny seed 0: cell 1/2 Base resnet20: 1 epoch of 2 steps" in cap.out and "interrupted" in cap.err
+    ), cap
     assert not any(t.name == "msabn-progress" for t in threading.enumerate()), "the display's thread ends with the run"
     assert not (run_folder(tmp_path / "runs", "tiny", "table1", 0) / PROGRESS_FILE).exists()
 
@@ -674,7 +920,15 @@ def _start_and_batches(tmp_path, monkeypatch, common_init: bool):
     for row in exp.rows:
         current, logs[row.name] = row.name, []
         split = {**data, "train": _Logged(data["train"], logs[row.name])}
-        train_cell(exp, exp.columns[0], row, 0, split, tmp_path / f"{common_init}-{row.slug}-{row.mechanism}", log=lambda s: None)
+        train_cell(
+            exp,
+            exp.columns[0],
+            row,
+            0,
+            split,
+            tmp_path / f"{common_init}-{row.slug}-{row.mechanism}",
+            log=lambda s: None,
+        )
     return starts, logs
 
 
@@ -686,7 +940,8 @@ def test_common_init_gives_the_rows_of_a_seed_one_start_and_one_sequence_of_batc
         assert len(shared) == len(base), f"{row} lacks some of Base's layers"
         for k in shared: assert torch.equal(sd[k], base[k]), f"{row}'s {k} starts elsewhere than Base's"
         assert (row == "Base") == all(k in base for k in sd), "the branch's own layers are its own"
-    assert all(len(v) > 0 and v == logs["Base"] for v in logs.values()), "every row sees the same items, augmented alike"
+    assert all(len(v) > 0 and v == logs["Base"] for v in logs.values()), ("every row sees the same items, augmented "
+                                                                          "alike")
     # the MSABN mechanisms differ in nothing but the mechanism: every weight starts equal
     assert all(torch.equal(starts["MSABN g·A"][k], v) for k, v in starts["MSABN g·(1+A)"].items())
 

@@ -8,12 +8,17 @@ import pytest
 import torch
 from conftest import ROOT
 
-from msabn.data import collate, get_dataset, write_cub_fixture
-from msabn.explain import POST_HOC, create_explainer, evaluate_explainer, target_layer
-from msabn.explain import localization_scores, summarize_localization
+from msabn.data import collate, eval_transform, get_dataset, make_synthetic, write_cub_fixture
+from msabn.explain import (
+    POST_HOC,
+    create_explainer,
+    evaluate_explainer,
+    localization_scores,
+    summarize_localization,
+    target_layer,
+)
 from msabn.models import create_model
-from msabn.data import make_synthetic
-from msabn.data import eval_transform
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -95,9 +100,32 @@ def _load_benchmark():
 def test_comparison_script_end_to_end_on_a_cub_fixture_then_from_its_checkpoints(tmp_path):
     bench = _load_benchmark()
     write_cub_fixture(tmp_path / "cub", num_classes=3, n_train=2, n_test=1, size=(48, 64))
-    common = ["--dataset", "cub", "--data-root", str(tmp_path / "cub"), "--backbone", "resnet10t", "--backbone-kwargs", json.dumps(TINY),
-              "--size", "64", "--epochs", "1", "--batch-size", "3", "--runs", str(tmp_path / "runs"), "--rounds", "1",
-              "--warmup", "0", "--throughput-batch", "2", "--grid-images", "2"]
+    common = [
+        "--dataset",
+        "cub",
+        "--data-root",
+        str(tmp_path / "cub"),
+        "--backbone",
+        "resnet10t",
+        "--backbone-kwargs",
+        json.dumps(TINY),
+        "--size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--throughput-batch",
+        "2",
+        "--grid-images",
+        "2",
+    ]
     first = bench.main(common + ["--out", str(tmp_path / "out1")])
     out = tmp_path / "out1"
     assert {p.name for p in out.iterdir()} == {"table.md", "grid.png", "results.json"}
@@ -128,23 +156,57 @@ def test_comparison_script_refuses_a_bad_checkpoint_label_and_conflicting_seeds(
         bench.parse(["--checkpoint", "GradCAM=x.pt"])
     assert "LABEL one of" in capsys.readouterr().err
     for argv, says in ((["--seed", "1", "--more-seeds", "1", "2"], "repeats --seed 1"),
-                       (["--checkpoint", "Base=x.pt"], "pass --more-seeds without seeds")):   # the embedded default: seeds 1 2
+                       # the embedded default: seeds 1 2
+                       (["--checkpoint", "Base=x.pt"], "pass --more-seeds without seeds")):
         with pytest.raises(SystemExit):
             bench.parse(argv)
         assert says in capsys.readouterr().err, argv
-    assert bench.parse(["--dataset", "cub", "--data-root", "x"]).more_seeds == [] and bench.parse([]).more_seeds == [1, 2]
+    assert bench.parse(["--dataset", "cub", "--data-root", "x"]).more_seeds == [] and bench.parse([]).more_seeds == [
+        1,
+        2,
+    ]
 
 
 def test_comparison_script_on_table1s_stand_in_reads_its_files_and_both_test_splits(tmp_path):
-    "The default data: Table 1's smoke stand-in (here a smaller draw of it), in-distribution accuracy beside the shifted one."
+    ("The default data: Table 1's smoke stand-in (here a smaller draw of it), in-distribution accuracy beside the "
+     "shifted one.")
     bench = _load_benchmark()
-    res = bench.main(["--synthetic-overrides", json.dumps({"n_train": 8, "n_test": 4, "n_test_iid": 6}), "--data-root", str(tmp_path / "data"),
-                      "--epochs", "1", "--batch-size", "4", "--runs", str(tmp_path / "runs"), "--more-seeds", "3",
-                      "--out", str(tmp_path / "out"), "--rounds", "1", "--warmup", "0", "--throughput-batch", "2", "--grid-images", "2"])
+    res = bench.main(
+        [
+            "--synthetic-overrides",
+            json.dumps({"n_train": 8, "n_test": 4, "n_test_iid": 6}),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--more-seeds",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--throughput-batch",
+            "2",
+            "--grid-images",
+            "2",
+        ]
+    )
     made = json.loads(next((tmp_path / "data" / "synthetic").glob("synthetic-*/synthetic.json")).read_text())["config"]
-    assert made["fine_grained"] is False and made["size"] == 32 and made["n_train"] == 8   # Table 1's drawing, read at 64 px
-    assert res["data"] == {"name": "embedded CIFAR-like stand-in of Table 1 (shifted test)", "train": 8, "test": 4, "classes": 10,
-                           "recipe": "cifar"}
+    # Table 1's drawing, read at 64 px
+    assert made["fine_grained"] is False and made["size"] == 32 and made["n_train"] == 8
+    assert res["data"] == {
+        "name": "embedded CIFAR-like stand-in of Table 1 (shifted test)",
+        "train": 8,
+        "test": 4,
+        "classes": 10,
+        "recipe": "cifar",
+    }
     assert {s["n"] for s in res["scores"].values()} == {4}
     for m, f in res["models"].items():
         assert 0 <= f["test_iid_acc"] <= 100 and 0 <= f["pred_is_habitat_class"] <= 100, m
@@ -153,9 +215,12 @@ def test_comparison_script_on_table1s_stand_in_reads_its_files_and_both_test_spl
     assert list(res["seeds"]) == ["0", "3"] and len(list((tmp_path / "runs").iterdir())) == 2
     for label, by_key in res["paired_over_seeds"].items():
         for key, d in by_key.items():
-            want = [res["seeds"][s]["scores"][label][key] - res["seeds"][s]["scores"]["CAM (Base)"][key] for s in ("0", "3")]
+            want = [
+                res["seeds"][s]["scores"][label][key] - res["seeds"][s]["scores"]["CAM (Base)"][key] for s in ("0", "3")
+            ]
             assert d["diffs"] == pytest.approx(want) and d["mean"] == pytest.approx(sum(want) / 2), (label, key)
     assert "CAM (Base)" not in res["paired_over_seeds"]
     table = (tmp_path / "out" / "table.md").read_text()
     assert "The same models trained from seeds 0, 3" in table and "| ABN |" in table.split("The same models")[1]
-    assert "| in-distribution test accuracy (%) |" in table and "The models (resnet10t_narrow, 64 px," in table   # the named backbone
+    # the named backbone
+    assert "| in-distribution test accuracy (%) |" in table and "The models (resnet10t_narrow, 64 px," in table

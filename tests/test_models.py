@@ -6,14 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msabn.models import CIFAR_RESNETS, PAPER_TIMM
 from msabn.core import atomic_torch_save, set_seed
-from msabn.models import ModelOutput, count_macs, create_model, upsample_map
-from msabn.models import puzzle_loss
+from msabn.models import CIFAR_RESNETS, PAPER_TIMM, ModelOutput, count_macs, create_model, puzzle_loss, upsample_map
 
 CIFAR = ("resnet20", "resnet56", "resnet110")
-VARIANTS = {"base": ("base", {}), "abn": ("abn", {}), "msabn": ("msabn", {}),
-            "msabn-efficient": ("msabn", {"variant": "efficient"}), "msabn-multiply": ("msabn", {"mechanism": "multiply"})}
+VARIANTS = {
+    "base": ("base", {}),
+    "abn": ("abn", {}),
+    "msabn": ("msabn", {}),
+    "msabn-efficient": ("msabn", {"variant": "efficient"}),
+    "msabn-multiply": ("msabn", {"mechanism": "multiply"}),
+}
 
 
 def _losses(out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
@@ -87,7 +90,7 @@ def test_channels_last_gives_the_same_outputs():
         ref = m(x)
         m = m.to(memory_format=torch.channels_last)
         cl = m(x.to(memory_format=torch.channels_last))
-    for name, a, b in zip(ModelOutput._fields, ref, cl):
+    for name, a, b in zip(ModelOutput._fields, ref, cl, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), name
     m.train()
     _losses(m(x.to(memory_format=torch.channels_last)), torch.tensor([0, 4])).backward()
@@ -135,12 +138,22 @@ def test_checkpoint_round_trip_through_core(tmp_path):
     m2.load_state_dict(ck["state_dict"])
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        for a, b in zip(m(x), m2(x)): assert torch.equal(a, b)
+        for a, b in zip(m(x), m2(x), strict=True): assert torch.equal(a, b)
     keys = set(ck["state_dict"])
-    for k in ["backbone.model.conv1.weight", "backbone.model.layer3.0.downsample.0.weight", "attention.stage.layer3.0.conv1.weight",
-              "attention.stage_bn.weight", "attention.top_down.smooth.conv.weight", "attention.class_conv.weight",
-              "attention.class_bn.running_mean", "attention.logit_conv.weight", "attention.map_conv.weight",
-              "attention.map_bn.weight", "fc.weight", "fc.bias"]:
+    for k in [
+        "backbone.model.conv1.weight",
+        "backbone.model.layer3.0.downsample.0.weight",
+        "attention.stage.layer3.0.conv1.weight",
+        "attention.stage_bn.weight",
+        "attention.top_down.smooth.conv.weight",
+        "attention.class_conv.weight",
+        "attention.class_bn.running_mean",
+        "attention.logit_conv.weight",
+        "attention.map_conv.weight",
+        "attention.map_bn.weight",
+        "fc.weight",
+        "fc.bias",
+    ]:
         assert k in keys, k
 
 
@@ -169,11 +182,13 @@ def test_clear_errors():
 
 
 def test_batches_of_the_wrong_dtype_or_shape_are_named_at_the_door():
-    "float64/uint8 batches used to fail inside a conv with torch's 'expected scalar type'; now named at forward's entry."
+    ("float64/uint8 batches used to fail inside a conv with torch's 'expected scalar type'; now named at forward's "
+     "entry.")
     x = torch.rand(2, 3, 32, 32)
     for arch in ("base", "abn", "msabn"):
         m = create_model(arch, "resnet20", 10)
-        with pytest.raises(TypeError, match=r"resnet20: input batch of dtype torch.float64, but the model's weights are torch.float32"):
+        with pytest.raises(TypeError, match=r"resnet20: input batch of dtype torch.float64, but the model's weights "
+                                            r"are torch.float32"):
             m(x.double())
         with pytest.raises(TypeError, match=r"dtype torch.uint8.*x.float\(\) / 255"): m((x * 255).to(torch.uint8))
         with pytest.raises(TypeError, match=r"dtype torch.float16"): m.class_maps(x.half())

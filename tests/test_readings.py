@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from msabn.core import load_json
-from msabn.experiments import (cell_folder, experiment_folder, get_experiment, load_splits, run_copy_replace, run_table,
-                               with_overrides)
+from msabn.experiments import (
+    cell_folder,
+    experiment_folder,
+    get_experiment,
+    load_splits,
+    run_copy_replace,
+    run_table,
+    with_overrides,
+)
 from msabn.experiments.tables import cell_fingerprint
 from msabn.explain import frac_attn_out
 

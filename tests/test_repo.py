@@ -77,7 +77,8 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
 
 
 def test_modules_and_functions_stay_small():
-    # the orchestration issue's rule: a module reads top-down, a function fits on a screen (msabn/_modidx.py is nbdev's index)
+    # the orchestration issue's rule: a module reads top-down, a function fits on a screen (msabn/_modidx.py is nbdev's
+    # index)
     import ast
     long = []
     for f in sorted((ROOT / "msabn").rglob("*.py")):
@@ -128,7 +129,8 @@ def test_no_module_imports_from_a_layer_above_its_own():
         own = _layer(".".join(f.relative_to(ROOT).with_suffix("").parts))
         for line, mod in _imported_modules(f, ast.parse(f.read_text(encoding="utf-8"))):
             other = _layer(mod)
-            if other is None and mod != "msabn.core": upward.append(f"{f.relative_to(ROOT)}:{line} imports {mod} (the top)")
+            if other is None and mod != "msabn.core": upward.append(f"{f.relative_to(ROOT)}:{line} imports {mod} (the "
+                                                                    "top)")
             elif other is not None and other > own: upward.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
     assert not upward, "imports from a layer above: " + "; ".join(upward)
 
@@ -136,7 +138,9 @@ def test_no_module_imports_from_a_layer_above_its_own():
 def test_the_layer_rule_catches_an_upward_import(tmp_path):
     import ast
     f = ROOT / "msabn" / "models" / "networks.py"   # a models module importing the training engine would be refused
-    tree = ast.parse("from ..train.engine import fit\nfrom .attention import AttentionBranch\nimport msabn.data.items\n")
+    tree = ast.parse(
+        "from ..train.engine import fit\nfrom .attention import AttentionBranch\nimport msabn.data.items\n"
+    )
     found = {mod: _layer(mod) for _, mod in _imported_modules(f, tree)}
     assert found == {"msabn.train.engine": LAYERS.index("train"), "msabn.models.attention": LAYERS.index("models"),
                      "msabn.data.items": LAYERS.index("data")}

@@ -1,6 +1,7 @@
-"""msabn_report never loses a report: written aside and swapped in whole, user files kept, tables it can no longer update named;
-and the faults of its input and output (damaged or stale runs, a wrong preset, an output it cannot write) end in clear messages;
-its verdicts say what the seeds rule out (n, the mean and its 95% interval, the MDE) and are made, and counted, by one rule."""
+"""msabn_report never loses a report: written aside and swapped in whole, user files kept, tables it can no longer
+update named; and the faults of its input and output (damaged or stale runs, a wrong preset, an output it cannot
+write) end in clear messages; its verdicts say what the seeds rule out (n, the mean and its 95% interval, the MDE)
+and are made, and counted, by one rule."""
 from __future__ import annotations
 
 import json
@@ -14,12 +15,30 @@ import pytest
 
 import msabn.report.write as report
 from msabn.experiments import RESULTS_VERSION, fingerprint, get_experiment, run_folder, write_status
-from msabn.report import MANIFEST, main, write_report
-from msabn.report import markdown_curves
-from msabn.report import (ALPHA, POWER, RunRecord, collect_runs, mde, orderings, paired, t_quantile, verdict,
-                          write_table_run)
+from msabn.report import (
+    ALPHA,
+    MANIFEST,
+    POWER,
+    RunRecord,
+    collect_runs,
+    main,
+    markdown_curves,
+    mde,
+    orderings,
+    paired,
+    t_quantile,
+    verdict,
+    write_report,
+    write_table_run,
+)
 
-ACC = {"Base": [50, 52, 54], "ABN": [55, 55, 58], "MSABN": [54, 56, 58], "MSABN+Puzzle": [51, 52, 56], "MSABN (efficient)": [60, 60, 60]}
+ACC = {
+    "Base": [50, 52, 54],
+    "ABN": [55, 55, 58],
+    "MSABN": [54, 56, 58],
+    "MSABN+Puzzle": [51, 52, 56],
+    "MSABN (efficient)": [60, 60, 60],
+}
 QUIET = lambda s: None
 
 
@@ -68,8 +87,12 @@ def test_files_a_user_added_survive_the_next_report(tmp_path, capsys):
     assert (folder / "notes.md").read_text() == "my notes on table 4"
     assert (folder / "drafts" / "fig.svg").read_text() == "<svg/>"
     assert json.loads((folder / MANIFEST).read_text())["files"].keys() >= {"README.md", "results.json", "table4_cub.md"}
-    assert "notes.md" not in json.loads((folder / MANIFEST).read_text())["files"], "the manifest lists only what the report made"
-    assert "| [notes.md](tiny_seeds-0/notes.md) | not made by msabn_report (kept as it was) |" in (tmp_path / "pf" / "README.md").read_text()
+    assert "notes.md" not in json.loads((folder / MANIFEST).read_text())["files"], ("the manifest lists only what the "
+                                                                                    "report made")
+    assert (
+        "| [notes.md](tiny_seeds-0/notes.md) | not made by msabn_report (kept as it was) |"
+        in (tmp_path / "pf" / "README.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("how", ["gone", "half-written"])
@@ -85,7 +108,10 @@ def test_a_table_no_longer_complete_is_kept_as_it_was_and_named(tmp_path, capsys
     assert _report(tmp_path) == 0
     out = capsys.readouterr().out
     why = "(their run folders are gone)" if how == "gone" else "(half-written, not reported)"
-    assert f"[not updated] table5: reported before, no complete runs now {why}; its earlier files are kept as they were" in out, out
+    assert (
+        f"[not updated] table5: reported before, no complete runs now {why}; its earlier files are kept as they were"
+        in out
+    ), out
     assert {f: (folder / f).read_bytes() for f in t5} == t5
     assert "**Not updated: table5** (no complete runs now" in (folder / "README.md").read_text()
     assert "table5_cars.md) | Table 5 (Stanford Cars): ours beside the paper's (earlier report: not updated) |" in \
@@ -94,7 +120,10 @@ def test_a_table_no_longer_complete_is_kept_as_it_was_and_named(tmp_path, capsys
     # the table's runs are back: it is updated and no longer named
     shutil.rmtree(run5, ignore_errors=True); write_table_run(tmp_path / "runs", "table5", 0, ACC)
     assert _report(tmp_path) == 0
-    assert "Not updated" not in (folder / "README.md").read_text() and "not_updated" not in (folder / "results.json").read_text()
+    assert (
+        "Not updated" not in (folder / "README.md").read_text()
+        and "not_updated" not in (folder / "results.json").read_text()
+    )
 
 
 def test_fewer_seeds_than_before_keep_the_earlier_table(tmp_path, capsys):
@@ -105,8 +134,12 @@ def test_fewer_seeds_than_before_keep_the_earlier_table(tmp_path, capsys):
     assert "n = 2" in two
     shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table4", 1))
     capsys.readouterr()
-    assert _report(tmp_path, "--seeds", "0", "1") == 0   # seed 0 is still complete: the report runs, table4 is not rewritten with n = 1
-    assert "[not updated] table4: reported before, seed(s) 1 reported before are not complete now" in capsys.readouterr().out
+    # seed 0 is still complete: the report runs, table4 is not rewritten with n = 1
+    assert _report(tmp_path, "--seeds", "0", "1") == 0
+    assert (
+        "[not updated] table4: reported before, seed(s) 1 reported before are not complete now"
+        in capsys.readouterr().out
+    )
     assert page.read_text() == two
 
 
@@ -118,9 +151,13 @@ def test_a_folder_made_for_other_seeds_is_refused_where_it_would_be_overwritten(
     before = _snapshot(other)
     assert _report(tmp_path, "--seeds", "1") == 2
     err = capsys.readouterr().err
-    assert "holds a report of preset 'tiny', seeds [0], not of preset 'tiny', seeds [1]" in err and "Nothing was changed" in err, err
+    assert (
+        "holds a report of preset 'tiny', seeds [0], not of preset 'tiny', seeds [1]" in err
+        and "Nothing was changed" in err
+    ), err
     assert _snapshot(other) == before
-    for f in other.iterdir():   # only a user's file is left there: nothing would be overwritten, so the report goes there and says so
+    # only a user's file is left there: nothing would be overwritten, so the report goes there and says so
+    for f in other.iterdir():
         if f.name != MANIFEST: f.unlink()
     (other / "notes.md").write_text("mine")
     assert _report(tmp_path, "--seeds", "1") == 0
@@ -181,7 +218,9 @@ def test_a_metrics_json_without_its_numbers_is_left_out_not_a_crash(tmp_path, ca
     m = json.loads((folder / "metrics.json").read_text()); del m["cells"]
     (folder / "metrics.json").write_text(json.dumps(m))          # same fingerprint: run_state calls it complete
     assert _report(tmp_path) == 0
-    assert "[left out] tiny/table4/seed0: damaged (its metrics.json has no cells), not reported" in capsys.readouterr().out
+    assert (
+        "[left out] tiny/table4/seed0: damaged (its metrics.json has no cells), not reported" in capsys.readouterr().out
+    )
     (folder / "metrics.json").write_text("[1, 2]")               # JSON, but not an object
     assert collect_runs(tmp_path / "runs", "tiny")[1] == [
         "tiny/table4/seed0: damaged (its metrics.json is JSON but not an object), not reported"]
@@ -239,8 +278,10 @@ def test_runs_of_another_preset_or_seeds_are_named_with_the_command(tmp_path, ca
     _runs(tmp_path, ("table4",))
     assert main(["--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "pf")]) == 2
     err = capsys.readouterr().err
-    assert "no complete runs of preset 'smoke' and seeds [0, 1, 2]" in err and "complete runs there: preset tiny, seed 0" in err, err
-    assert f"`msabn_report --preset tiny --seeds 0 --runs-dir {tmp_path / 'runs'}`" in err   # a command that works as it is
+    assert "no complete runs of preset 'smoke' and seeds [0, 1, 2]" in err and ("complete runs there: preset tiny, "
+                                                                                "seed 0") in err, err
+    # a command that works as it is
+    assert f"`msabn_report --preset tiny --seeds 0 --runs-dir {tmp_path / 'runs'}`" in err
     assert _report(tmp_path, "--seeds", "5") == 2
     assert "complete runs there: preset tiny, seed 0" in capsys.readouterr().err
     assert not (tmp_path / "pf" / "tiny_seeds-5").exists()
@@ -250,7 +291,10 @@ def test_a_missing_attention_picture_is_said_on_the_page_not_a_crash(tmp_path):
     (write_table_run(_runs(tmp_path, ("table5",)), "table4", 0, ACC) / "attention.png").unlink()
     assert _report(tmp_path) == 0
     folder = tmp_path / "pf" / "tiny_seeds-0"
-    assert "Attention maps: none (`attention.png` is missing from the run folder of seed 0)." in (folder / "README.md").read_text()
+    assert (
+        "Attention maps: none (`attention.png` is missing from the run folder of seed 0)."
+        in (folder / "README.md").read_text()
+    )
     assert not (folder / "table4_cub_attention.png").exists() and (folder / "table5_cars_attention.png").is_file()
 
 
@@ -263,7 +307,8 @@ def test_a_report_made_before_manifests_is_read_by_its_file_names(tmp_path, caps
     t5 = (folder / "table5_cars.md").read_bytes()
     shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table5", 0))
     assert _report(tmp_path) == 0
-    assert "[not updated] table5: reported before, no complete runs now" in capsys.readouterr().out   # its seeds read from results.json
+    # its seeds read from results.json
+    assert "[not updated] table5: reported before, no complete runs now" in capsys.readouterr().out
     assert (folder / "notes.md").read_text() == "mine" and (folder / "table5_cars.md").read_bytes() == t5
     assert (folder / MANIFEST).is_file()
 
@@ -272,7 +317,8 @@ def test_cost_files_are_rewritten_only_where_msabn_report_made_them(tmp_path, ca
     (tmp_path / "pf").mkdir()
     (tmp_path / "pf" / "cost_to_reproduce.md").write_text("# My own cost notes\n")
     _runs(tmp_path, ("table4",))
-    assert _report(tmp_path, "--cost") == 0            # the FLOP counting is skipped: the page in the way is not msabn_report's
+    # the FLOP counting is skipped: the page in the way is not msabn_report's
+    assert _report(tmp_path, "--cost") == 0
     assert (tmp_path / "pf" / "cost_to_reproduce.md").read_text() == "# My own cost notes\n"
     assert "cost_to_reproduce.md was not made by msabn_report: left as it is" in capsys.readouterr().out
 
@@ -294,7 +340,9 @@ def test_deleting_a_table_that_is_not_updated_drops_it(tmp_path, capsys):
 def test_the_mde_is_the_hand_computed_one():
     assert (ALPHA, POWER) == (0.05, 0.8)
     assert mde(1.0, 3) == pytest.approx((4.303 + 1.061) / math.sqrt(3), abs=1e-3) == pytest.approx(3.097, abs=1e-3)
-    assert t_quantile(0.975, 4) == pytest.approx(2.776, abs=5e-4) and t_quantile(0.8, 4) == pytest.approx(0.941, abs=5e-4)
+    assert t_quantile(0.975, 4) == pytest.approx(2.776, abs=5e-4) and t_quantile(0.8, 4) == pytest.approx(
+        0.941, abs=5e-4
+    )
     assert mde(2.5, 5) == pytest.approx((2.776 + 0.941) * 2.5 / math.sqrt(5), abs=2e-3)
     assert math.isnan(mde(math.nan, 1)) and mde(0.0, 3) == 0.0
     with pytest.raises(ValueError, match="expected a finite std >= 0"): mde(-1.0, 3)
@@ -320,7 +368,9 @@ def test_each_verdict_branch(paper, ours, expected):
 
 def test_paired_reports_n_mean_interval_and_mde():
     p = paired(4.0, [5.0, 3.0, 4.0, math.nan])                # a seed without both numbers is dropped
-    assert (p.n, p.mean, p.std, p.verdict) == (3, 4.0, 1.0, "the paper's sign") and p.mde == pytest.approx(3.097, abs=1e-3)
+    assert (p.n, p.mean, p.std, p.verdict) == (3, 4.0, 1.0, "the paper's sign") and p.mde == pytest.approx(
+        3.097, abs=1e-3
+    )
     assert (p.lo, p.hi) == pytest.approx((4 - 4.303 / math.sqrt(3), 4 + 4.303 / math.sqrt(3)), abs=1e-3)
     one = paired(4.0, [7.0])
     assert one.n == 1 and one.mean == 7.0 and math.isnan(one.std) and math.isnan(one.mde) and math.isnan(one.lo)
@@ -340,36 +390,73 @@ ACC_OPP = {**ACC, "MSABN+Puzzle": [50, 51, 55]}   # loses 4 ± 1 to MSABN: [-6.5
 
 def test_the_table_page_shows_n_mean_interval_mde_verdict_and_the_rule(tmp_path):
     _runs(tmp_path, ("table4",), seeds=(0, 1, 2))
-    for s in (0, 1, 2): shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table4", s)); write_table_run(tmp_path / "runs", "table4", s, ACC_OPP)
+    for s in (0, 1, 2):
+        shutil.rmtree(run_folder(tmp_path / "runs", "tiny", "table4", s))
+        write_table_run(tmp_path / "runs", "table4", s, ACC_OPP)
     assert _report(tmp_path, "--seeds", "0", "1", "2") == 0
     folder = tmp_path / "pf" / "tiny_seeds-0-1-2"
     page = (folder / "table4_cub.md").read_text()
-    assert ("| pair | ours: backbone (stands for) | split | paper (points) | ours: mean [95% CI] (points) | n | MDE (points) "
+    assert ("| pair | ours: backbone (stands for) | split | paper (points) | ours: mean [95% CI] (points) | n | MDE "
+            "(points) "
             "| verdict |") in page
-    assert "| ABN vs Base | resnet20 (ResNet-50) | test_iid | +10.34 | +4.0 [+1.5, +6.5] | 3 | 3.10 | the paper's sign |" in page
-    assert "| MSABN vs ABN | resnet20 (ResNet-50) | test_iid | +4.02 | +0.0 [-2.5, +2.5] | 3 | 3.10 | smaller than 2.5 |" in page
+    assert ("| ABN vs Base | resnet20 (ResNet-50) | test_iid | +10.34 | +4.0 [+1.5, +6.5] | 3 | 3.10 | the paper's "
+            "sign |") in page
+    assert ("| MSABN vs ABN | resnet20 (ResNet-50) | test_iid | +4.02 | +0.0 [-2.5, +2.5] | 3 | 3.10 | smaller than "
+            "2.5 |") in page
     assert ("| MSABN+Puzzle vs MSABN | resnet20 (ResNet-50) | test (shifted) | +2.33 | -4.0 [-6.5, -1.5] | 3 | 3.10 "
             "| the opposite sign |") in page
-    assert "95% confidence interval" in page and "ruled out" in page   # the rule, so that a reader can check each verdict
+    # the rule, so that a reader can check each verdict
+    assert "95% confidence interval" in page and "ruled out" in page
     counted = "10 orderings: 4 the paper's sign, 2 the opposite sign, 2 smaller than X, 2 undecided"
     assert f"Counted (accuracy (%)): {counted}." in page
-    assert f"- Table 4 (CUB-200-2011), accuracy (%): {counted}" in (folder / "README.md").read_text()   # the summary: the same rule
+    # the summary: the same rule
+    assert f"- Table 4 (CUB-200-2011), accuracy (%): {counted}" in (folder / "README.md").read_text()
     od = orderings(collect_runs(tmp_path / "runs", "tiny")[0], "table4")
-    assert list(od.columns) == ["pair", "column", "backbone", "split", "paper", "ours_mean", "ours_std", "ci_lo", "ci_hi", "n",
-                                "mde", "verdict"]
+    assert list(od.columns) == [
+        "pair",
+        "column",
+        "backbone",
+        "split",
+        "paper",
+        "ours_mean",
+        "ours_std",
+        "ci_lo",
+        "ci_hi",
+        "n",
+        "mde",
+        "verdict",
+    ]
 
 
 def _fig_run(seed: int, gain: float) -> RunRecord:
-    "Hand-made Figs. 8/9 results of one seed: copy-replace gains `gain` at 20% of the images annotated and `gain - 6` with all."
+    ("Hand-made Figs. 8/9 results of one seed: copy-replace gains `gain` at 20% of the images annotated and `gain - 6` "
+     "with all.")
     pts = [{"lambda_out": 0.9, "pool_size": 80, "fraction_annotated": 0.2, "acc": 10 + gain, "gain": gain},
            {"lambda_out": 0.0, "pool_size": 400, "fraction_annotated": 1.0, "acc": 4 + gain, "gain": gain - 6}]
     curve = {"before": {"acc": 9.0}, "vanilla": {"acc": 10.0}, "points": pts}
-    return RunRecord("fig8_9", "tiny", seed, Path("."), {"curves": [
-        {"source": "table5", "figure": "Fig. 9", "column": "ResNet-50", "backbone": "resnet20", "split": "test", "curve": curve}]})
+    return RunRecord(
+        "fig8_9",
+        "tiny",
+        seed,
+        Path("."),
+        {
+            "curves": [
+                {
+                    "source": "table5",
+                    "figure": "Fig. 9",
+                    "column": "ResNet-50",
+                    "backbone": "resnet20",
+                    "split": "test",
+                    "curve": curve,
+                }
+            ]
+        },
+    )
 
 
 def test_copy_replace_gains_get_the_tables_treatment():
-    md = markdown_curves([_fig_run(0, 5.0), _fig_run(1, 7.0), _fig_run(2, 6.0)])   # Fig. 9, ResNet-50: paper +2 at 20%, +4.5 with all
+    # Fig. 9, ResNet-50: paper +2 at 20%, +4.5 with all
+    md = markdown_curves([_fig_run(0, 5.0), _fig_run(1, 7.0), _fig_run(2, 6.0)])
     assert "| gain: mean [95% CI] (points) | n | MDE (points) | paper gain | verdict |" in md, md
     assert "| +6.0 [+3.5, +8.5] | 3 | 3.10 | +2.0 | the paper's sign |" in md, md
     assert "| +0.0 [-2.5, +2.5] | 3 | 3.10 | +4.5 | smaller than 2.5 |" in md, md   # the paper's +4.5 is ruled out
@@ -381,7 +468,8 @@ def test_copy_replace_gains_get_the_tables_treatment():
 
 # --- a report on the user's own data ---------------------------------------------------------------------------
 def _own_runs(runs: Path, seeds=(0, 1, 2)) -> str:
-    "Complete Table 4 runs (tiny protocol) on a CUB-layout folder `my_birds` of 10 classes, as msabn_run --set leaves them."
+    ("Complete Table 4 runs (tiny protocol) on a CUB-layout folder `my_birds` of 10 classes, as msabn_run --set leaves "
+     "them.")
     from msabn.core import save_json
     from msabn.experiments import experiment_folder, preset_folder, with_overrides
     exp = with_overrides(get_experiment("table4", "tiny"), {"dataset": "cub", "data": "my_birds"})
@@ -391,22 +479,33 @@ def _own_runs(runs: Path, seeds=(0, 1, 2)) -> str:
                   **{f"{m}@{sp}": ACC[r.name][s] for m in ("acc", "balanced_acc") for sp in exp.data.eval_splits}}
                  for c, r in exp.cells()]
         folder.mkdir(parents=True)
-        save_json({"fingerprint": fp, "overrides": dict(exp.overrides), "cells": cells, "splits": list(exp.data.eval_splits),
-                   "data": {"train": 30, "test": 30}, "num_classes": 10}, folder / "metrics.json")
+        save_json(
+            {
+                "fingerprint": fp,
+                "overrides": dict(exp.overrides),
+                "cells": cells,
+                "splits": list(exp.data.eval_splits),
+                "data": {"train": 30, "test": 30},
+                "num_classes": 10,
+            },
+            folder / "metrics.json",
+        )
         (folder / "attention.png").write_bytes(b"")
         write_status(folder, "complete", fp)
     return preset_folder(exp)
 
 
 def test_a_report_on_own_data_says_whose_data_and_sets_the_papers_numbers_apart(tmp_path):
-    "Before: titled 'Table 4: ... CUB-200-2011', the paper's numbers in our table's columns, and made by `msabn_run all`."
+    ("Before: titled 'Table 4: ... CUB-200-2011', the paper's numbers in our table's columns, and made by `msabn_run "
+     "all`.")
     preset = _own_runs(tmp_path / "runs")
     folder = write_report(tmp_path / "runs", tmp_path / "pf", preset, [0, 1, 2], log=QUIET)
     page, index = (folder / "table4_cub.md").read_text(), (folder / "README.md").read_text()
     assert page.startswith("# Table 4's protocol on your data `my_birds`"), page[:200]
     assert "your data `my_birds` (a folder in the cub layout: 10 classes; train 30, test 30 images)" in page
     ours = page.split("## Accuracy (%)")[1].split("The paper's accuracy (%) on CUB-200-2011")[0]
-    assert "paper" not in ours and "40.62" not in ours, ours                  # the paper's numbers are not in our table ...
+    # the paper's numbers are not in our table ...
+    assert "paper" not in ours and "40.62" not in ours, ours
     assert "| Base | 40.62 ± 1.985 | 44.68 ± 0.816 | 53.41 ± 0.792 |" in page  # ... but in their own, as the paper's
     assert "embedded" not in page + index
     assert (f"Made by `msabn_report --preset {preset} --seeds 0 1 2` from the complete runs of "

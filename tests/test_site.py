@@ -17,7 +17,11 @@ def site(tmp_path_factory):
 def test_site_has_every_notebook(site):
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     assert "index.html" in pages
-    nbs = [p for p in (ROOT / "nbs").rglob("*.ipynb") if not any(s.startswith((".", "_")) for s in p.relative_to(ROOT / "nbs").parts)]
+    nbs = [
+        p
+        for p in (ROOT / "nbs").rglob("*.ipynb")
+        if not any(s.startswith((".", "_")) for s in p.relative_to(ROOT / "nbs").parts)
+    ]
     assert len(pages - {"404.html"}) >= len(nbs), f"site pages {sorted(pages)} vs notebooks {len(nbs)}"
     core = (site / "api" / "core.html").read_text()
     assert "set_seed" in core and "Atomic file writes" in core

@@ -1,5 +1,6 @@
 """The training engine across modules: every model type trains, kill-and-resume, torchrun with gloo; and the faults
-(occupied folders, changed recipes, bad configs and data, failing writes, interruptions) said clearly and losing nothing."""
+(occupied folders, changed recipes, bad configs and data, failing writes, interruptions) said clearly and losing
+nothing."""
 import errno
 import os
 import signal
@@ -11,21 +12,27 @@ import time
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT
-from msabn.core import load_json, set_seed
-from msabn.data import get_dataset
-from msabn.models import create_model
-from msabn.data import make_synthetic
 from torch.utils.data import Dataset
 
-import msabn.train.checkpoints
 import msabn.core
+import msabn.train.checkpoints
 import msabn.train.engine
+from msabn.core import load_json, set_seed
+from msabn.data import eval_transform, get_dataset, make_synthetic, train_transform
 from msabn.explain import collect_attention
-from msabn.train import (CheckpointError, ConfigChangedError, NonFiniteLossError, RunExistsError, RunInUseError,
-                         TrainConfig, evaluate, fit, load_checkpoint)
-from msabn.data import eval_transform, train_transform
+from msabn.models import create_model
+from msabn.train import (
+    CheckpointError,
+    ConfigChangedError,
+    NonFiniteLossError,
+    RunExistsError,
+    RunInUseError,
+    TrainConfig,
+    evaluate,
+    fit,
+    load_checkpoint,
+)
 
 SCRIPT = ROOT / "tests" / "scripts" / "train_tiny.py"
 
@@ -47,7 +54,8 @@ def test_tiny_run_trains_and_writes_its_files(data_root, tmp_path, arch, puzzle)
     hist = pd.read_csv(tmp_path / "history.csv")
     tr = hist[hist.split == "train"]
     assert list(tr.epoch) == [1, 2]
-    assert tr.loss.iloc[1] < tr.loss.iloc[0], f"{arch} (puzzle={puzzle}): the training loss did not fall: {tr.loss.tolist()}"
+    assert tr.loss.iloc[1] < tr.loss.iloc[0], (f"{arch} (puzzle={puzzle}): the training loss did not fall: "
+                                               f"{tr.loss.tolist()}")
     assert tr.attn.notna().all() == (arch != "base")
     assert tr.re.notna().all() == puzzle
     assert set(hist.split) == {"train", "test_iid"}
@@ -69,8 +77,12 @@ def test_killed_and_resumed_equals_uninterrupted(data_root, tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     r = _run([data_root, whole, "--arch", "abn", "--deterministic"], timeout=300)
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), data_root, cut, "--arch", "abn", "--deterministic"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), data_root, cut, "--arch", "abn", "--deterministic"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = cut / "checkpoint.pt"
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline: time.sleep(0.05)
@@ -169,7 +181,10 @@ def test_a_second_fit_on_the_same_folder_fails_at_once(tmp_path):
     assert time.perf_counter() - t0 < 10, "the second fit must fail at once, not wait"
     release.set(); t.join(60)
     assert "first" not in seen, seen
-    assert load_json(out / "config.json")["train"]["lr"] == 0.05 and load_checkpoint(out / "checkpoint.pt")["config"]["lr"] == 0.05
+    assert (
+        load_json(out / "config.json")["train"]["lr"] == 0.05
+        and load_checkpoint(out / "checkpoint.pt")["config"]["lr"] == 0.05
+    )
     assert not (out / ".lock").exists()
 
 
@@ -197,14 +212,18 @@ def test_resume_with_more_epochs_and_runtime_changes_continues(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("field,value,expected", [
-    ("lr", float("nan"), "a finite number > 0"), ("alpha", float("nan"), "a finite number >= 0"), ("eval_every", 0, ">= 1"),
+    ("lr", float("nan"), "a finite number > 0"), ("alpha", float("nan"), "a finite number >= 0"),
+    ("eval_every", 0, ">= 1"),
     ("eval_batch_size", -5, ">= 1"), ("epochs", 2.5, "a whole number"), ("batch_size", "32", "a whole number"),
     ("lr_gamma", -0.1, "(0, 1]"), ("momentum", 1.5, "[0, 1)"), ("weight_decay", -1.0, ">= 0"),
-    ("milestones", (0.75, 0.5), "increasing fractions"), ("milestones", (0.5, 2.0), "(0, 1)"), ("amp", "fp16", "'auto', 'bf16' or 'off'"),
+    ("milestones", (0.75, 0.5), "increasing fractions"), ("milestones", (0.5, 2.0), "(0, 1)"),
+    ("amp", "fp16", "'auto', 'bf16' or 'off'"),
     ("puzzle_grid", (0, 2), "two whole numbers >= 1"), ("keep_best", 1, "True or False"), ("seed", -3, "[0, 2**32)")])
 def test_train_config_refuses_values_that_cannot_train(field, value, expected):
     with pytest.raises(ValueError) as e: TrainConfig(**{field: value})
-    assert f"TrainConfig.{field} must be" in str(e.value) and expected in str(e.value) and repr(value) in str(e.value), str(e.value)
+    assert (
+        f"TrainConfig.{field} must be" in str(e.value) and expected in str(e.value) and repr(value) in str(e.value)
+    ), str(e.value)
 
 
 def test_summary_is_the_experiments_line():
@@ -213,7 +232,8 @@ def test_summary_is_the_experiments_line():
 
 
 @pytest.mark.parametrize("data,match", [
-    (Tensors(0), "train_data is empty"), (Tensors(1), r"train_data has 1 image\(s\): not one training step at batch_size 2"),
+    (Tensors(0), "train_data is empty"), (Tensors(1), r"train_data has 1 image\(s\): not one training step at "
+                                                      r"batch_size 2"),
     (Tensors(6, labels=[0, 1, 2, 0, 1, 0]), "label 2 .* the model, which has 2 classes"),
     (Tensors(6, labels=[0, 1, 2, 0, 1, 0], targets=False), "label 2 .* the model, which has 2 classes")])
 def test_data_that_cannot_train_is_refused_before_any_step(tmp_path, data, match):
@@ -274,7 +294,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 def test_a_write_killed_midway_leaves_the_checkpoint_and_its_temporary_is_removed(tmp_path, capsys):
     out = tmp_path / "run"
     _fit(out)
-    (out / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"the first half of a checkpoint")   # what kill -9 during the write leaves
+    # what kill -9 during the write leaves
+    (out / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"the first half of a checkpoint")
     _fit(out, TrainConfig(**{**CFG.__dict__, "epochs": 2}), resume=True)
     assert "removed .checkpoint.pt.k1ll3d.tmp" in capsys.readouterr().out
     assert not list(out.glob(".*.tmp")) and load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
@@ -284,7 +305,8 @@ def test_truncated_or_foreign_checkpoint_on_resume_says_what_to_do(tmp_path):
     out = tmp_path / "run"
     _fit(out)
     good = (out / "checkpoint.pt").read_bytes()
-    with pytest.raises(CheckpointError, match="belongs to another model: num_classes is 2 in the checkpoint but 3.*overwrite=True"):
+    with pytest.raises(CheckpointError, match="belongs to another model: num_classes is 2 in the checkpoint but "
+                                              "3.*overwrite=True"):
         fit(_model(k=3), Tensors(6, k=3), None, CFG, out_dir=out, resume=True)
     (out / "checkpoint.pt").write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="corrupt or not a checkpoint.*overwrite=True"):
@@ -332,10 +354,14 @@ def test_ctrl_c_during_the_epochs_evaluation_loses_no_epoch(tmp_path, monkeypatc
     monkeypatch.setattr(msabn.train.engine, "evaluate", ctrl_c)
     with pytest.raises(KeyboardInterrupt): fit(_model(), data, data, two, out_dir=tmp_path / "cut")
     ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
-    assert (ck["epoch"], ck["step"], ck["pending_eval"]) == (1, 0, True), "the trained epoch is saved, its evaluation pending"
+    assert (ck["epoch"], ck["step"], ck["pending_eval"]) == (1, 0, True), ("the trained epoch is saved, its evaluation "
+                                                                           "pending")
     cut = _model(); fit(cut, data, data, two, out_dir=tmp_path / "cut", resume=True)
-    for (k, a), b in zip(whole.state_dict().items(), cut.state_dict().values()): assert torch.equal(a, b), k
-    h = lambda d: pd.read_csv(tmp_path / d / "history.csv").drop(columns=["seconds", "images_per_s"]).fillna(-1).to_dict()
+    for (k, a), b in zip(whole.state_dict().items(), cut.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    h = lambda d: (
+        pd.read_csv(tmp_path / d / "history.csv").drop(columns=["seconds", "images_per_s"]).fillna(-1).to_dict()
+    )
     assert h("whole") == h("cut")
 
 

@@ -32,7 +32,8 @@ import yaml
 from nbconvert import MarkdownExporter
 from nbdev.config import get_config
 
-SECTIONS = {"api": "API", "tutorials": "Tutorials", "explanations": "Explanations", "experiments": "Experiments"}  # in order
+# in order
+SECTIONS = {"api": "API", "tutorials": "Tutorials", "explanations": "Explanations", "experiments": "Experiments"}
 # nbs/api/<layer>/ -> its title in the API section, in the package's order (a layer imports only the ones before it)
 API_LAYERS = {"data": "Data", "models": "Models", "train": "Training", "explain": "Explaining",
               "hitl": "Human in the loop", "experiments": "Experiments", "report": "Report"}
@@ -146,7 +147,8 @@ def page_module(nb_path: Path):
 
 
 def classes_as_classes(body: str, module) -> str:
-    "show_doc writes every signature as `def`: a class reads `class`, and a NamedTuple lists its fields with their comments."
+    ("show_doc writes every signature as `def`: a class reads `class`, and a NamedTuple lists its fields with their "
+     "comments.")
     import inspect
     if module is None: return body
     def sub(m):
@@ -155,7 +157,9 @@ def classes_as_classes(body: str, module) -> str:
         if hasattr(obj, "_fields"):   # a NamedTuple: its fields, as its source writes them
             src = inspect.getsource(obj).splitlines()
             fields = [line.strip() for line in src[1:] if ":" in line and line.strip().split(":")[0] in obj._fields]
-            return "```python\nclass " + m.group(1) + "(NamedTuple):\n" + "\n".join("    " + f for f in fields) + "\n```"
+            return (
+                "```python\nclass " + m.group(1) + "(NamedTuple):\n" + "\n".join("    " + f for f in fields) + "\n```"
+            )
         return "```python\nclass " + m.group(1) + "(" + m.group(2) + "\n```"
     return _SHOW_DOC.sub(sub, body)
 
@@ -190,7 +194,8 @@ RESULTS = "results"   # paper_figures/ is copied here: every table's and figure'
 
 
 def copy_results(root: Path, docs: Path) -> list[tuple[Path, str]]:
-    "Copy paper_figures/ into the site and list its pages for the navigation: the overview, the paper's order, the rest."
+    ("Copy paper_figures/ into the site and list its pages for the navigation: the overview, the paper's order, the "
+     "rest.")
     src = root / "paper_figures"
     if not src.is_dir(): return []
     shutil.copytree(src, docs / RESULTS, ignore=shutil.ignore_patterns(".*"))
@@ -204,7 +209,8 @@ def copy_results(root: Path, docs: Path) -> list[tuple[Path, str]]:
     for p in sorted(pages, key=key):
         first = next((line[2:].strip() for line in (docs / p).read_text(encoding="utf-8").splitlines()
                       if line.startswith("# ")), None)
-        if first is None: continue   # a fragment another page includes (the explainers' table.md), not a page of its own
+        # a fragment another page includes (the explainers' table.md), not a page of its own
+        if first is None: continue
         out.append((p, "Overview" if p == Path(RESULTS) / "README.md" else first.split(" (ours:")[0]))
     return out
 
@@ -242,10 +248,21 @@ def mkdocs_config(cfg, pages: list[tuple[Path, str]], docs_dir: Path, site_dir: 
         "docs_dir": str(docs_dir),
         "site_dir": str(site_dir),
         "use_directory_urls": False,  # api/core.md -> api/core.html, the same names nbdev's links use
-        "theme": {"name": "material", "font": False, "features": ["navigation.sections", "navigation.footer", "content.code.copy"]},
+        "theme": {
+            "name": "material",
+            "font": False,
+            "features": ["navigation.sections", "navigation.footer", "content.code.copy"],
+        },
         "plugins": ["search", "offline"],
-        "markdown_extensions": ["tables", "attr_list", "admonition", "md_in_html", "toc",
-                                "pymdownx.superfences", "pymdownx.highlight"],
+        "markdown_extensions": [
+            "tables",
+            "attr_list",
+            "admonition",
+            "md_in_html",
+            "toc",
+            "pymdownx.superfences",
+            "pymdownx.highlight",
+        ],
         "nav": nav,
         # a link to a page or heading that does not exist fails the build (--strict)
         "validation": {"links": {"not_found": "warn", "anchors": "warn", "unrecognized_links": "warn"}},
@@ -280,11 +297,15 @@ def readme_text(index_md: Path) -> str:
     "README.md is the home page's Markdown, its site-relative links made absolute so that they work on GitHub and PyPI."
     cfg = get_config()
     site = cfg.doc_host.rstrip("/") + cfg.doc_baseurl.rstrip("/")
-    raw = cfg.git_url.replace("https://github.com/", "https://raw.githubusercontent.com/").rstrip("/") + f"/{cfg.branch}"
+    raw = (
+        cfg.git_url.replace("https://github.com/", "https://raw.githubusercontent.com/").rstrip("/") + f"/{cfg.branch}"
+    )
     text = index_md.read_text(encoding="utf-8")
     text = re.sub(r"(!\[[^\]]*\]\()" + RESULTS + r"/", rf"\1{raw}/paper_figures/", text)          # pictures: the files
     text = re.sub(r"(\]\()(?!https?://|#)([\w./-]+?)\.md\b", rf"\1{site}/\2.html", text)         # pages: the docs site
-    return "<!-- Generated from nbs/index.ipynb by tools/build_site.py: edit the notebook, not this file. -->\n\n" + text
+    return (
+        "<!-- Generated from nbs/index.ipynb by tools/build_site.py: edit the notebook, not this file. -->\n\n" + text
+    )
 
 
 def write_readme(index_md: Path, readme: Path):

@@ -6,9 +6,9 @@
 __all__ = []
 
 # %% ../../nbs/api/data/index.ipynb #b8a03b14
-from .items import *
-from .formats import *
 from .datasets import *
+from .formats import *
+from .items import *
+from .memory import *
 from .synthetic import *
 from .transforms import *
-from .memory import *

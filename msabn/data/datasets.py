@@ -19,10 +19,26 @@ import torch
 import torchvision
 from torchvision import tv_tensors
 
+from msabn.data.formats import (
+    CARS_ANNOS,
+    CARS_FIELDS,
+    CARS_FOLDER,
+    CARS_META,
+    CIFAR_FILES,
+    CIFAR_FOLDER,
+    CUB_BOXES,
+    CUB_FILES,
+    CUB_FOLDER,
+    DIAGSET_BACKGROUND,
+    DIAGSET_BLOBS,
+    DIAGSET_CLASSES,
+    DIAGSET_PARTITIONS,
+    DIAGSET_SPLITS,
+    IMAGENET_FOLDERS,
+    IMG_EXTENSIONS,
+)
+
 from .items import ON_BAD, DataError, ImageDataset, ImageFiles, read_table, unique_ids
-from .formats import (CARS_ANNOS, CARS_FIELDS, CARS_FOLDER, CARS_META, CIFAR_FILES, CIFAR_FOLDER,
-                                CUB_BOXES, CUB_FILES, CUB_FOLDER, DIAGSET_BACKGROUND, DIAGSET_BLOBS, DIAGSET_CLASSES,
-                                DIAGSET_PARTITIONS, DIAGSET_SPLITS, IMAGENET_FOLDERS, IMG_EXTENSIONS)
 
 # %% auto #0
 __all__ = ['DATASETS', 'FOLDER_SPLITS', 'SPLITS', 'DATA_LAYOUTS', 'CUB', 'StanfordCars', 'CIFAR100', 'ImageNet', 'ClassFolders',
@@ -41,9 +57,11 @@ _CUB_TYPES = {"images.txt": (int, str), "image_class_labels.txt": (int, int), "t
               "bounding_boxes.txt": (int, float, float, float, float)}
 
 def _cub_tables(root: Path) -> dict[str, Any]:
-    "CUB's annotation files, read and checked against each other: {file name: rows (classes) or {image id: row}}; no box file: None."
+    ("CUB's annotation files, read and checked against each other: {file name: rows (classes) or {image id: row}}; no "
+     "box file: None.")
     p = {k: root/k for k in CUB_FILES}
-    files = [f for f in CUB_FILES if f != CUB_BOXES or p[f].exists()]   # the boxes are optional: a folder without them has none
+    # the boxes are optional: a folder without them has none
+    files = [f for f in CUB_FILES if f != CUB_BOXES or p[f].exists()]
     t = {"classes.txt": read_table(p["classes.txt"], (int, str), CUB_FILES["classes.txt"]), CUB_BOXES: None}
     for f, types in _CUB_TYPES.items():
         if f in files: t[f] = unique_ids(read_table(p[f], types, CUB_FILES[f]), p[f], CUB_FILES[f])
@@ -58,7 +76,8 @@ def _cub_tables(root: Path) -> dict[str, Any]:
     return t
 
 def _cub_box(path: Path, k: int, name: str, row: tuple) -> tuple[float, ...]:
-    "One line (line number, x, y, width, height) of bounding_boxes.txt as XYXY, refusing one that is not finite or has no area."
+    ("One line (line number, x, y, width, height) of bounding_boxes.txt as XYXY, refusing one that is not finite or "
+     "has no area.")
     ln, x, y, bw, bh = row
     if not all(math.isfinite(v) for v in (x, y, bw, bh)):
         raise DataError(f"{path}:{ln}: the box of image {k} ({name}) is not finite ({x:g} {y:g} {bw:g} {bh:g}); "
@@ -69,7 +88,8 @@ def _cub_box(path: Path, k: int, name: str, row: tuple) -> tuple[float, ...]:
     return x, y, x + bw, y + bh
 
 class CUB(ImageFiles):
-    "CUB-200-2011 (or any folder in its layout) with one box per image (none without bounding_boxes.txt) and the official train/test split."
+    ("CUB-200-2011 (or any folder in its layout) with one box per image (none without bounding_boxes.txt) and the "
+     "official train/test split.")
     name = "cub"
     def __init__(self,
                  root: str | Path,                  # the CUB_200_2011 folder or its parent
@@ -80,26 +100,31 @@ class CUB(ImageFiles):
         if split not in ("train", "test"): raise ValueError(f"CUB split must be 'train' or 'test', got {split!r}")
         root = _cub_root(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such folder; expected CUB-200-2011's folder with {', '.join(CUB_FILES)} and images/")
+            raise FileNotFoundError(f"{root}: no such folder; expected CUB-200-2011's folder with "
+                                    f"{', '.join(CUB_FILES)} and images/")
         t, p = _cub_tables(root), {k: root/k for k in CUB_FILES}
         class_ids = sorted(c for _, (c, _) in t["classes.txt"])
         if len(set(class_ids)) != len(class_ids): raise DataError(f"{p['classes.txt']}: a class id appears twice")
         cls_index = {c: k for k, c in enumerate(class_ids)}
         names = {c: re.sub(r"^\d+\.", "", name) for _, (c, name) in t["classes.txt"]}
         ids, files, targets, xyxy = [], [], [], []
-        for k, (n, name) in t["images.txt"].items():
+        for k, (_, name) in t["images.txt"].items():
             ln, is_train = t["train_test_split.txt"][k]
             if is_train not in (0, 1):
-                raise DataError(f"{p['train_test_split.txt']}:{ln}: is_training_image {is_train} of image {k}; expected 1 or 0")
+                raise DataError(f"{p['train_test_split.txt']}:{ln}: is_training_image {is_train} of image {k}; "
+                                "expected 1 or 0")
             ln, c = t["image_class_labels.txt"][k]
             if c not in cls_index:
-                raise DataError(f"{p['image_class_labels.txt']}:{ln}: class id {c} of image {k} ({name}) is out of range; "
-                                f"expected one of the {len(class_ids)} ids of classes.txt ({class_ids[0]}..{class_ids[-1]})")
+                raise DataError(f"{p['image_class_labels.txt']}:{ln}: class id {c} of image {k} ({name}) is out of "
+                                "range; "
+                                f"expected one of the {len(class_ids)} ids of classes.txt "
+                                f"({class_ids[0]}..{class_ids[-1]})")
             box = None if t[CUB_BOXES] is None else _cub_box(p[CUB_BOXES], k, name, t[CUB_BOXES][k])
             if is_train != (split == "train"): continue
             ids.append(k); files.append(root/"images"/name); targets.append(cls_index[c]); xyxy.append(box)
         if not ids:
-            raise DataError(f"{p['train_test_split.txt']}: no image has is_training_image {int(split == 'train')}, so the {split} "
+            raise DataError(f"{p['train_test_split.txt']}: no image has is_training_image {int(split == 'train')}, so "
+                            f"the {split} "
                             f"split is empty; expected lines '<image_id> {int(split == 'train')}' for its images")
         boxes = None if t[CUB_BOXES] is None else torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4)
         super().__init__(files, targets, [names[c] for c in class_ids], boxes,
@@ -110,8 +135,10 @@ def _loadmat(path: Path, key: str, what: str) -> np.ndarray:
     import scipy.io
     if not path.is_file(): raise FileNotFoundError(f"{path}: annotation file not found; expected {what}")
     try: m = scipy.io.loadmat(path, squeeze_me=True)
-    except Exception as e: raise DataError(f"{path}: cannot read the .mat file ({type(e).__name__}: {e}); expected {what}") from e
-    if key not in m: raise DataError(f"{path}: no variable {key!r} (has {sorted(k for k in m if not k.startswith('__'))}); expected {what}")
+    except Exception as e: raise DataError(f"{path}: cannot read the .mat file ({type(e).__name__}: {e}); expected "
+                                           f"{what}") from e
+    if key not in m: raise DataError(f"{path}: no variable {key!r} (has "
+                                     f"{sorted(k for k in m if not k.startswith('__'))}); expected {what}")
     return m[key]
 
 class StanfordCars(ImageFiles):
@@ -123,17 +150,21 @@ class StanfordCars(ImageFiles):
                  transform: Callable | None = None, # applied to the whole item dict
                  on_bad: str = "error",             # "skip": leave out missing/unreadable images, with a count
                  check_images: bool = False):       # decode every image at construction
-        if split not in ("train", "test"): raise ValueError(f"Stanford Cars split must be 'train' or 'test', got {split!r}")
+        if split not in ("train", "test"): raise ValueError("Stanford Cars split must be 'train' or 'test', got "
+                                                            f"{split!r}")
         root = Path(root)
         if (root/CARS_FOLDER).is_dir(): root = root/CARS_FOLDER
         names = _loadmat(root/CARS_META, "class_names", "the devkit's class names (class_names)")
         classes = [str(c) for c in np.atleast_1d(names).tolist()]
-        if not classes: raise DataError(f"{root/CARS_META}: class_names is empty; expected the devkit's 196 class names")
+        if not classes:
+            raise DataError(f"{root / CARS_META}: class_names is empty; expected the devkit's 196 class names")
         annos_path = root/CARS_ANNOS[split]
-        if not annos_path.exists() and (root/"devkit"/annos_path.name).exists(): annos_path = root/"devkit"/annos_path.name
+        if not annos_path.exists() and (root / "devkit" / annos_path.name).exists():
+            annos_path = root / "devkit" / annos_path.name
         what = "a struct array 'annotations' with fields " + ", ".join(CARS_FIELDS)
         annos = np.atleast_1d(_loadmat(annos_path, "annotations", what))
-        if annos.size == 0: raise DataError(f"{annos_path}: 'annotations' is empty, so the {split} split is empty; expected {what}, one per image")
+        if annos.size == 0: raise DataError(f"{annos_path}: 'annotations' is empty, so the {split} split is empty; "
+                                            f"expected {what}, one per image")
         missing = [f for f in CARS_FIELDS if f not in (annos.dtype.names or ())]
         if missing:
             hint = " (the test labels are in cars_test_annos_withlabels.mat)" if "class" in missing else ""
@@ -166,13 +197,15 @@ class CIFAR100(ImageDataset):
                  root: str | Path,                  # the folder holding cifar-100-python/ (or that folder itself)
                  split: str = "train",              # "train" (50,000) or "test" (10,000)
                  transform: Callable | None = None, # applied to the whole item dict
-                 verify: bool = True):              # check the official md5 sums; False reads any file in the format (fixtures)
+                 # check the official md5 sums; False reads any file in the format (fixtures)
+                 verify: bool = True):
         if split not in ("train", "test"): raise ValueError(f"CIFAR-100 split must be 'train' or 'test', got {split!r}")
         root = Path(root)
         if root.name == CIFAR_FOLDER: root = root.parent
         folder = root/CIFAR_FOLDER
         missing = [f for f in CIFAR_FILES if not (folder/f).is_file()]
-        if missing: raise FileNotFoundError(f"{folder}: missing {missing}; expected the extracted cifar-100-python.tar.gz "
+        if missing: raise FileNotFoundError(f"{folder}: missing {missing}; expected the extracted "
+                                            "cifar-100-python.tar.gz "
                                             "(pickles train, test and meta)")
         cls = torchvision.datasets.CIFAR100 if verify else _CIFAR100NoMD5
         try: tv = cls(str(root), train=split == "train", download=False)
@@ -180,11 +213,14 @@ class CIFAR100(ImageDataset):
             raise DataError(f"{folder}: the files are not the official CIFAR-100 files (md5 check failed: {e}); "
                             "pass verify=False to read files in the same format that are not the official ones") from e
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
-            raise DataError(f"{folder}/{split}: not a CIFAR-100 python pickle ({type(e).__name__}: {e}); expected a dict "
+            raise DataError(f"{folder}/{split}: not a CIFAR-100 python pickle ({type(e).__name__}: {e}); expected a "
+                            "dict "
                             "with 'data' (N x 3072 uint8) and 'fine_labels'") from e
-        if len(tv.data) == 0: raise DataError(f"{folder/split}: holds no images; expected 'data' with N x 3072 uint8 rows, N > 0")
+        if len(tv.data) == 0: raise DataError(f"{folder/split}: holds no images; expected 'data' with N x 3072 uint8 "
+                                              "rows, N > 0")
         if len(tv.data) != len(tv.targets):
-            raise DataError(f"{folder/split}: {len(tv.data)} images but {len(tv.targets)} fine_labels; expected one label per row of 'data'")
+            raise DataError(f"{folder/split}: {len(tv.data)} images but {len(tv.targets)} fine_labels; expected one "
+                            "label per row of 'data'")
         self.data = tv.data  # N x 32 x 32 x 3 uint8
         self._file = folder/split
         super().__init__(tv.targets, tv.classes, None, transform, root, split)
@@ -195,7 +231,8 @@ class CIFAR100(ImageDataset):
 
 # %% ../../nbs/api/data/02_datasets.ipynb #c64177c3
 def _class_folders(path: Path) -> list[str]:
-    if not path.is_dir(): raise FileNotFoundError(f"{path}: no such folder; expected one sub-folder of images per class")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder; expected one sub-folder of images per class")
     return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 def _folder_items(path: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
@@ -213,23 +250,32 @@ class ImageNet(ImageFiles):
                  root: str | Path,                  # the folder holding train/ and val/
                  split: str = "train",              # "train", or "test"/"val" (the validation set)
                  transform: Callable | None = None, # applied to the whole item dict
-                 on_bad: str = "error",             # "skip": leave out unreadable images (check_images=True), with a count
+                 # "skip": leave out unreadable images (check_images=True), with a count
+                 on_bad: str = "error",
                  check_images: bool = False):       # decode every image at construction
-        if split not in ("train", "test", "val"): raise ValueError(f"ImageNet split must be 'train', 'test' or 'val', got {split!r}")
+        if split not in ("train", "test", "val"): raise ValueError("ImageNet split must be 'train', 'test' or 'val', "
+                                                                   f"got {split!r}")
         root = Path(root)
-        files, targets, classes = _tree(root/IMAGENET_FOLDERS[split], root/IMAGENET_FOLDERS["train"], "class (wnid)", "wnids")
+        files, targets, classes = _tree(
+            root / IMAGENET_FOLDERS[split], root / IMAGENET_FOLDERS["train"], "class (wnid)", "wnids"
+        )
         super().__init__(files, targets, classes, None, transform, root, split, on_bad, check_images)
 
-def _tree(folder: Path, train: Path, per: str = "class", same: str = "classes") -> tuple[list[Path], list[int], list[str]]:
+def _tree(
+    folder: Path, train: Path, per: str = "class", same: str = "classes"
+) -> tuple[list[Path], list[int], list[str]]:
     "A split's files and labels from a class-per-folder tree, its classes named by the training split's folders."
     classes = _class_folders(train) if train.is_dir() else _class_folders(folder)
     if not classes:
-        raise DataError(f"{train if train.is_dir() else folder}: no class folders; expected one folder of images per {per}")
+        raise DataError(f"{train if train.is_dir() else folder}: no class folders; expected one folder of images per "
+                        f"{per}")
     extra = sorted(set(_class_folders(folder)) - set(classes))
-    if extra: raise DataError(f"{folder}: class folder(s) {extra[:5]} are not in {train}; expected the same {same} in both")
+    if extra: raise DataError(f"{folder}: class folder(s) {extra[:5]} are not in {train}; expected the same {same} in "
+                              "both")
     return *_folder_items(folder, classes), classes
 
-FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val"), "val": ("val", "test")}  # a split: the first folder there
+# a split: the first folder there
+FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val"), "val": ("val", "test")}
 
 class ClassFolders(ImageFiles):
     "Any class-per-folder tree with train/ and test/ (or val/), as torchvision's ImageFolder reads each; no boxes."
@@ -238,7 +284,8 @@ class ClassFolders(ImageFiles):
                  root: str | Path,                  # the folder holding train/ and test/ (or val/)
                  split: str = "train",              # "train", "test" or "val" (test/ and val/ stand in for each other)
                  transform: Callable | None = None, # applied to the whole item dict
-                 on_bad: str = "error",             # "skip": leave out unreadable images (check_images=True), with a count
+                 # "skip": leave out unreadable images (check_images=True), with a count
+                 on_bad: str = "error",
                  check_images: bool = False):       # decode every image at construction
         if split not in FOLDER_SPLITS: raise ValueError(f"folder split must be 'train', 'test' or 'val', got {split!r}")
         root = Path(root)
@@ -278,17 +325,23 @@ class DiagSetBlobs(ImageDataset):
         if on_bad not in ON_BAD: raise ValueError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
         root = Path(root)
         part = root/DIAGSET_PARTITIONS/f"{split}.csv"
-        if not part.is_file(): raise FileNotFoundError(f"{part}: partition file not found; expected a CSV with a column scan_id")
+        if not part.is_file(): raise FileNotFoundError(f"{part}: partition file not found; expected a CSV with a "
+                                                       "column scan_id")
         with open(part, newline="") as f: rows = list(csv.DictReader(f))
         if rows and "scan_id" not in rows[0]: raise DataError(f"{part}: no column scan_id (columns {list(rows[0])})")
         blobs = root/DIAGSET_BLOBS/f"{magnification}x"
         scans = [r["scan_id"] for r in rows]
-        if not scans: raise DataError(f"{part}: lists no scans; expected a CSV with a column scan_id and one row per scan")
+        if not scans: raise DataError(f"{part}: lists no scans; expected a CSV with a column scan_id and one row per "
+                                      "scan")
         absent = [s for s in scans if not (blobs/s).is_dir()]
         if absent and on_bad == "error":
-            raise FileNotFoundError(f"{blobs}: no folder for scan(s) {absent[:5]} of {part.name} ({len(absent)} missing) "
+            raise FileNotFoundError(f"{blobs}: no folder for scan(s) {absent[:5]} of {part.name} ({len(absent)} "
+                                    "missing) "
                                     "(pass on_bad='skip' to leave them out with a count)")
-        if absent: warnings.warn(f"{blobs}: skipped {len(absent)} of {len(scans)} scans of {part.name}: no blob folder", stacklevel=2)
+        if absent:
+            warnings.warn(
+                f"{blobs}: skipped {len(absent)} of {len(scans)} scans of {part.name}: no blob folder", stacklevel=2
+            )
         classes = _diagset_classes(drop_background)
         found = {d.name for s in scans if s not in absent for d in (blobs/s).iterdir() if d.is_dir()}
         _check_diagset_classes(found, blobs, classes)
@@ -297,10 +350,13 @@ class DiagSetBlobs(ImageDataset):
             if s in absent: continue
             for k, c in enumerate(classes):
                 for b in sorted((blobs/s/c).glob("*.npy")) if (blobs/s/c).is_dir() else []:
-                    try: arr = np.load(b, mmap_mode="r")
-                    except Exception as e: raise DataError(f"{b}: cannot read the blob ({type(e).__name__}: {e})") from e
+                    try:
+                        arr = np.load(b, mmap_mode="r")
+                    except Exception as e:
+                        raise DataError(f"{b}: cannot read the blob ({type(e).__name__}: {e})") from e
                     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-                        raise DataError(f"{b}: blob of shape {arr.shape} and dtype {arr.dtype}; expected N x H x W x 3 uint8 patches")
+                        raise DataError(f"{b}: blob of shape {arr.shape} and dtype {arr.dtype}; expected N x H x W x 3 "
+                                        "uint8 patches")
                     blob_of += [len(self.blob_files)] * len(arr); row_of += range(len(arr)); targets += [k] * len(arr)
                     self.blob_files.append(b)
         self.blob_of, self.row_of = np.asarray(blob_of, np.int64), np.asarray(row_of, np.int64)
@@ -325,7 +381,8 @@ def DiagSet(
 ) -> ImageDataset:
     "DiagSet-10x from the published blobs or from a class-per-folder tree, whichever `root` holds."
     split = {"val": "validation"}.get(split, split)
-    if split not in DIAGSET_SPLITS: raise ValueError(f"DiagSet split must be one of {DIAGSET_SPLITS} (or 'val'), got {split!r}")
+    if split not in DIAGSET_SPLITS: raise ValueError(f"DiagSet split must be one of {DIAGSET_SPLITS} (or 'val'), got "
+                                                     f"{split!r}")
     root = Path(root)
     if (root/"blobs").is_dir(): return DiagSetBlobs(root, split, transform, drop_background, magnification, on_bad)
     return DiagSetFolders(root, split, transform, drop_background, on_bad, check_images)
@@ -336,7 +393,8 @@ class Synthetic(CUB):
     name = "synthetic"
     def __init__(self,
                  root: str | Path,                  # the folder make_synthetic wrote
-                 split: str = "train",              # "train", "test" (shifted: habitat independent of class) or "test_iid"
+                 # "train", "test" (shifted: habitat independent of class) or "test_iid"
+                 split: str = "train",
                  transform: Callable | None = None, # applied to the whole item dict
                  on_bad: str = "error",             # "skip": leave out missing/unreadable images, with a count
                  check_images: bool = False):       # decode every image at construction
@@ -351,16 +409,35 @@ class Synthetic(CUB):
         folder = root/"test_iid" if split == "test_iid" else root
         super().__init__(folder, "test" if split == "test_iid" else split, transform, on_bad, check_images)
         self.root, self.split = root, split
-        table = unique_ids(read_table(folder/"habitats.txt", (int, int), "<image_id> <habitat_id>"), folder/"habitats.txt",
-                            "<image_id> <habitat_id>")
+        table = unique_ids(
+            read_table(folder / "habitats.txt", (int, int), "<image_id> <habitat_id>"),
+            folder / "habitats.txt",
+            "<image_id> <habitat_id>",
+        )
         missing = [k for k in self.image_ids if k not in table]
-        if missing: raise DataError(f"{folder/'habitats.txt'}: no line for image id(s) {missing[:5]}; expected one per image")
+        if missing: raise DataError(f"{folder/'habitats.txt'}: no line for image id(s) {missing[:5]}; expected one per "
+                                    "image")
         self.habitats = torch.tensor([table[k][1] - 1 for k in self.image_ids], dtype=torch.long)
 
 # %% ../../nbs/api/data/02_datasets.ipynb #484cab54
-SPLITS = {"cifar100": ("train", "test"), "imagenet": ("train", "test", "val"), "folder": ("train", "test", "val"), "diagset": ("train", "validation", "val", "test"),
-          "cub": ("train", "test"), "cars": ("train", "test"), "synthetic": ("train", "test", "test_iid")}
-_LOADERS = {"cifar100": CIFAR100, "imagenet": ImageNet, "folder": ClassFolders, "diagset": DiagSet, "cub": CUB, "cars": StanfordCars, "synthetic": Synthetic}
+SPLITS = {
+    "cifar100": ("train", "test"),
+    "imagenet": ("train", "test", "val"),
+    "folder": ("train", "test", "val"),
+    "diagset": ("train", "validation", "val", "test"),
+    "cub": ("train", "test"),
+    "cars": ("train", "test"),
+    "synthetic": ("train", "test", "test_iid"),
+}
+_LOADERS = {
+    "cifar100": CIFAR100,
+    "imagenet": ImageNet,
+    "folder": ClassFolders,
+    "diagset": DiagSet,
+    "cub": CUB,
+    "cars": StanfordCars,
+    "synthetic": Synthetic,
+}
 
 def get_dataset(
     name: str,                         # one of DATASETS
@@ -379,13 +456,17 @@ _DIAGSET_SPLITS = "{" + ",".join(DIAGSET_SPLITS) + "}"
 _CUB_NEEDED = [f for f in CUB_FILES if f != CUB_BOXES]   # what a CUB-layout folder must hold (the boxes are optional)
 
 DATA_LAYOUTS: dict[str, str] = {
-    "cifar100": f"cifar100/{CIFAR_FOLDER}/{{{','.join(CIFAR_FILES)}}}: the extracted cifar-100-python.tar.gz (python pickles)",
-    "imagenet": f"imagenet/{IMAGENET_FOLDERS['train']}/<wnid>/*.JPEG and imagenet/{IMAGENET_FOLDERS['test']}/<wnid>/*.JPEG: "
+    "cifar100": f"cifar100/{CIFAR_FOLDER}/{{{','.join(CIFAR_FILES)}}}: the extracted cifar-100-python.tar.gz (python "
+                "pickles)",
+    "imagenet": f"imagenet/{IMAGENET_FOLDERS['train']}/<wnid>/*.JPEG and "
+                f"imagenet/{IMAGENET_FOLDERS['test']}/<wnid>/*.JPEG: "
                 "ILSVRC-2012 as class-per-folder trees (the 50,000 validation images sorted into their wnid folders)",
-    "diagset": f"diagset/ holding DiagSet-A's {DIAGSET_BLOBS}/10x/<scan>/<class>/*.npy and {DIAGSET_PARTITIONS}/{_DIAGSET_SPLITS}.csv, "
+    "diagset": f"diagset/ holding DiagSet-A's {DIAGSET_BLOBS}/10x/<scan>/<class>/*.npy and "
+               f"{DIAGSET_PARTITIONS}/{_DIAGSET_SPLITS}.csv, "
                f"or class-per-folder trees diagset/{_DIAGSET_SPLITS}/<class>/*.png with the classes "
                f"{' '.join(_diagset_classes(True))} ({DIAGSET_BACKGROUND}, the background, is left out)",
-    "cub": f"cub/{CUB_FOLDER}/ (or cub/ itself) with {', '.join(_CUB_NEEDED)} and images/<class>/*.jpg, and {CUB_BOXES} "
+    "cub": f"cub/{CUB_FOLDER}/ (or cub/ itself) with {', '.join(_CUB_NEEDED)} and images/<class>/*.jpg, and "
+           f"{CUB_BOXES} "
            "(optional for Tables 4/5; Fig. 1 and Figs. 8/9 need it)",
     "cars": f"cars/ (or cars/{CARS_FOLDER}/) with {CARS_META}, {CARS_ANNOS['train']}, {CARS_ANNOS['test']}, "
             "cars_train/*.jpg and cars_test/*.jpg",
@@ -402,7 +483,8 @@ def data_present(
     "A cheap check of a dataset's marker files in its standard layout (the loader checks the rest)."
     root = Path(root)
     if dataset == "cifar100": return all((root/CIFAR_FOLDER/f).is_file() for f in CIFAR_FILES)
-    if dataset == "imagenet": return _has_any(root/IMAGENET_FOLDERS["train"]) and _has_any(root/IMAGENET_FOLDERS["test"])
+    if dataset == "imagenet":
+        return _has_any(root / IMAGENET_FOLDERS["train"]) and _has_any(root / IMAGENET_FOLDERS["test"])
     if dataset == "folder": return _has_any(root/"train") and (_has_any(root/"test") or _has_any(root/"val"))
     if dataset == "diagset":
         return ((root/"blobs").is_dir() and (root/DIAGSET_PARTITIONS/"train.csv").is_file()) or _has_any(root/"train")
@@ -416,7 +498,10 @@ def data_present(
 def missing_boxes(
     dataset: str,  # one of DATASETS
     root: Path,    # the dataset's own folder (e.g. <data-root>/cub)
-) -> Path | None:  # the box file a folder of a boxed layout lacks; None where its boxes are there (or it is no such folder)
-    "The file a CUB-layout folder keeps its boxes in, when it does not have it (Cars and the embedded data always have boxes)."
-    if dataset == "cub" and data_present("cub", root) and not (_cub_root(root)/CUB_BOXES).is_file(): return _cub_root(root)/CUB_BOXES
+# the box file a folder of a boxed layout lacks; None where its boxes are there (or it is no such folder)
+) -> Path | None:
+    ("The file a CUB-layout folder keeps its boxes in, when it does not have it (Cars and the embedded data always "
+     "have boxes).")
+    if dataset == "cub" and data_present("cub", root) and not (_cub_root(root) / CUB_BOXES).is_file():
+        return _cub_root(root) / CUB_BOXES
     return None

@@ -24,7 +24,8 @@ CUB_FOLDER = "CUB_200_2011"   # what CUB_200_2011.tgz extracts to
 CUB_FILES = {"images.txt": "<image_id> <image_name>", "image_class_labels.txt": "<image_id> <class_id>",
              "train_test_split.txt": "<image_id> <is_training_image>",
              "bounding_boxes.txt": "<image_id> <x> <y> <width> <height>", "classes.txt": "<class_id> <class_name>"}
-CUB_BOXES = "bounding_boxes.txt"  # the one optional file: a folder without it has no boxes (Tables 4/5 train; Fig. 1, Figs. 8/9 refuse it)
+# the one optional file: a folder without it has no boxes (Tables 4/5 train; Fig. 1, Figs. 8/9 refuse it)
+CUB_BOXES = "bounding_boxes.txt"
 
 CARS_FOLDER = "stanford_cars"  # torchvision's name for the devkit layout
 CARS_META = "devkit/cars_meta.mat"
@@ -73,7 +74,8 @@ def write_cub_fixture(
     seed: int = 0,                    # the same seed writes the same files
     boxes: bool = True,               # False: no bounding_boxes.txt (a user's own folder without boxes)
 ) -> Path:                            # the CUB_200_2011 folder
-    "Write a few JPEGs in CUB-200-2011's layout (the five text files, without bounding_boxes.txt if boxes=False, and images/)."
+    ("Write a few JPEGs in CUB-200-2011's layout (the five text files, without bounding_boxes.txt if boxes=False, and "
+     "images/).")
     rng = np.random.default_rng(seed)
     cub = Path(root)/CUB_FOLDER
     lines = {k: [] for k in CUB_FILES}
@@ -91,7 +93,8 @@ def write_cub_fixture(
             lines["images.txt"].append(f"{k} {name}")
             lines["image_class_labels.txt"].append(f"{k} {c}")
             lines["train_test_split.txt"].append(f"{k} {int(j < n_train)}")
-            lines["bounding_boxes.txt"].append(f"{k} {box[0]:.1f} {box[1]:.1f} {box[2] - box[0]:.1f} {box[3] - box[1]:.1f}")
+            lines["bounding_boxes.txt"].append(f"{k} {box[0]:.1f} {box[1]:.1f} {box[2] - box[0]:.1f} "
+                                               f"{box[3] - box[1]:.1f}")
     for fname, ls in lines.items():
         if boxes or fname != CUB_BOXES: (cub/fname).write_text("\n".join(ls) + "\n")
     return cub
@@ -126,8 +129,12 @@ def write_cars_fixture(
                 h, w = _fixture_size(rng, size)
                 x0, y0, x1, y1 = _fixture_box(rng, h, w)
                 fname = f"{len(annos[split]) + 1:05d}.jpg"
-                Image.fromarray(_fixture_picture(rng, h, w, (x0, y0, x1, y1))).save(base/f"cars_{split}"/fname, quality=95)
-                annos[split].append({"bbox_x1": x0 + 1, "bbox_y1": y0 + 1, "bbox_x2": x1, "bbox_y2": y1, "class": c, "fname": fname})
+                Image.fromarray(_fixture_picture(rng, h, w, (x0, y0, x1, y1))).save(
+                    base / f"cars_{split}" / fname, quality=95
+                )
+                annos[split].append(
+                    {"bbox_x1": x0 + 1, "bbox_y1": y0 + 1, "bbox_x2": x1, "bbox_y2": y1, "class": c, "fname": fname}
+                )
     scipy.io.savemat(base/CARS_ANNOS["train"], {"annotations": _mat_struct(annos["train"])})
     unlabelled = [{k: v for k, v in a.items() if k != "class"} for a in annos["test"]]
     scipy.io.savemat(base/"devkit"/"cars_test_annos.mat", {"annotations": _mat_struct(unlabelled)})
@@ -152,7 +159,10 @@ def write_cifar100_fixture(
                  "data": np.stack([p.transpose(2, 0, 1).reshape(-1) for p in pics]).astype(np.uint8) if n else
                          np.zeros((0, 3072), np.uint8)}  # N x 3072, channel-major rows
         with open(folder/split, "wb") as f: pickle.dump(entry, f, protocol=2)
-    meta = {"fine_label_names": [f"fine_{i:02d}" for i in range(100)], "coarse_label_names": [f"coarse_{i:02d}" for i in range(20)]}
+    meta = {
+        "fine_label_names": [f"fine_{i:02d}" for i in range(100)],
+        "coarse_label_names": [f"coarse_{i:02d}" for i in range(20)],
+    }
     with open(folder/"meta", "wb") as f: pickle.dump(meta, f, protocol=2)
     return Path(root)
 
@@ -174,7 +184,9 @@ def write_imagenet_fixture(
             for j in range(n):
                 k += 1
                 name = f"{w}_{j + 1}.JPEG" if split == "train" else f"ILSVRC2012_val_{k:08d}.JPEG"
-                Image.fromarray(_fixture_picture(rng, *_fixture_size(rng, size))).save(Path(root)/split/w/name, format="JPEG", quality=95)
+                Image.fromarray(_fixture_picture(rng, *_fixture_size(rng, size))).save(
+                    Path(root) / split / w / name, format="JPEG", quality=95
+                )
     return Path(root)
 
 # %% ../../nbs/api/data/01_formats.ipynb #b6269414
@@ -200,14 +212,14 @@ def write_diagset_fixture(
                 (root/split/c).mkdir(parents=True, exist_ok=True)
                 for j, p in enumerate(pics): Image.fromarray(p).save(root/split/c/f"{split}_{c}_{j:03d}.png")
             else:  # the patches of a class split over two scans, one blob each
-                for s, part in zip(scans, np.array_split(pics, 2)):
+                for s, part in zip(scans, np.array_split(pics, 2), strict=False):
                     if not len(part): continue
                     d = root/DIAGSET_BLOBS/"10x"/s/c; d.mkdir(parents=True, exist_ok=True)
                     np.save(d/"0.npy", part)
         if layout == "blobs":
             for s in scans:
                 (root/"distributions"/"S"/"10x").mkdir(parents=True, exist_ok=True)
-                blob = lambda c: root/DIAGSET_BLOBS/"10x"/s/c/"0.npy"
+                blob = lambda c, s=s: root/DIAGSET_BLOBS/"10x"/s/c/"0.npy"
                 counts = {c: (len(np.load(blob(c), mmap_mode="r")) if blob(c).exists() else 0) for c in DIAGSET_CLASSES}
                 (root/"distributions"/"S"/"10x"/f"{s}.json").write_text(json.dumps(counts))
     return root

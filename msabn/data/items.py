@@ -47,7 +47,8 @@ def _as_image_tensor(im: Any) -> torch.Tensor:
     return im.as_subclass(torch.Tensor)
 
 def _stack_other(key: str, values: list) -> Any:
-    if all(isinstance(v, torch.Tensor) for v in values): return torch.stack([v.as_subclass(torch.Tensor) for v in values])
+    if all(isinstance(v, torch.Tensor) for v in values):
+        return torch.stack([v.as_subclass(torch.Tensor) for v in values])
     if all(isinstance(v, (bool, int, np.integer)) for v in values): return torch.tensor([int(v) for v in values])
     if all(isinstance(v, (float, np.floating)) for v in values): return torch.tensor([float(v) for v in values])
     return list(values)
@@ -60,7 +61,8 @@ def collate(
     keys = set(samples[0])
     for s in samples:
         if set(s) != keys:
-            raise ValueError(f"collate: items have different keys ({sorted(keys)} vs {sorted(s)}, index {s.get('index')})")
+            raise ValueError(f"collate: items have different keys ({sorted(keys)} vs {sorted(s)}, index "
+                             f"{s.get('index')})")
     if not {"image", "label", "index"} <= keys:
         raise ValueError(f"collate: items need 'image', 'label' and 'index', got {sorted(keys)}")
     images = [_as_image_tensor(s["image"]) for s in samples]
@@ -81,7 +83,8 @@ def collate(
             if isinstance(b, tv_tensors.BoundingBoxes): b = TF.convert_bounding_box_format(b, new_format="XYXY")
             b = torch.as_tensor(b).as_subclass(torch.Tensor).float()
             if b.numel() != 4:
-                raise ValueError(f"collate: item {s['index']} has a box of shape {tuple(b.shape)}; expected one box (1 x 4)")
+                raise ValueError(f"collate: item {s['index']} has a box of shape {tuple(b.shape)}; expected one box (1 "
+                                 "x 4)")
             boxes.append(b.reshape(4))
         batch["box"] = torch.stack(boxes)
     for k in sorted(keys - {"image", "label", "index", "box"}): batch[k] = _stack_other(k, [s[k] for s in samples])
@@ -95,7 +98,8 @@ def _to_8bit(im: Image.Image, path: Path) -> Image.Image:
     a = np.asarray(im)
     if im.mode == "F":
         if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
-            raise DataError(f"{path}: a 32-bit float image with values {np.nanmin(a):g}..{np.nanmax(a):g}; expected values in "
+            raise DataError(f"{path}: a 32-bit float image with values {np.nanmin(a):g}..{np.nanmax(a):g}; expected "
+                            "values in "
                             "[0, 1] (or an 8/16-bit image)")
         a = a * 255.
     else:
@@ -108,7 +112,8 @@ def _to_8bit(im: Image.Image, path: Path) -> Image.Image:
 def read_image(
     path: str | Path,  # a JPEG/PNG/TIFF/... file
 ) -> tv_tensors.Image:  # RGB, uint8, 3 x H x W
-    "Decode an image file as 8-bit RGB (deeper images scaled, not clipped), naming the file when it is missing or unreadable."
+    ("Decode an image file as 8-bit RGB (deeper images scaled, not clipped), naming the file when it is missing or "
+     "unreadable.")
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: image file not found")
     try:
@@ -135,14 +140,16 @@ def clip_box(
     "Clip a box to its image, warning when it had to move and refusing one that misses the image."
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise DataError(f"{where}: box {_fmt_box(box)} has a coordinate that is not a finite number; expected four finite pixel "
+        raise DataError(f"{where}: box {_fmt_box(box)} has a coordinate that is not a finite number; expected four "
+                        "finite pixel "
                         "coordinates (x0, y0, x1, y1)")
     c = (min(max(x0, 0.), width), min(max(y0, 0.), height), min(max(x1, 0.), width), min(max(y1, 0.), height))
     if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
         raise DataError(f"{where}: box {_fmt_box(box)} does not overlap the {width}x{height} image "
                         "(expected a box inside the image)")
     if c != (x0, y0, x1, y1):
-        warnings.warn(f"{where}: box {_fmt_box(box)} reaches outside the {width}x{height} image; clipped to {_fmt_box(c)}",
+        warnings.warn(f"{where}: box {_fmt_box(box)} reaches outside the {width}x{height} image; clipped to "
+                      f"{_fmt_box(c)}",
                       BoxWarning, stacklevel=2)
     return c
 
@@ -158,7 +165,9 @@ class ImageDataset(Dataset):
                  transform: Callable | None = None,   # a transforms v2 callable applied to the whole item dict
                  root: str | Path | None = None,      # where the data lives (for messages)
                  split: str | None = None):           # the split's name
-        self.targets = torch.as_tensor(list(targets) if not isinstance(targets, torch.Tensor) else targets, dtype=torch.long).reshape(-1)
+        self.targets = torch.as_tensor(
+            list(targets) if not isinstance(targets, torch.Tensor) else targets, dtype=torch.long
+        ).reshape(-1)
         self.classes = [str(c) for c in classes]
         self.boxes = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         self.transform, self.root, self.split = transform, (None if root is None else Path(root)), split
@@ -167,7 +176,8 @@ class ImageDataset(Dataset):
         bad = ((self.targets < 0) | (self.targets >= len(self.classes))).nonzero().flatten()
         if len(bad):
             i = int(bad[0])
-            raise DataError(f"{self.source(i)}: label {int(self.targets[i])} is out of range; expected 0..{len(self.classes) - 1} "
+            raise DataError(f"{self.source(i)}: label {int(self.targets[i])} is out of range; expected "
+                            f"0..{len(self.classes) - 1} "
                             f"({len(self.classes)} classes); {len(bad)} such label(s)")
 
     def __len__(self) -> int: return len(self.targets)
@@ -226,7 +236,8 @@ class ImageFiles(ImageDataset):
                  transform: Callable | None = None, # applied to the whole item dict
                  root: str | Path | None = None,    # the dataset's root folder
                  split: str | None = None,          # the split's name
-                 on_bad: str = "error",             # "error": a missing/unreadable file is an error; "skip": drop it, warn with the count
+                 # "error": a missing/unreadable file is an error; "skip": drop it, warn with the count
+                 on_bad: str = "error",
                  check_images: bool = False,        # decode every image now (finds unreadable files before training)
                  meta: dict[str, Sequence] | None = None):  # other per-item arrays to keep aligned (set as attributes)
         if on_bad not in ON_BAD: raise ValueError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
@@ -245,7 +256,8 @@ class ImageFiles(ImageDataset):
                 continue
             keep.append(i)
         if self.skipped:
-            warnings.warn(f"{Path(root) if root else ''}: skipped {len(self.skipped)} of {len(self.files)} images of the "
+            warnings.warn(f"{Path(root) if root else ''}: skipped {len(self.skipped)} of {len(self.files)} images of "
+                          "the "
                           f"{split} split (missing or unreadable; first: {self.skipped[0][1]})", stacklevel=2)
         if len(keep) < len(self.files):
             self.files = [self.files[i] for i in keep]
@@ -253,8 +265,10 @@ class ImageFiles(ImageDataset):
             boxes = None if boxes is None else torch.as_tensor(boxes)[keep]
             meta = {k: [v[i] for i in keep] for k, v in meta.items()}
         if not self.files:
-            raise DataError(f"{Path(root) if root else 'ImageFiles'}: the {split} split has no images"
-                            + (f": all {len(self.skipped)} were skipped as missing or unreadable" if self.skipped else ""))
+            raise DataError(
+                f"{Path(root) if root else 'ImageFiles'}: the {split} split has no images"
+                + (f": all {len(self.skipped)} were skipped as missing or unreadable" if self.skipped else "")
+            )
         for k, v in meta.items(): setattr(self, k, v)
         super().__init__(targets, classes, boxes, transform, root, split)
 
@@ -282,7 +296,7 @@ def read_table(
         parts = line.split(maxsplit=len(types) - 1)
         try:
             if len(parts) != len(types): raise ValueError
-            rows.append((n, tuple(t(p) for t, p in zip(types, parts))))
+            rows.append((n, tuple(t(p) for t, p in zip(types, parts, strict=True))))
         except ValueError: raise DataError(f"{path}:{n}: expected '{what}', got {line!r}") from None
     return rows
 

@@ -25,7 +25,8 @@ __all__ = ['BATCHED_RECIPES', 'MemoryImages', 'decode', 'eval_batch', 'sample_pa
 BATCHED_RECIPES = ("cifar", "fine_grained")  # the recipes whose pipeline starts with Resize((size, size))
 
 class MemoryImages(ImageDataset):
-    "A dataset decoded once at its training size: uint8 images N x 3 x S x S, labels, boxes N x 4 at that size, and its recipe."
+    ("A dataset decoded once at its training size: uint8 images N x 3 x S x S, labels, boxes N x 4 at that size, and "
+     "its recipe.")
     def __init__(self,
                  images: torch.Tensor,               # N x 3 x S x S uint8, already at the training size
                  targets: Sequence[int],             # one label per image
@@ -35,16 +36,23 @@ class MemoryImages(ImageDataset):
                  train: bool = True,                 # augment training batches (False: the evaluation pipeline only)
                  root=None, split: str | None = None, name: str = "images"):
         if recipe not in BATCHED_RECIPES:
-            raise ValueError(f"batch-wise augmentation knows the recipes {BATCHED_RECIPES}, not {recipe!r}; use the per-image "
+            raise ValueError(f"batch-wise augmentation knows the recipes {BATCHED_RECIPES}, not {recipe!r}; use the "
+                             "per-image "
                              "pipeline (get_dataset with train_transform) for it")
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        if (
+            images.dtype != torch.uint8
+            or images.ndim != 4
+            or images.shape[1] != 3
+            or images.shape[2] != images.shape[3]
+        ):
             raise ValueError(f"images must be N x 3 x S x S uint8, got {tuple(images.shape)} {images.dtype}")
         self.images, self.recipe, self.train, self.name = images, recipe, train, name
         self.size = int(images.shape[-1])
         self._cache: dict = {}
         tf = train_transform(recipe, self.size) if train else eval_transform(recipe, self.size)
         super().__init__(targets, classes, boxes, tf, root, split)
-        if len(self.images) != len(self.targets): raise ValueError(f"{len(self.images)} images for {len(self.targets)} labels")
+        if len(self.images) != len(self.targets): raise ValueError(f"{len(self.images)} images for {len(self.targets)} "
+                                                                   "labels")
 
     def source(self, i: int) -> str: return f"{self.name} {self.split} item {i} (decoded at {self.size} px)"
     def load_image(self, i: int) -> tv_tensors.Image: return tv_tensors.Image(self.images[i])
@@ -69,22 +77,28 @@ def _raw_items(dataset):
         get, _ = _raw_items(dataset.dataset)
         idx = [int(i) for i in dataset.indices]
         return (lambda i: {**get(idx[i]), "index": i}), len(idx)
-    raise TypeError(f"decode reads an ImageDataset (msabn.data.datasets) or a Subset of one, got {type(dataset).__name__}")
+    raise TypeError("decode reads an ImageDataset (msabn.data.datasets) or a Subset of one, got "
+                    f"{type(dataset).__name__}")
 
 def decode(
-    dataset,                    # an ImageDataset (e.g. get_dataset(...)) or a Subset of one; its own transform is ignored
-    recipe: str,                # "cifar" or "fine_grained": the pipeline whose first step, Resize((size, size)), is done here
+    # an ImageDataset (e.g. get_dataset(...)) or a Subset of one; its own transform is ignored
+    dataset,
+    # "cifar" or "fine_grained": the pipeline whose first step, Resize((size, size)), is done here
+    recipe: str,
     size: int | None = None,    # the training size (the recipe's by default)
     train: bool = True,         # a training split: fit augments its batches
     max_bytes: int = 8 * 2**30, # refuse a dataset whose decoded images would take more memory
 ) -> MemoryImages:              # the same items, held as tensors
-    "Decode every image once, resized to the training size (boxes with them): what `fit` trains on at the model's speed."
+    ("Decode every image once, resized to the training size (boxes with them): what `fit` trains on at the model's "
+     "speed.")
     size = DEFAULT_SIZES.get(recipe, 0) if size is None else size
     get, n = _raw_items(dataset)
     need = n * 3 * size * size
     if need > max_bytes:
-        raise MemoryError(f"decoding {n} images at {size} px needs {need / 2**30:.1f} GiB (max_bytes {max_bytes / 2**30:.1f} GiB): "
-                          "train this dataset through the per-image pipeline (get_dataset with train_transform, num_workers)")
+        raise MemoryError(f"decoding {n} images at {size} px needs {need / 2**30:.1f} GiB (max_bytes "
+                          f"{max_bytes / 2**30:.1f} GiB): "
+                          "train this dataset through the per-image pipeline (get_dataset with train_transform, "
+                          "num_workers)")
     resize = v2.Resize((size, size))
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     has_boxes = getattr(dataset, "boxes", None) is not None
@@ -95,8 +109,17 @@ def decode(
         if has_boxes: boxes[i] = item["box"].as_subclass(torch.Tensor).reshape(4)
     if has_boxes: boxes.clamp_(0, size)  # a box on the border can land an ulp outside after the resize
     targets = getattr(dataset, "targets", None)
-    out = MemoryImages(images, torch.as_tensor(targets), dataset.classes, boxes, recipe, train,
-                       getattr(dataset, "root", None), getattr(dataset, "split", None), getattr(dataset, "name", "images"))
+    out = MemoryImages(
+        images,
+        torch.as_tensor(targets),
+        dataset.classes,
+        boxes,
+        recipe,
+        train,
+        getattr(dataset, "root", None),
+        getattr(dataset, "split", None),
+        getattr(dataset, "name", "images"),
+    )
     for k in ("habitats", "config", "image_ids"):
         if hasattr(dataset, k): setattr(out, k, getattr(dataset, k))
     return out
@@ -134,13 +157,24 @@ def sample_params(
     "Draw the random parameters of a batch's augmentation, one set per image, from `g` alone."
     if recipe == "cifar":
         p = max(1, round(size / 8))
-        return {"top": torch.randint(0, 2 * p + 1, (n,), generator=g), "left": torch.randint(0, 2 * p + 1, (n,), generator=g),
-                "flip": _coin(n, 0.5, g)}
+        return {
+            "top": torch.randint(0, 2 * p + 1, (n,), generator=g),
+            "left": torch.randint(0, 2 * p + 1, (n,), generator=g),
+            "flip": _coin(n, 0.5, g),
+        }
     if recipe != "fine_grained": raise ValueError(f"batch-wise augmentation knows {BATCHED_RECIPES}, not {recipe!r}")
-    out = {"flip": _coin(n, 0.5, g), "order": torch.rand(n, 3, generator=g).argsort(1),  # brightness 0, contrast 1, saturation 2
-           "brightness": _uniform(n, 0.6, 1.4, g), "contrast": _uniform(n, 0.6, 1.4, g), "saturation": _uniform(n, 0.6, 1.4, g),
-           "blur": _coin(n, 0.3, g), "sigma": _uniform(n, 0.1, _blur_sigma(size), g), "solarize": _coin(n, 0.2, g),
-           "noise_on": _coin(n, 0.3, g)}
+    # brightness 0, contrast 1, saturation 2
+    out = {
+        "flip": _coin(n, 0.5, g),
+        "order": torch.rand(n, 3, generator=g).argsort(1),
+        "brightness": _uniform(n, 0.6, 1.4, g),
+        "contrast": _uniform(n, 0.6, 1.4, g),
+        "saturation": _uniform(n, 0.6, 1.4, g),
+        "blur": _coin(n, 0.3, g),
+        "sigma": _uniform(n, 0.1, _blur_sigma(size), g),
+        "solarize": _coin(n, 0.2, g),
+        "noise_on": _coin(n, 0.3, g),
+    }
     out["noise"] = torch.randn(int(out["noise_on"].sum()), 3, size, size, generator=g)
     return out
 
@@ -154,7 +188,8 @@ def select_params(params: dict, keep: slice) -> dict:
 
 # %% ../../nbs/api/data/05_memory.ipynb #28438bed
 def _crop_flip(x: torch.Tensor, boxes, params: dict, size: int):
-    "RandomCrop(size, padding=p) then RandomHorizontalFlip on a batch: zero padding, a per-image window, a per-image flip."
+    ("RandomCrop(size, padding=p) then RandomHorizontalFlip on a batch: zero padding, a per-image window, a per-image "
+     "flip.")
     p = max(1, round(size / 8))
     b, dev = x.shape[0], x.device
     top, left, flip = (params[k].to(dev) for k in ("top", "left", "flip"))
@@ -183,7 +218,11 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     "ratio * x + (1 - ratio) * other per image, clamped and truncated to uint8 (torchvision's blend on uint8)."
     r = ratio.double()
-    return (x.mul(r.float()[:, None, None, None]).add_(other * (1.0 - r).float()[:, None, None, None])).clamp_(0, 255).to(torch.uint8)
+    return (
+        (x.mul(r.float()[:, None, None, None]).add_(other * (1.0 - r).float()[:, None, None, None]))
+        .clamp_(0, 255)
+        .to(torch.uint8)
+    )
 
 def _jitter_op(x: torch.Tensor, k: int, f: torch.Tensor) -> torch.Tensor:
     if k == 0: return x.mul(f[:, None, None, None]).clamp_(0, 255).to(torch.uint8)
@@ -220,7 +259,8 @@ def _blur(x: torch.Tensor, params: dict, size: int) -> torch.Tensor:
     return x
 
 def _fine_grained(x: torch.Tensor, boxes, params: dict, size: int):
-    "The fine-grained recipe after its resize: flip, color jitter, blur (p 0.3), to floats, solarize (p 0.2), noise (p 0.3)."
+    ("The fine-grained recipe after its resize: flip, color jitter, blur (p 0.3), to floats, solarize (p 0.2), noise "
+     "(p 0.3).")
     flip = params["flip"].to(x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if boxes is not None: boxes = _flip_boxes(boxes, flip, size)
@@ -265,7 +305,9 @@ def memory_batches(
         idx = gb[keep].to(images.device)
         x, b = images[idx], (None if boxes is None else boxes[idx])
         if augment:
-            params = select_params(sample_params(data.recipe, len(gb), data.size, batch_generator(batches.seed, batches.epoch, step)), keep)
+            params = select_params(
+                sample_params(data.recipe, len(gb), data.size, batch_generator(batches.seed, batches.epoch, step)), keep
+            )
             x, b = augment_batch(x, b, data.recipe, params)
         else: x, b = eval_batch(x, b, data.recipe)
         out = {"image": x, "label": targets[idx], "index": gb[keep]}

@@ -29,7 +29,8 @@ __all__ = ['GENERATOR_VERSION', 'SHAPES', 'FILLS', 'COLOUR_NAMES', 'FINE_PARTS',
            'habitat_style', 'split_plan', 'render_image', 'make_synthetic']
 
 # %% ../../nbs/api/data/03_synthetic.ipynb #768f498e
-GENERATOR_VERSION = 2  # bump when a change to the drawing code changes the files a config produces (2: calibrated, see below)
+# bump when a change to the drawing code changes the files a config produces (2: calibrated, see below)
+GENERATOR_VERSION = 2
 
 SHAPES = ("disk", "square", "triangle", "diamond", "plus", "cross", "star", "ring", "hexagon", "heart")
 FILLS = ("solid", "striped", "spotted")
@@ -68,16 +69,19 @@ class SyntheticConfig:
         if not 16 <= self.size <= 512: fail(f"size {self.size} out of range; expected 16..512 pixels")
         k_max = max_classes(self.fine_grained)
         if not 2 <= self.num_classes <= k_max:
-            fail(f"num_classes {self.num_classes} out of range; the {'fine-grained' if self.fine_grained else 'coarse'} mode draws 2..{k_max} classes")
+            fail(f"num_classes {self.num_classes} out of range; the "
+                 f"{'fine-grained' if self.fine_grained else 'coarse'} mode draws 2..{k_max} classes")
         for k in ("n_train", "n_test", "n_test_iid"):
             if getattr(self, k) < 1: fail(f"{k} must be at least 1, got {getattr(self, k)}")
-        if not 0.0 <= self.spurious <= 1.0: fail(f"spurious {self.spurious} out of range; expected a probability in [0, 1]")
+        if not 0.0 <= self.spurious <= 1.0: fail(f"spurious {self.spurious} out of range; expected a probability in "
+                                                 "[0, 1]")
         if not 0.0 <= self.clutter <= 20: fail(f"clutter {self.clutter} out of range; expected a mean count in [0, 20]")
         scale = tuple(float(v) for v in self.scale)
         if len(scale) != 2 or not 0.1 <= scale[0] <= scale[1] <= 0.8:
             fail(f"scale {self.scale} out of range; expected (low, high) with 0.1 <= low <= high <= 0.8")
         object.__setattr__(self, "scale", scale)
-        if not 0 <= self.supersample <= 8: fail(f"supersample {self.supersample} out of range; expected 0 (auto) or 1..8")
+        if not 0 <= self.supersample <= 8: fail(f"supersample {self.supersample} out of range; expected 0 (auto) or "
+                                                "1..8")
         if self.supersample == 0: object.__setattr__(self, "supersample", 4 if self.size <= 48 else 2)
         if self.seed < 0: fail(f"seed must be >= 0, got {self.seed}")
 
@@ -95,17 +99,26 @@ def class_attributes(
     num_classes: int,     # K
     fine_grained: bool,   # bird parts (True) or silhouettes (False)
 ) -> list[dict]:          # one dict of attribute values per class
-    "The attributes that define each class: colour, shape and fill (coarse), or tail, crest, wing and cap (fine-grained)."
+    ("The attributes that define each class: colour, shape and fill (coarse), or tail, crest, wing and cap "
+     "(fine-grained).")
     if fine_grained:
         n = len(_FINE_COMBOS)
-        return [dict(zip(FINE_PARTS, _FINE_COMBOS[k * n // num_classes])) for k in range(num_classes)]
+        return [dict(zip(FINE_PARTS, _FINE_COMBOS[k * n // num_classes], strict=True)) for k in range(num_classes)]
     n = len(COLOUR_NAMES)  # classes that share a silhouette (k, k + 10, k + 20) differ in colour too
-    return [{"colour": COLOUR_NAMES[(k + 3 * (k // n)) % n], "shape": SHAPES[k % len(SHAPES)], "fill": FILLS[k // len(SHAPES)]}
-            for k in range(num_classes)]
+    return [
+        {
+            "colour": COLOUR_NAMES[(k + 3 * (k // n)) % n],
+            "shape": SHAPES[k % len(SHAPES)],
+            "fill": FILLS[k // len(SHAPES)],
+        }
+        for k in range(num_classes)
+    ]
 
 def class_name(attrs: dict) -> str:
-    "A class's folder-friendly name, e.g. 'red-star', 'green-disk-striped' or 'tail-fork_crest-none_wing-bar_cap-plain'."
-    if "shape" in attrs: return "-".join([attrs["colour"], attrs["shape"]] + ([] if attrs["fill"] == "solid" else [attrs["fill"]]))
+    ("A class's folder-friendly name, e.g. 'red-star', 'green-disk-striped' or "
+     "'tail-fork_crest-none_wing-bar_cap-plain'.")
+    if "shape" in attrs:
+        return "-".join([attrs["colour"], attrs["shape"]] + ([] if attrs["fill"] == "solid" else [attrs["fill"]]))
     return "_".join(f"{k}-{v}" for k, v in attrs.items())
 
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
@@ -116,13 +129,18 @@ def habitat_style(
     K: int,  # number of habitats (= classes)
 ) -> dict:   # pattern name, base and ink colours (RGB)
     "A habitat's look: its own hue (evenly spaced) and one of six flip-symmetric patterns."
-    return {"pattern": HABITAT_PATTERNS[h % len(HABITAT_PATTERNS)], "base": _hsv(h / K, 0.45, 0.80), "ink": _hsv(h / K, 0.60, 0.52)}
+    return {
+        "pattern": HABITAT_PATTERNS[h % len(HABITAT_PATTERNS)],
+        "base": _hsv(h / K, 0.45, 0.80),
+        "ink": _hsv(h / K, 0.60, 0.52),
+    }
 
 # %% ../../nbs/api/data/03_synthetic.ipynb #d5a9034d
 OBJECT_COLOURS = ((220, 40, 40), (240, 140, 20), (240, 220, 40), (60, 180, 60), (40, 180, 200),
                   (50, 80, 220), (150, 60, 200), (235, 235, 235), (240, 120, 170))  # the birds' bodies: any of these
-CLASS_COLOURS = dict(zip(COLOUR_NAMES, OBJECT_COLOURS + ((120, 70, 30),)))  # a coarse class's own colour
-BODY_COLOURS = ((150, 130, 110), (120, 140, 160), (170, 160, 120), (140, 110, 140), (110, 140, 110), (180, 150, 130))  # muted
+CLASS_COLOURS = dict(zip(COLOUR_NAMES, OBJECT_COLOURS + ((120, 70, 30),), strict=True))  # a coarse class's own colour
+# muted
+BODY_COLOURS = ((150, 130, 110), (120, 140, 160), (170, 160, 120), (140, 110, 140), (110, 140, 110), (180, 150, 130))
 PART_COLOURS = {  # a bird's class-deciding parts: each kind in a vivid colour no body has (None: the body's own colour)
     "tail": {"round": None, "fork": (240, 200, 0), "pointed": (0, 170, 80)},
     "crest": {"spike": (220, 30, 30), "double": (30, 60, 220)},
@@ -144,12 +162,18 @@ SHAPE_PARTS = {  # silhouettes in the unit frame: (kind, geometry); "hole" cuts 
     "triangle": [("poly", [(0.5, 0), (1, 1), (0, 1)])],
     "diamond": [("poly", [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)])],
     "plus": [("rect", (0.34, 0, 0.66, 1)), ("rect", (0, 0.34, 1, 0.66))],
-    "cross": [("poly", [(0, 0), (0.24, 0), (1, 0.76), (1, 1), (0.76, 1), (0, 0.24)]),
-              ("poly", [(1, 0), (1, 0.24), (0.24, 1), (0, 1), (0, 0.76), (0.76, 0)])],
+    "cross": [
+        ("poly", [(0, 0), (0.24, 0), (1, 0.76), (1, 1), (0.76, 1), (0, 0.24)]),
+        ("poly", [(1, 0), (1, 0.24), (0.24, 1), (0, 1), (0, 0.76), (0.76, 0)]),
+    ],
     "star": [("poly", _star())],
     "ring": [("ellipse", (0, 0, 1, 1)), ("hole", (0.3, 0.3, 0.7, 0.7))],
     "hexagon": [("poly", [(0.25, 0), (0.75, 0), (1, 0.5), (0.75, 1), (0.25, 1), (0, 0.5)])],
-    "heart": [("ellipse", (0, 0, 0.54, 0.5)), ("ellipse", (0.46, 0, 1, 0.5)), ("poly", [(0.03, 0.36), (0.97, 0.36), (0.5, 1)])],
+    "heart": [
+        ("ellipse", (0, 0, 0.54, 0.5)),
+        ("ellipse", (0.46, 0, 1, 0.5)),
+        ("poly", [(0.03, 0.36), (0.97, 0.36), (0.5, 1)]),
+    ],
 }
 
 BIRD_PARTS = {  # the fine-grained object, facing right; the last four entries are the class's parts
@@ -158,18 +182,27 @@ BIRD_PARTS = {  # the fine-grained object, facing right; the last four entries a
     "beak": [("poly", [(0.85, 0.29), (1.0, 0.36), (0.85, 0.42)])],
     "legs": [("rect", (0.38, 0.76, 0.42, 1.0)), ("rect", (0.50, 0.76, 0.54, 1.0))],
     "eye": [("ellipse", (0.77, 0.30, 0.82, 0.36))],
-    "tail": {"round": [("ellipse", (0.0, 0.40, 0.30, 0.74))],
-             "fork": [("poly", [(0.24, 0.48), (0.0, 0.28), (0.10, 0.58), (0.0, 0.88), (0.24, 0.70)])],
-             "pointed": [("poly", [(0.26, 0.44), (0.0, 0.34), (0.26, 0.70)])]},
-    "crest": {"none": [], "spike": [("poly", [(0.64, 0.30), (0.74, 0.0), (0.84, 0.30)])],
-              "double": [("poly", [(0.60, 0.32), (0.63, 0.02), (0.72, 0.26)]), ("poly", [(0.72, 0.26), (0.80, 0.0), (0.87, 0.30)])]},
+    "tail": {
+        "round": [("ellipse", (0.0, 0.40, 0.30, 0.74))],
+        "fork": [("poly", [(0.24, 0.48), (0.0, 0.28), (0.10, 0.58), (0.0, 0.88), (0.24, 0.70)])],
+        "pointed": [("poly", [(0.26, 0.44), (0.0, 0.34), (0.26, 0.70)])],
+    },
+    "crest": {
+        "none": [],
+        "spike": [("poly", [(0.64, 0.30), (0.74, 0.0), (0.84, 0.30)])],
+        "double": [
+            ("poly", [(0.60, 0.32), (0.63, 0.02), (0.72, 0.26)]),
+            ("poly", [(0.72, 0.26), (0.80, 0.0), (0.87, 0.30)]),
+        ],
+    },
     "wing": {"plain": [], "bar": [("rect", (0.24, 0.50, 0.66, 0.68))], "spot": [("ellipse", (0.28, 0.45, 0.56, 0.75))]},
     "cap": {"plain": [], "dark": [("rect", (0.58, 0.18, 0.90, 0.36))]},
 }
 
 class _Pen:
     "Draws unit-frame shapes into boolean masks of one layer (margin m, frame fw x fh, optionally mirrored)."
-    def __init__(self, lw, lh, m, fw, fh, flip=False): self.lw, self.lh, self.m, self.fw, self.fh, self.flip = lw, lh, m, fw, fh, flip
+    def __init__(self, lw, lh, m, fw, fh, flip=False):
+        self.lw, self.lh, self.m, self.fw, self.fh, self.flip = lw, lh, m, fw, fh, flip
     def pt(self, u, v): return (self.m + (1 - u if self.flip else u) * self.fw, self.m + v * self.fh)
     def mask(self, parts) -> np.ndarray:
         im = Image.new("L", (self.lw, self.lh), 0)
@@ -248,12 +281,17 @@ def _draw_object(rng: np.random.Generator, attrs: dict, fw: float, fh: float, ss
             rgb[sil & (dx * dx + dy * dy <= (per // 4) ** 2)] = contrast
     else:
         B, P = BIRD_PARTS, PART_COLOURS
-        body, tail, crest = pen.mask(B["body"] + B["head"]), pen.mask(B["tail"][attrs["tail"]]), pen.mask(B["crest"][attrs["crest"]])
+        body, tail, crest = (
+            pen.mask(B["body"] + B["head"]),
+            pen.mask(B["tail"][attrs["tail"]]),
+            pen.mask(B["crest"][attrs["crest"]]),
+        )
         beak, legs = pen.mask(B["beak"]), pen.mask(B["legs"])
         rgb[body | tail | crest] = col; rgb[beak] = _BEAK; rgb[legs] = _DARK
         if P["tail"][attrs["tail"]]: rgb[tail & ~body] = P["tail"][attrs["tail"]]
         if attrs["crest"] != "none": rgb[crest & ~body] = P["crest"][attrs["crest"]]
-        if attrs["wing"] != "plain": rgb[pen.mask(B["body"]) & pen.mask(B["wing"][attrs["wing"]])] = P["wing"][attrs["wing"]]
+        if attrs["wing"] != "plain":
+            rgb[pen.mask(B["body"]) & pen.mask(B["wing"][attrs["wing"]])] = P["wing"][attrs["wing"]]
         if attrs["cap"] == "dark": rgb[pen.mask(B["head"]) & pen.mask(B["cap"]["dark"])] = P["cap"]["dark"]
         rgb[pen.mask(B["eye"])] = _DARK
         sil = body | tail | crest | beak | legs
@@ -299,8 +337,13 @@ def render_image(
     lo, hi = cfg.scale
     frac, aspect = float(rng.uniform(lo, hi)), math.exp(float(rng.uniform(math.log(0.8), math.log(1.25))))
     # the box side (object frame plus its outline, ss canvas pixels each side) is the drawn fraction of the image side
-    fw, fh = (min(max(frac * math.sqrt(aspect), lo), hi) * S - 2 * ss, min(max(frac / math.sqrt(aspect), lo), hi) * S - 2 * ss)
-    rgb, alpha = _draw_object(rng, class_attributes(cfg.num_classes, cfg.fine_grained)[int(label)], fw, fh, ss, cfg.fine_grained)
+    fw, fh = (
+        min(max(frac * math.sqrt(aspect), lo), hi) * S - 2 * ss,
+        min(max(frac / math.sqrt(aspect), lo), hi) * S - 2 * ss,
+    )
+    rgb, alpha = _draw_object(
+        rng, class_attributes(cfg.num_classes, cfg.fine_grained)[int(label)], fw, fh, ss, cfg.fine_grained
+    )
     lh, lw = alpha.shape
     x, y = int(rng.integers(0, S - lw + 1)), int(rng.integers(0, S - lh + 1))
     canvas[y:y + lh, x:x + lw][alpha] = rgb[alpha]
@@ -317,13 +360,16 @@ def render_image(
 # %% ../../nbs/api/data/03_synthetic.ipynb #2f34cd09
 def _write_cub(folder: Path, cfg: SyntheticConfig, splits: Sequence[str], names: list[str]):
     "Draw the given splits into one CUB-layout folder (ids numbered across the splits, in order)."
-    lines = {k: [] for k in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "habitats.txt")}
+    lines = {
+        k: []
+        for k in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "habitats.txt")
+    }
     folders = [f"{k + 1:03d}.{n}" for k, n in enumerate(names)]
     for f in folders: (folder/"images"/f).mkdir(parents=True, exist_ok=True)
     k = 0
     for split in splits:
         labels, habitats = split_plan(cfg, split)
-        for i, (c, h) in enumerate(zip(labels, habitats)):
+        for i, (c, h) in enumerate(zip(labels, habitats, strict=True)):
             k += 1
             im, (x0, y0, x1, y1) = render_image(cfg, split, i, c, h)
             name = f"{folders[c]}/{split}_{i:05d}.png"
@@ -353,7 +399,8 @@ def _existing(root: Path, info: dict) -> Path | None:
     meta = root/"synthetic.json"
     if not meta.exists():
         if any(root.iterdir()):
-            raise FileExistsError(f"{root} is not empty and holds no synthetic dataset (no synthetic.json); refusing to "
+            raise FileExistsError(f"{root} is not empty and holds no synthetic dataset (no synthetic.json); refusing "
+                                  "to "
                                   "write into it: choose a new or empty folder")
         return None
     old = json.loads(meta.read_text())
@@ -361,12 +408,18 @@ def _existing(root: Path, info: dict) -> Path | None:
     have = {"generator_version": old.get("generator_version"), **old.get("config", {})}
     if have != want:
         diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)}
-        raise FileExistsError(f"{root} holds a synthetic dataset made with other settings ({', '.join(f'{k}: {a} there, {b} asked' for k, (a, b) in diff.items())}); "
-                              "pass the same settings to reuse it, or choose another folder (delete this one to remake it)")
-    for sub, n in (("", _split_count(old, "train") + _split_count(old, "test")), ("test_iid", _split_count(old, "test_iid"))):
+        raise FileExistsError(f"{root} holds a synthetic dataset made with other settings "
+                              f"({', '.join(f'{k}: {a} there, {b} asked' for k, (a, b) in diff.items())}); "
+                              "pass the same settings to reuse it, or choose another folder (delete this one to remake "
+                              "it)")
+    for sub, n in (
+        ("", _split_count(old, "train") + _split_count(old, "test")),
+        ("test_iid", _split_count(old, "test_iid")),
+    ):
         listed = (root/sub/"images.txt").read_text().splitlines() if (root/sub/"images.txt").exists() else []
         if len(listed) != n or not all((root/sub/"images"/ln.split(maxsplit=1)[1]).is_file() for ln in listed):
-            raise FileExistsError(f"{root/sub/'images.txt'}: the dataset is incomplete (expected {n} images, all present); "
+            raise FileExistsError(f"{root/sub/'images.txt'}: the dataset is incomplete (expected {n} images, all "
+                                  "present); "
                                   "delete the folder to remake it")
     return root
 
@@ -374,12 +427,14 @@ def _split_count(meta: dict, split: str) -> int: return int(meta["splits"][split
 
 def make_synthetic(
     root: str | Path,                       # folder to write (or to reuse, when made with the same settings)
-    config: SyntheticConfig | str | None = None,  # settings, or a preset name ("cifar", "fine_grained"); default SyntheticConfig()
+    # settings, or a preset name ("cifar", "fine_grained"); default SyntheticConfig()
+    config: SyntheticConfig | str | None = None,
     **overrides,                            # fields of SyntheticConfig to change, e.g. n_train=500
 ) -> Path:                                  # root
     "Write (or reuse) the embedded benchmark in CUB-200-2011's layout; deterministic from the settings."
     if isinstance(config, str):
-        if config not in SYNTHETIC_PRESETS: raise ValueError(f"unknown preset {config!r}; expected one of {tuple(SYNTHETIC_PRESETS)}")
+        if config not in SYNTHETIC_PRESETS: raise ValueError(f"unknown preset {config!r}; expected one of "
+                                                             f"{tuple(SYNTHETIC_PRESETS)}")
         config = SYNTHETIC_PRESETS[config]
     cfg = config or SyntheticConfig()
     if overrides:

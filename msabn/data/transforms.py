@@ -26,7 +26,13 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NORM_STATS = {"cifar": (CIFAR100_MEAN, CIFAR100_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
               "diagset": (IMAGENET_MEAN, IMAGENET_STD), "fine_grained": (IMAGENET_MEAN, IMAGENET_STD)}
-DATASET_RECIPES = {"cifar100": "cifar", "imagenet": "imagenet", "diagset": "diagset", "cub": "fine_grained", "cars": "fine_grained"}
+DATASET_RECIPES = {
+    "cifar100": "cifar",
+    "imagenet": "imagenet",
+    "diagset": "diagset",
+    "cub": "fine_grained",
+    "cars": "fine_grained",
+}
 
 def _check(recipe: str, size: int | None) -> int:
     if recipe not in RECIPES: raise ValueError(f"unknown recipe {recipe!r}; expected one of {RECIPES}")
@@ -48,15 +54,19 @@ def recipe_for(
 ) -> str:                          # the recipe the paper uses for it
     "Which recipe a dataset's table uses; the synthetic benchmark follows its mode (CIFAR-like or fine-grained)."
     if dataset == "synthetic": return "fine_grained" if fine_grained else "cifar"
-    if dataset not in DATASET_RECIPES: raise ValueError(f"unknown dataset {dataset!r}; expected one of {tuple(DATASET_RECIPES) + ('synthetic',)}")
+    if dataset not in DATASET_RECIPES: raise ValueError(f"unknown dataset {dataset!r}; expected one of "
+                                                        f"{tuple(DATASET_RECIPES) + ('synthetic',)}")
     return DATASET_RECIPES[dataset]
 
 # %% ../../nbs/api/data/04_transforms.ipynb #f291ecff
 def _finish(recipe: str, normalize: bool, to_float: bool = True) -> list:
     "Pixels to floats in [0, 1], then normalised; boxes clamped to the image."
     mean, std = NORM_STATS[recipe]
-    return (([v2.ToDtype(torch.float32, scale=True)] if to_float else []) + ([v2.Normalize(mean, std)] if normalize else [])
-            + [v2.ClampBoundingBoxes()])
+    return (
+        ([v2.ToDtype(torch.float32, scale=True)] if to_float else [])
+        + ([v2.Normalize(mean, std)] if normalize else [])
+        + [v2.ClampBoundingBoxes()]
+    )
 
 def _resize_short(size: int) -> int: return int(round(size * 256 / 224))
 
@@ -76,10 +86,15 @@ def train_transform(
                v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.04)]
     else:  # fine_grained
         sigma = max(0.2, 2.0 * size / 352)
-        ops = [v2.Resize((size, size)), v2.RandomHorizontalFlip(), v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-               v2.RandomApply([v2.GaussianBlur(2 * math.ceil(3 * sigma) + 1, sigma=(0.1, sigma))], p=0.3),
-               v2.ToDtype(torch.float32, scale=True), v2.RandomSolarize(0.5, p=0.2),
-               v2.RandomApply([v2.GaussianNoise(sigma=0.04)], p=0.3)]
+        ops = [
+            v2.Resize((size, size)),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+            v2.RandomApply([v2.GaussianBlur(2 * math.ceil(3 * sigma) + 1, sigma=(0.1, sigma))], p=0.3),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomSolarize(0.5, p=0.2),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.04)], p=0.3),
+        ]
     return v2.Compose(ops + _finish(recipe, normalize, to_float=recipe != "fine_grained"))
 
 def eval_transform(
@@ -112,7 +127,13 @@ def box_check_item(
     yy, xx = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
     img[:, y0:y1, x0:x1] = (((yy // cell + xx // cell) % 2) * 255).to(torch.uint8)
     mask[y0:y1, x0:x1] = 1
-    return {"image": tv_tensors.Image(img), "label": 0, "index": 0, "box": make_box(box, (size, size)), "mask": tv_tensors.Mask(mask)}
+    return {
+        "image": tv_tensors.Image(img),
+        "label": 0,
+        "index": 0,
+        "box": make_box(box, (size, size)),
+        "mask": tv_tensors.Mask(mask),
+    }
 
 def box_follows_object(
     out: dict,                     # a transformed box_check_item
@@ -140,5 +161,5 @@ def box_follows_object(
         e = slack + 1  # the 3 x 3 window finds an edge one pixel early
         if not (ox0 >= bx0 - e and oy0 >= by0 - e and ox1 <= bx1 + e and oy1 <= by1 + e): return False, desc
     m = (mx.min().item(), my.min().item(), mx.max().item() + 1, my.max().item() + 1)
-    hugs = all(abs(a - b) <= slack for a, b in zip(m, (bx0, by0, bx1, by1)))
+    hugs = all(abs(a - b) <= slack for a, b in zip(m, (bx0, by0, bx1, by1), strict=True))
     return hugs, desc + f", mask {m}"

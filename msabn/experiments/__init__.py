@@ -8,11 +8,11 @@ __all__ = []
 # %% ../../nbs/api/experiments/index.ipynb #c510ffca
 from ..data.datasets import DATA_LAYOUTS  # where each dataset lives, beside the checks that read it
 from .catalog import *
+from .data import *
+from .figures import *
+from .folders import *
 from .overrides import *
 from .presets import *
-from .data import *
-from .folders import *
 from .progress import *
-from .tables import *
-from .figures import *
 from .runner import *
+from .tables import *

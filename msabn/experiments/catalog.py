@@ -59,15 +59,18 @@ class Column:
 @dataclass(frozen=True)
 class DataSpec:
     "Which data a table trains and evaluates on, and how it is preprocessed."
-    dataset: str                          # a msabn.data.datasets name: "cifar100", "imagenet", "diagset", "cub", "cars", "synthetic"
-    recipe: str                           # the msabn.data.transforms recipe: "cifar", "imagenet", "diagset", "fine_grained"
+    # a msabn.data.datasets name: "cifar100", "imagenet", "diagset", "cub", "cars", "synthetic"
+    dataset: str
+    # the msabn.data.transforms recipe: "cifar", "imagenet", "diagset", "fine_grained"
+    recipe: str
     size: int                             # the network's input side in pixels
     eval_splits: tuple[str, ...]          # evaluated at the end; the first is the headline number
     subdir: str                           # the dataset's folder under the data root
     synthetic: Mapping[str, Any] | None = None       # SyntheticConfig fields of the embedded stand-in
     keep_fractions: tuple[float, ...] | None = None  # per class: the share of its images kept (imbalance)
     stands_for: str | None = None         # the paper's dataset this stand-in replaces, for the labels
-    loader_kwargs: Mapping[str, Any] | None = None   # more options of the dataset's loader (e.g. CIFAR-100's verify=False)
+    # more options of the dataset's loader (e.g. CIFAR-100's verify=False)
+    loader_kwargs: Mapping[str, Any] | None = None
     train_images: int | None = None       # a class-balanced subset of this many training images (None: all of them)
     valid_fraction: float = 0.0           # share of the training images held out to pick the best epoch (0: none)
     valid_seed: int = 0                   # which ones: a class-stratified draw with this seed (msabn.experiments.data)
@@ -92,14 +95,17 @@ class TableExperiment:
     metrics: tuple[str, ...] = ("acc",)   # reported: "acc" and, for DiagSet, "balanced_acc"
     n_attention: int = 6              # test images whose attention maps every run keeps
     kind: str = "table"
-    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
+    # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
+    overrides: tuple[tuple[str, str], ...] = ()
     common_init: bool = False         # every row of a seed starts from the same weights where its layers share a name
 
     def cells(self) -> list[tuple[Column, Row]]:
         "The (column, row) pairs that are trained: every row on every column it does not skip."
         return [(c, r) for c in self.columns for r in self.rows if c.paper not in r.skip]
 
-    def train_config(self, column: Column, row: Row, seed: int, device: str = "auto", num_workers: int | None = None) -> TrainConfig:
+    def train_config(
+        self, column: Column, row: Row, seed: int, device: str = "auto", num_workers: int | None = None
+    ) -> TrainConfig:
         "The TrainConfig of one cell."
         kw = dict(seed=seed, puzzle=row.puzzle, device=device, progress=False)
         if self.data.valid_fraction: kw |= {"keep_best": True, "eval_every": 1}   # best.pt: the best of every epoch
@@ -120,7 +126,8 @@ class AttentionFigure:
     seeds: tuple[int, ...]            # one figure per seed of the source runs
     n_images: int = 6
     kind: str = "attention_figure"
-    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
+    # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
+    overrides: tuple[tuple[str, str], ...] = ()
 
 @dataclass(frozen=True)
 class CopyReplaceFigure:
@@ -142,7 +149,8 @@ class CopyReplaceFigure:
     source_model: str = "last"        # the epoch fine-tuned: "last" or "best" (on the validation split)
     frac_reading: str = "paper"       # frac_attn_out on the map as it is ("paper") or min-max normalised ("normalized")
     kind: str = "copy_replace_figure"
-    overrides: tuple[tuple[str, str], ...] = ()   # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
+    # (key, value) the user changed (msabn.experiments.overrides); () for the preset as it is
+    overrides: tuple[tuple[str, str], ...] = ()
 
 # %% ../../nbs/api/experiments/00_catalog.ipynb #c3e20bd9
 @dataclass(frozen=True)
@@ -159,13 +167,27 @@ FINE_TABLES = ("table4", "table5")
 CATALOG = (
     ExperimentInfo("table1", "Table 1: accuracy on CIFAR-100", "Table 1 (CIFAR-100)", "table1_cifar100"),
     ExperimentInfo("table2", "Table 2: accuracy on ImageNet", "Table 2 (ImageNet)", "table2_imagenet"),
-    ExperimentInfo("table3", "Table 3: accuracy and balanced accuracy on DiagSet-10x", "Table 3 (DiagSet-10x)", "table3_diagset"),
+    ExperimentInfo(
+        "table3", "Table 3: accuracy and balanced accuracy on DiagSet-10x", "Table 3 (DiagSet-10x)", "table3_diagset"
+    ),
     ExperimentInfo("table4", "Table 4: accuracy on CUB-200-2011", "Table 4 (CUB)", "table4_cub"),
     ExperimentInfo("table5", "Table 5: accuracy on Stanford Cars", "Table 5 (Stanford Cars)", "table5_cars"),
-    ExperimentInfo("fig1", "Fig. 1 (and Figs. 5/7): CAM, ABN and MSABN attention maps on the same images", "Fig. 1",
-                   "fig1_attention_maps", kind="attention_figure", depends=FINE_TABLES),
-    ExperimentInfo("fig8_9", "Figs. 8/9: copy-replace fine-tuning against vanilla fine-tuning", "Figs. 8/9",
-                   "fig8_9_copy_replace", kind="copy_replace_figure", depends=FINE_TABLES),
+    ExperimentInfo(
+        "fig1",
+        "Fig. 1 (and Figs. 5/7): CAM, ABN and MSABN attention maps on the same images",
+        "Fig. 1",
+        "fig1_attention_maps",
+        kind="attention_figure",
+        depends=FINE_TABLES,
+    ),
+    ExperimentInfo(
+        "fig8_9",
+        "Figs. 8/9: copy-replace fine-tuning against vanilla fine-tuning",
+        "Figs. 8/9",
+        "fig8_9_copy_replace",
+        kind="copy_replace_figure",
+        depends=FINE_TABLES,
+    ),
 )
 INFO = {i.name: i for i in CATALOG}
 TEMPLATES = {i.name: i.template for i in CATALOG}

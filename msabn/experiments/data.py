@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..data.memory import BATCHED_RECIPES, decode
-from .catalog import DataSpec, short_hash
 from ..data.datasets import DATA_LAYOUTS, data_present, get_dataset
+from ..data.memory import BATCHED_RECIPES, decode
 from ..data.synthetic import SyntheticConfig, make_synthetic
 from ..data.transforms import eval_transform, train_transform
+from .catalog import DataSpec, short_hash
 
 # %% auto #0
 __all__ = ['MEMORY_BUDGET', 'DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'first_per_class',
@@ -43,9 +43,11 @@ def check_data(specs: Sequence[DataSpec], data_root: str | Path | None):
     "Raise DataMissingError naming every missing dataset and its expected layout (before any training)."
     miss = missing_data(specs, data_root)
     if miss:
-        raise DataMissingError("the datasets below are missing, so nothing was trained (the paper preset reads the real "
+        raise DataMissingError("the datasets below are missing, so nothing was trained (the paper preset reads the "
+                               "real "
                                "datasets; the smoke preset runs on the embedded data without a data root):\n  "
-                               + "\n  ".join(miss) + "\npass --data-root DIR, DIR holding one folder per dataset as above")
+                               + "\n  ".join(miss) + "\npass --data-root DIR, DIR holding one folder per dataset as "
+                                                     "above")
 
 # %% ../../nbs/api/experiments/03_data.ipynb #0f6c3dd7
 def data_folder(spec: DataSpec, data_root: str | Path) -> Path:
@@ -117,7 +119,7 @@ def hold_out(
     quota[torch.argsort(quota - want, stable=True)[:k - int(quota.sum())]] += 1   # largest remainders
     quota = torch.minimum(quota, counts - 1)                                       # every class keeps one image
     g, held = torch.Generator().manual_seed(int(seed)), []
-    for c, q in zip(classes.tolist(), quota.tolist()):
+    for c, q in zip(classes.tolist(), quota.tolist(), strict=True):
         idx = torch.nonzero(t == c).flatten()
         held += idx[torch.randperm(len(idx), generator=g)[:q]].tolist()
     if not held:
@@ -130,7 +132,8 @@ def hold_out(
 MEMORY_BUDGET = 2 * 2**30  # bytes: the decoded uint8 pixels of all of a table's splits together
 
 def fits_in_memory(spec: DataSpec, splits: dict[str, Dataset]) -> bool:
-    "Whether a table's splits are decoded once into memory: a recipe with batch-wise augmentation, all splits under MEMORY_BUDGET."
+    ("Whether a table's splits are decoded once into memory: a recipe with batch-wise augmentation, all splits under "
+     "MEMORY_BUDGET.")
     pixels = sum(len(d) for d in splits.values()) * 3 * spec.size ** 2
     return spec.recipe in BATCHED_RECIPES and pixels <= MEMORY_BUDGET
 
@@ -152,7 +155,8 @@ def load_splits(
     for s in spec.eval_splits: out[s] = get_dataset(spec.dataset, root, s, transform=et, **kw)
     if spec.keep_fractions is not None:
         if len(spec.keep_fractions) != out["train"].num_classes:
-            raise ValueError(f"keep_fractions has {len(spec.keep_fractions)} entries; the dataset has {out['train'].num_classes} classes")
+            raise ValueError(f"keep_fractions has {len(spec.keep_fractions)} entries; the dataset has "
+                             f"{out['train'].num_classes} classes")
         out = {k: ClassSubset(d, keep_by_class(d.targets, spec.keep_fractions)) for k, d in out.items()}
     if spec.train_images is not None:   # the same subset of the training images, with either pipeline
         keep = first_per_class(out["train"].targets, spec.train_images)

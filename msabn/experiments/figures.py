@@ -15,18 +15,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .catalog import AttentionFigure, Column, CopyReplaceFigure
-from .presets import get_experiment
-from ..hitl.copy_replace import model_from_checkpoint, score_attention
 from ..data.items import collate
-from .data import ClassSubset, load_splits
-from ..hitl.ordering import copy_replace_curve, lambda_for_fraction, plot_curve
-from .presets import check_boxes, source_experiment, preset_folder, with_overrides
-from .progress import PROGRESS_FILE, ProgressFile
-from .folders import cell_folder, experiment_folder, fingerprint, run_state
-from .tables import dry_tag, run_table, start_results, write_results
 from ..explain.viz import attention_grid
+from ..hitl.copy_replace import model_from_checkpoint, score_attention
+from ..hitl.ordering import copy_replace_curve, lambda_for_fraction, plot_curve
 from ..train.checkpoints import load_checkpoint
+from .catalog import AttentionFigure, Column, CopyReplaceFigure
+from .data import ClassSubset, load_splits
+from .folders import cell_folder, experiment_folder, fingerprint, run_state
+from .presets import check_boxes, get_experiment, preset_folder, source_experiment, with_overrides
+from .progress import PROGRESS_FILE, ProgressFile
+from .tables import dry_tag, run_table, start_results, write_results
 
 # %% auto #0
 __all__ = ['SOURCE_MODELS', 'eval_part', 'run_attention_figure', 'run_copy_replace', 'run_experiment']
@@ -38,8 +37,10 @@ def _source_folder(fig, table: str, seed: int, runs_dir) -> Path:
     state = run_state(folder, fingerprint(src, seed))
     if state != "complete":
         sets = "".join(f" --set {k}={v}" for k, v in fig.overrides)
-        raise FileNotFoundError(f"{fig.name} needs the trained models of {table} (preset {preset_folder(src)}, seed {seed}) in {folder}, "
-                                f"but that run is {state}: run `msabn_run {table} --preset {fig.preset} --seeds {seed}{sets}` first")
+        raise FileNotFoundError(f"{fig.name} needs the trained models of {table} (preset {preset_folder(src)}, seed "
+                                f"{seed}) in {folder}, "
+                                f"but that run is {state}: run `msabn_run {table} --preset {fig.preset} --seeds "
+                                f"{seed}{sets}` first")
     return folder
 
 SOURCE_MODELS = {"last": "checkpoint.pt", "best": "best.pt"}   # Figs. 8/9's source_model -> the cell's file
@@ -74,8 +75,11 @@ def _score(model, data, cfg, device, normalize: bool | None = None):
                            normalize=normalize)
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #faffdac0
-def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: int, folder: Path, data_root, device, log) -> dict:
-    "One source table's panel of Fig. 1: every shown model's map on the same images, and its scores on the split (a dry run: its first batches)."
+def _attention_panel(
+    fig: AttentionFigure, table: str, src_folder: Path, seed: int, folder: Path, data_root, device, log
+) -> dict:
+    ("One source table's panel of Fig. 1: every shown model's map on the same images, and its scores on the split (a "
+     "dry run: its first batches).")
     src = source_experiment(fig, table)
     column, split = src.columns[0], src.data.eval_splits[0]
     cfg = src.train_config(column, src.rows[0], seed)
@@ -90,13 +94,30 @@ def _attention_panel(fig: AttentionFigure, table: str, src_folder: Path, seed: i
         preds[label] = torch.from_numpy(sc.pred[:fig.n_images])
         scores.append({"model": r, "acc": sc.acc, "frac_attn_out": float(sc.frac_attn_out.mean()), "images": len(sc),
                        "map_size": list(sc.records.attn_map.shape[-2:])})
-        log(f"{dry_tag(fig)}fig1 seed {seed}: {table} {column.paper} {r}: acc {sc.acc:.1f}, map {scores[-1]['map_size']}, "
+        log(f"{dry_tag(fig)}fig1 seed {seed}: {table} {column.paper} {r}: acc {sc.acc:.1f}, map "
+            f"{scores[-1]['map_size']}, "
             f"frac_attn_out {scores[-1]['frac_attn_out']:.3f}")
-    g = attention_grid(batch["image"], maps, boxes=batch.get("box"), labels=batch["label"], preds=preds,
-                       classes=[c[:12] for c in (data.classes or [])] or None, stats=src.data.recipe, threshold=0.2, size=1.1)
+    g = attention_grid(
+        batch["image"],
+        maps,
+        boxes=batch.get("box"),
+        labels=batch["label"],
+        preds=preds,
+        classes=[c[:12] for c in (data.classes or [])] or None,
+        stats=src.data.recipe,
+        threshold=0.2,
+        size=1.1,
+    )
     name = f"attention_{table}.png"
     g.savefig(folder / name, dpi=72, bbox_inches="tight"); plt.close(g)
-    return {"source": table, "column": column.paper, "backbone": column.backbone, "split": split, "picture": name, "models": scores}
+    return {
+        "source": table,
+        "column": column.paper,
+        "backbone": column.backbone,
+        "split": split,
+        "picture": name,
+        "models": scores,
+    }
 
 def run_attention_figure(
     fig: AttentionFigure | str,     # the figure (or its name, with `preset`)
@@ -113,7 +134,8 @@ def run_attention_figure(
     sources = {t: _source_folder(fig, t, seed, runs_dir) for t in fig.sources}
     t0 = time.perf_counter()
     folder, fp = start_results(fig, seed, runs_dir, device, log)
-    pf, panels = ProgressFile(folder / PROGRESS_FILE, [1.0] * len(sources), unit="panel"), []   # what msabn_run shows while it waits
+    # what msabn_run shows while it waits
+    pf, panels = ProgressFile(folder / PROGRESS_FILE, [1.0] * len(sources), unit="panel"), []
     for k, (t, f) in enumerate(sources.items(), 1):
         pf.begin(k, t)
         panels.append(_attention_panel(fig, t, f, seed, folder, data_root, device, log))
@@ -124,14 +146,36 @@ def run_attention_figure(
     return metrics
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #556aaa66
-def _curve(fig: CopyReplaceFigure, table: str, column: Column, src_folder: Path, data: dict, split: str, cfg, folder: Path, device) -> dict:
-    "One trained model's copy-replace curve: its pool per lambda_out (or per share annotated), against vanilla fine-tuning."
+def _curve(
+    fig: CopyReplaceFigure,
+    table: str,
+    column: Column,
+    src_folder: Path,
+    data: dict,
+    split: str,
+    cfg,
+    folder: Path,
+    device,
+) -> dict:
+    ("One trained model's copy-replace curve: its pool per lambda_out (or per share annotated), against vanilla "
+     "fine-tuning.")
     model = _model(src_folder, column, fig.row, fig.source_model)
     normalize = {"paper": None, "normalized": True}[fig.frac_reading]   # None: the attention map as it is
     scores = _score(model, data["train"], cfg, device, normalize)   # the pool's images (a dry run: its first batches)
     lambdas = fig.lambdas[table] if fig.lambdas else tuple(lambda_for_fraction(scores, f) for f in fig.fractions)
-    res = copy_replace_curve(model, data["train"], eval_part(data[split], cfg), lambdas, cfg, fig.finetune_seeds, fig.p, fig.label_policy,
-                             scores=scores, out_dir=folder / "finetune" / table / column.backbone, progress=False)
+    res = copy_replace_curve(
+        model,
+        data["train"],
+        eval_part(data[split], cfg),
+        lambdas,
+        cfg,
+        fig.finetune_seeds,
+        fig.p,
+        fig.label_policy,
+        scores=scores,
+        out_dir=folder / "finetune" / table / column.backbone,
+        progress=False,
+    )
     res.pop("provenance", None)
     res["n_scored"] = len(scores)   # training images scored for the pool (all of them in a real run)
     res["source"] = _source_info(src_folder, column, fig.row, fig.source_model)
@@ -144,8 +188,12 @@ def _curve_columns(fig: CopyReplaceFigure, table: str) -> list[Column]:
     return [c for c in src.columns if c.paper not in row.skip]
 
 def _curve_line(fig, table: str, column: Column, seed: int, res: dict, seconds: float) -> str:
-    pts = ", ".join(f"λ={p['lambda_out']:g}: {p['acc']:.1f}" if p.get("acc") is not None else f"λ={p['lambda_out']:g}: -" for p in res["points"])
-    return f"{dry_tag(fig)}{fig.name} seed {seed}: {table} {column.paper}: vanilla {res['vanilla']['acc']:.1f}, copy-replace {pts} ({seconds:.0f} s)"
+    pts = ", ".join(
+        f"λ={p['lambda_out']:g}: {p['acc']:.1f}" if p.get("acc") is not None else f"λ={p['lambda_out']:g}: -"
+        for p in res["points"]
+    )
+    return (f"{dry_tag(fig)}{fig.name} seed {seed}: {table} {column.paper}: vanilla {res['vanilla']['acc']:.1f}, "
+            f"copy-replace {pts} ({seconds:.0f} s)")
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #43176a88
 def run_copy_replace(
@@ -164,24 +212,40 @@ def run_copy_replace(
     sources = {t: _source_folder(fig, t, seed, runs_dir) for t in fig.sources}
     t0 = time.perf_counter()
     folder, fp = start_results(fig, seed, runs_dir, device, log)
-    cfg = replace(fig.finetune, device=device, progress=False, **({} if num_workers is None else {"num_workers": num_workers}))
+    cfg = replace(
+        fig.finetune, device=device, progress=False, **({} if num_workers is None else {"num_workers": num_workers})
+    )
     curves, pictures = [], {}
-    pf = ProgressFile(folder / PROGRESS_FILE, [1.0] * sum(len(_curve_columns(fig, t)) for t in sources), unit="curve")   # what msabn_run shows
+    # what msabn_run shows
+    pf = ProgressFile(folder / PROGRESS_FILE, [1.0] * sum(len(_curve_columns(fig, t)) for t in sources), unit="curve")
     for table, src_folder in sources.items():
         src = source_experiment(fig, table)
         split = fig.eval_split or src.data.eval_splits[0]
-        data = load_splits(replace(src.data, eval_splits=tuple(dict.fromkeys((split,) + src.data.eval_splits))), data_root, train_augment=False)
+        data = load_splits(
+            replace(src.data, eval_splits=tuple(dict.fromkeys((split,) + src.data.eval_splits))),
+            data_root,
+            train_augment=False,
+        )
         by_label = {}
         for column in _curve_columns(fig, table):
             t = time.perf_counter()
             pf.begin(len(curves) + 1, f"{table} {column.backbone}: fine-tuning")
             res = _curve(fig, table, column, src_folder, data, split, cfg, folder, device)
-            curves.append({"source": table, "figure": fig.sources[table], "column": column.paper, "backbone": column.backbone,
-                           "split": split, "curve": res})
+            curves.append(
+                {
+                    "source": table,
+                    "figure": fig.sources[table],
+                    "column": column.paper,
+                    "backbone": column.backbone,
+                    "split": split,
+                    "curve": res,
+                }
+            )
             by_label[f"{column.paper} ({column.backbone})"] = res
             log(_curve_line(fig, table, column, seed, res, time.perf_counter() - t))
             pf.end(f"vanilla {res['vanilla']['acc']:.1f}")
-        g = plot_curve(by_label, title=f"{fig.sources[table]} ({src.data.stands_for or src.data.dataset}, preset {fig.preset}, seed {seed})")
+        g = plot_curve(by_label, title=f"{fig.sources[table]} ({src.data.stands_for or src.data.dataset}, preset "
+                                       f"{fig.preset}, seed {seed})")
         pictures[table] = f"curve_{table}.png"
         g.savefig(folder / pictures[table], dpi=72, bbox_inches="tight"); plt.close(g)
     if pictures: shutil.copyfile(folder / next(iter(pictures.values())), folder / "attention.png")
@@ -199,7 +263,8 @@ def run_experiment(
     device: str = "auto",
     num_workers: int | None = None,  # DataLoader workers (default: the preset's)
     log: Callable[[str], None] = print,
-    overrides: Mapping[str, Any] | None = None,  # settings changed from the preset's (msabn.experiments.overrides), e.g. {"epochs": 60}
+    # settings changed from the preset's (msabn.experiments.overrides), e.g. {"epochs": 60}
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict:                           # the run's metrics.json
     "Run one experiment (table or figure) for one seed: what every template calls."
     exp = with_overrides(get_experiment(name, preset), overrides)

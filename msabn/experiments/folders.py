@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..core import load_json, save_json
 from ..train.checkpoints import aside_path
 from .catalog import short_hash, slugify
-from ..core import load_json, save_json
-from .presets import source_experiment, preset_folder
+from .presets import preset_folder, source_experiment
 
 # %% auto #0
 __all__ = ['RUNTIME_FIELDS', 'LABEL_FIELDS', 'RESULTS_VERSION', 'UNSET_FIELDS', 'STATUSES', 'fingerprint', 'run_folder',
@@ -26,14 +26,26 @@ RUNTIME_FIELDS = ("device", "num_workers", "progress", "eval_batch_size")  # whe
 LABEL_FIELDS = ("title", "template")  # how it is called, not what it computes
 RESULTS_VERSION = 1  # bump when the meaning of a run's files changes
 # left out while empty or False: older fingerprints stay valid
-UNSET_FIELDS = ("overrides", "limit_train_batches", "limit_eval_batches", "loader_kwargs", "train_images", "common_init",
-                "valid_fraction", "valid_seed")
+UNSET_FIELDS = (
+    "overrides",
+    "limit_train_batches",
+    "limit_eval_batches",
+    "loader_kwargs",
+    "train_images",
+    "common_init",
+    "valid_fraction",
+    "valid_seed",
+)
 
 def _config_dict(exp) -> dict:
     d = asdict(exp)
     def strip(o):
         if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items() if k not in RUNTIME_FIELDS + LABEL_FIELDS and not (k in UNSET_FIELDS and not v)}
+            return {
+                k: strip(v)
+                for k, v in o.items()
+                if k not in RUNTIME_FIELDS + LABEL_FIELDS and not (k in UNSET_FIELDS and not v)
+            }
         if isinstance(o, (list, tuple)): return [strip(v) for v in o]
         return o
     return strip(d)
@@ -42,7 +54,8 @@ def fingerprint(exp, seed: int) -> str:
     "A hash of what a run computes: the configuration (without runtime settings), the seed, the results version."
     what = {"config": _config_dict(exp), "seed": int(seed), "version": RESULTS_VERSION}
     # a figure is made from the tables' trained models: when a source table changes, so does the figure
-    if getattr(exp, "sources", None): what["sources"] = {t: fingerprint(source_experiment(exp, t), seed) for t in exp.sources}
+    if getattr(exp, "sources", None):
+        what["sources"] = {t: fingerprint(source_experiment(exp, t), seed) for t in exp.sources}
     return short_hash(what, 16)
 
 # %% ../../nbs/api/experiments/04_folders.ipynb #f7f4716a
@@ -51,7 +64,8 @@ def run_folder(runs_dir: str | Path, preset: str, name: str, seed: int) -> Path:
     return Path(runs_dir) / preset / name / f"seed{int(seed)}"
 
 def experiment_folder(runs_dir: str | Path, exp, seed: int) -> Path:
-    "An experiment's run folder: runs/<preset>/..., or runs/<preset>+<hash>/... when it carries overrides (msabn.experiments.presets.preset_folder)."
+    ("An experiment's run folder: runs/<preset>/..., or runs/<preset>+<hash>/... when it carries overrides "
+     "(msabn.experiments.presets.preset_folder).")
     return run_folder(runs_dir, preset_folder(exp), exp.name, seed)
 
 def cell_folder(
@@ -94,7 +108,8 @@ def write_status(
     if status not in STATUSES: raise ValueError(f"unknown status {status!r}; expected one of {STATUSES}")
     path = Path(folder) / "status.json"
     old = _read(path)
-    old = old if isinstance(old, dict) and old.get("fingerprint") == fp else {}   # a damaged or foreign status is not kept
+    # a damaged or foreign status is not kept
+    old = old if isinstance(old, dict) and old.get("fingerprint") == fp else {}
     st = {**old, **extra, "status": status, "fingerprint": fp, "updated": _now()}
     if status == "running" and old.get("status") != "running": st["started"] = st["updated"]
     if status != "failed": st.pop("error", None)
@@ -111,7 +126,8 @@ def run_state(
     folder: str | Path,   # a run folder
     fp: str,              # the fingerprint the run should have
 ) -> str:                 # "new", "complete", "half-written", "failed", "stale" or "damaged"
-    "What a run folder holds: nothing yet, a complete run, a killed one, a failed one, one of other settings, or a damaged status."
+    ("What a run folder holds: nothing yet, a complete run, a killed one, a failed one, one of other settings, or a "
+     "damaged status.")
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()): return "new"
     st, m_fp = _read(folder / "status.json"), metrics_fingerprint(folder)
@@ -145,14 +161,16 @@ def repository(
     here = Path(start if start is not None else Path.cwd()).expanduser().absolute()
     for base in (here, *here.parents):
         if _is_repository(base): return base
-    installed = Path(__file__).resolve().parents[2] if "__file__" in globals() else None   # msabn/experiments/ -> the clone
+    # msabn/experiments/ -> the clone
+    installed = Path(__file__).resolve().parents[2] if "__file__" in globals() else None
     return installed if installed is not None and _is_repository(installed) else None
 
 def repo_path(
     path: str | Path,                  # a folder parameter: absolute, `~/...`, or relative to the repository
     start: str | Path | None = None,   # where to look for the repository from (default: the working directory)
 ) -> Path:                             # absolute
-    "A template's folder parameter as an absolute path: a relative one from the repository's folder (the working directory only outside any clone)."
+    ("A template's folder parameter as an absolute path: a relative one from the repository's folder (the working "
+     "directory only outside any clone).")
     p = Path(path).expanduser()
     if p.is_absolute(): return p
     return Path(os.path.normpath((repository(start) or Path.cwd().absolute()) / p))

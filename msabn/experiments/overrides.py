@@ -79,44 +79,170 @@ class Override:
 
 _T, _CR = ("table",), ("copy_replace_figure",)
 OVERRIDES = (
-    Override("epochs", "training epochs of every cell (the milestones stay fractions of the run)", "a whole number >= 1", _T, _whole()),
-    Override("batch_size", "the batch size of every cell (Table 2/3's per-backbone batches too) and of the fine-tuning", "a whole number >= 1", _T + _CR, _whole()),
+    Override(
+        "epochs",
+        "training epochs of every cell (the milestones stay fractions of the run)",
+        "a whole number >= 1",
+        _T,
+        _whole(),
+    ),
+    Override(
+        "batch_size",
+        "the batch size of every cell (Table 2/3's per-backbone batches too) and of the fine-tuning",
+        "a whole number >= 1",
+        _T + _CR,
+        _whole(),
+    ),
     Override("lr", "the initial learning rate (training and fine-tuning)", "a number > 0", _T + _CR, _positive),
-    Override("size", "the network's input side in pixels", "a whole number >= the backbone's total stride (32 for the paper's backbones)", _T, _whole()),
-    Override("backbones", "which columns are trained", "comma-separated backbones (e.g. resnet50) or column names of the tables; each table keeps those it has (at least one)", _T, _names),
-    Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)", _T, _names),
-    Override("dataset", "which loader reads the data: the layout of the folder", f"one of {', '.join(DATA_LAYOUTS)}", _T, _dataset),
+    Override(
+        "size",
+        "the network's input side in pixels",
+        "a whole number >= the backbone's total stride (32 for the paper's backbones)",
+        _T,
+        _whole(),
+    ),
+    Override(
+        "backbones",
+        "which columns are trained",
+        "comma-separated backbones (e.g. resnet50) or column names of "
+        "the tables; each table keeps those it has (at least one)",
+        _T,
+        _names,
+    ),
+    Override(
+        "rows",
+        "which models (rows) are trained",
+        "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)",
+        _T,
+        _names,
+    ),
+    Override(
+        "dataset",
+        "which loader reads the data: the layout of the folder",
+        f"one of {', '.join(DATA_LAYOUTS)}",
+        _T,
+        _dataset,
+    ),
     Override("data", "the dataset's folder", "a folder, relative to --data-root or absolute", _T, _folder),
-    Override("train_images", "own data: train on a class-balanced subset of N training images (each class's first N / K "
-             "in the loader's order)", "a whole number >= the number of classes", _T, _whole()),
-    Override("common_init", "common random numbers: every row of a seed starts from the same weights wherever its layers share "
-             "a name (the branch's own layers from streams of their own); the batches and augmentation are shared already",
-             "true or false", _T, _bool),
-    Override("verify", "CIFAR-100 only: check the official files' md5 sums (false: files in the same format that are not the official ones)",
-             "true or false", _T, _bool),
+    Override(
+        "train_images",
+        "own data: train on a class-balanced subset of N training images (each class's first N / "
+        "K "
+        "in the loader's order)",
+        "a whole number >= the number of classes",
+        _T,
+        _whole(),
+    ),
+    Override(
+        "common_init",
+        "common random numbers: every row of a seed starts from the same weights wherever its "
+        "layers share "
+        "a name (the branch's own layers from streams of their own); the batches and augmentation are shared "
+        "already",
+        "true or false",
+        _T,
+        _bool,
+    ),
+    Override(
+        "verify",
+        "CIFAR-100 only: check the official files' md5 sums (false: files in the same format that are "
+        "not the official ones)",
+        "true or false",
+        _T,
+        _bool,
+    ),
     Override("finetune_epochs", "Figs. 8/9: fine-tuning epochs", "a whole number >= 1", _CR, _whole()),
-    Override("finetune_seeds", "Figs. 8/9: fine-tuning repeats per trained model", "comma-separated whole numbers >= 0", _CR, _seeds),
-    Override("lambdas", "Figs. 8/9: the lambda_out values (the paper's way)", "comma-separated numbers in [0, 1]", _CR, _shares(False)),
-    Override("fractions", "Figs. 8/9: the shares of training images annotated (lambda_out chosen per model)", "comma-separated numbers in (0, 1]", _CR, _shares(True)),
-    Override("frac_reading", "Figs. 8/9: how frac_attn_out reads an attention map: thresholded at 0.2 as it is (paper) "
-             "or min-max normalised first (normalized)", "paper or normalized", _CR, _choice("paper", "normalized")),
-    Override("source_model", "Figs. 8/9: the model fine-tuned: the best epoch on a validation split held out of the "
-             "training images (best: the tables then train without them) or the last epoch (last: they train on all)",
-             "best or last", _T + _CR, _choice("best", "last")),
-    Override("valid_fraction", "the share of the training images held out, per class, as the validation split that "
-             "picks the best epoch (0: none); with source_model=best, 0.1 unless given", "a number in [0, 1)", _T,
-             _share_below_one),
-    Override("label_policy", "Figs. 8/9: the replaced image's label: the pasted object's (donor), donors of its own "
-             "class only (same_class), or its own whatever is pasted (keep)", "donor, same_class or keep", _CR,
-             _choice("donor", "same_class", "keep")),
-    Override("puzzle_mode", "the Puzzle loss L_re: the target class's map, averaged over it (target, Puzzle-CAM's "
-             "selection), or over all K maps (masking: K times smaller), or every class's map (all)",
-             "target, masking or all", _T, _choice("target", "masking", "all")),
-    Override("amp", "mixed precision: bfloat16 autocast on a GPU and none on a CPU (auto), bfloat16 everywhere (bf16), "
-             "or float32 everywhere (off)", "auto, bf16 or off", _T + _CR, _choice("auto", "bf16", "off")),
-    Override("fast_dev_run", "a dry run: one epoch of N batches, N batches per evaluation, at batch 2 unless batch_size is set (not a result)", "a whole number >= 1", _T + _CR, _whole()),
-    Override("limit_train_batches", "a dry run: stop every epoch after N batches (not a result)", "a whole number >= 1", _T + _CR, _whole()),
-    Override("limit_eval_batches", "a dry run: evaluate N batches only (not a result)", "a whole number >= 1", _T + _CR, _whole()),
+    Override(
+        "finetune_seeds",
+        "Figs. 8/9: fine-tuning repeats per trained model",
+        "comma-separated whole numbers >= 0",
+        _CR,
+        _seeds,
+    ),
+    Override(
+        "lambdas",
+        "Figs. 8/9: the lambda_out values (the paper's way)",
+        "comma-separated numbers in [0, 1]",
+        _CR,
+        _shares(False),
+    ),
+    Override(
+        "fractions",
+        "Figs. 8/9: the shares of training images annotated (lambda_out chosen per model)",
+        "comma-separated numbers in (0, 1]",
+        _CR,
+        _shares(True),
+    ),
+    Override(
+        "frac_reading",
+        "Figs. 8/9: how frac_attn_out reads an attention map: thresholded at 0.2 as it is (paper) "
+        "or min-max normalised first (normalized)",
+        "paper or normalized",
+        _CR,
+        _choice("paper", "normalized"),
+    ),
+    Override(
+        "source_model",
+        "Figs. 8/9: the model fine-tuned: the best epoch on a validation split held out of the "
+        "training images (best: the tables then train without them) or the last epoch (last: they train on all)",
+        "best or last",
+        _T + _CR,
+        _choice("best", "last"),
+    ),
+    Override(
+        "valid_fraction",
+        "the share of the training images held out, per class, as the validation split that "
+        "picks the best epoch (0: none); with source_model=best, 0.1 unless given",
+        "a number in [0, 1)",
+        _T,
+        _share_below_one,
+    ),
+    Override(
+        "label_policy",
+        "Figs. 8/9: the replaced image's label: the pasted object's (donor), donors of its own "
+        "class only (same_class), or its own whatever is pasted (keep)",
+        "donor, same_class or keep",
+        _CR,
+        _choice("donor", "same_class", "keep"),
+    ),
+    Override(
+        "puzzle_mode",
+        "the Puzzle loss L_re: the target class's map, averaged over it (target, Puzzle-CAM's "
+        "selection), or over all K maps (masking: K times smaller), or every class's map (all)",
+        "target, masking or all",
+        _T,
+        _choice("target", "masking", "all"),
+    ),
+    Override(
+        "amp",
+        "mixed precision: bfloat16 autocast on a GPU and none on a CPU (auto), bfloat16 everywhere (bf16), "
+        "or float32 everywhere (off)",
+        "auto, bf16 or off",
+        _T + _CR,
+        _choice("auto", "bf16", "off"),
+    ),
+    Override(
+        "fast_dev_run",
+        "a dry run: one epoch of N batches, N batches per evaluation, at batch 2 unless "
+        "batch_size is set (not a result)",
+        "a whole number >= 1",
+        _T + _CR,
+        _whole(),
+    ),
+    Override(
+        "limit_train_batches",
+        "a dry run: stop every epoch after N batches (not a result)",
+        "a whole number >= 1",
+        _T + _CR,
+        _whole(),
+    ),
+    Override(
+        "limit_eval_batches",
+        "a dry run: evaluate N batches only (not a result)",
+        "a whole number >= 1",
+        _T + _CR,
+        _whole(),
+    ),
 )
 BY_KEY = {o.key: o for o in OVERRIDES}
 DRY_RUN_KEYS = ("fast_dev_run", "limit_train_batches", "limit_eval_batches")
@@ -124,8 +250,12 @@ DRY_RUN_KEYS = ("fast_dev_run", "limit_train_batches", "limit_eval_batches")
 def override_table() -> pd.DataFrame:
     "The settings a user may change, one line each (what the docs show)."
     kinds = {"table": "Tables 1-5", "copy_replace_figure": "Figs. 8/9"}
-    return pd.DataFrame([{"key": o.key, "changes": o.what, "values": o.expected, "applies to": ", ".join(kinds[k] for k in o.kinds)}
-                         for o in OVERRIDES])
+    return pd.DataFrame(
+        [
+            {"key": o.key, "changes": o.what, "values": o.expected, "applies to": ", ".join(kinds[k] for k in o.kinds)}
+            for o in OVERRIDES
+        ]
+    )
 
 # %% ../../nbs/api/experiments/01_overrides.ipynb #b12b1e76
 class OverrideError(ValueError):
@@ -142,24 +272,29 @@ def _canonical(key: str, value: Any) -> str:
         raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
     return _text(v) if isinstance(v, tuple) else str(v)
 
-_NEXT_KEY = re.compile(r",\s*(?=[A-Za-z_]\w*\s*=)")   # a comma that starts the next KEY= (values keep theirs: rows=Base,MSABN)
+# a comma that starts the next KEY= (values keep theirs: rows=Base,MSABN)
+_NEXT_KEY = re.compile(r",\s*(?=[A-Za-z_]\w*\s*=)")
 _FORMS = "a JSON object such as '{\"epochs\": 60}' or KEY=VALUE pairs such as 'epochs=60,size=224'"
 
 def _from_text(s: str) -> Mapping[str, Any] | list[str]:
-    "One string (papermill's `-p overrides`): a JSON object (or list of KEY=VALUE strings), or KEY=VALUE pairs split at commas."
+    ("One string (papermill's `-p overrides`): a JSON object (or list of KEY=VALUE strings), or KEY=VALUE pairs split "
+     "at commas.")
     t = s.strip()
     if not t: return {}
     if t[0] in "{[":
         try: v = json.loads(t)
         except json.JSONDecodeError as e:
-            raise OverrideError(f"overrides {s!r}: not valid JSON ({e.msg} at character {e.pos + 1}); expected {_FORMS}") from None
+            raise OverrideError(
+                f"overrides {s!r}: not valid JSON ({e.msg} at character {e.pos + 1}); expected {_FORMS}"
+            ) from None
         if isinstance(v, dict) or (isinstance(v, list) and all(isinstance(x, str) for x in v)): return v
         raise OverrideError(f"overrides {s!r}: a JSON {type(v).__name__}; expected {_FORMS}")
     if "=" not in t: raise OverrideError(f"overrides {s!r}: expected {_FORMS}; valid keys: {', '.join(BY_KEY)}")
     return _NEXT_KEY.split(t)
 
 def parse_overrides(
-    overrides: Mapping[str, Any] | Sequence[str] | str | None,  # {"epochs": 60}, ["epochs=60"], '{"epochs": 60}' or 'epochs=60,size=224'
+    # {"epochs": 60}, ["epochs=60"], '{"epochs": 60}' or 'epochs=60,size=224'
+    overrides: Mapping[str, Any] | Sequence[str] | str | None,
 ) -> dict[str, str]:                                             # key -> its value as normal text, in the table's order
     "Check overrides: unknown keys and bad values refused (OverrideError), naming the valid keys or values."
     if isinstance(overrides, str): overrides = _from_text(overrides)
@@ -169,11 +304,14 @@ def parse_overrides(
             raise OverrideError(f"overrides {overrides!r}: expected {_FORMS}, a dict or a list of KEY=VALUE strings")
         pairs = {}
         for s in overrides:
-            if "=" not in str(s): raise OverrideError(f"override {s!r}: expected KEY=VALUE, e.g. epochs=60; valid keys: {', '.join(BY_KEY)}")
+            if "=" not in str(s): raise OverrideError(f"override {s!r}: expected KEY=VALUE, e.g. epochs=60; valid "
+                                                      f"keys: {', '.join(BY_KEY)}")
             k, v = str(s).split("=", 1); pairs[k.strip()] = v.strip()
         overrides = pairs
     unknown = [k for k in overrides if k not in BY_KEY]
-    if unknown: raise OverrideError(f"unknown override {', '.join(map(repr, unknown))}; valid keys: {', '.join(BY_KEY)}")
+    if unknown:
+        raise OverrideError(f"unknown override {', '.join(map(repr, unknown))}; valid keys: {', '.join(BY_KEY)}")
     if "lambdas" in overrides and "fractions" in overrides:
-        raise OverrideError("override lambdas and fractions together: Figs. 8/9 take one of them (lambda_out values, or shares of images)")
+        raise OverrideError("override lambdas and fractions together: Figs. 8/9 take one of them (lambda_out values, "
+                            "or shares of images)")
     return {k: _canonical(k, overrides[k]) for k in BY_KEY if k in overrides}

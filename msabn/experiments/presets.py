@@ -12,14 +12,27 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from msabn.experiments.catalog import (
+    FINE_TABLES,
+    INFO,
+    TABLES,
+    TEMPLATES,
+    AttentionFigure,
+    Column,
+    CopyReplaceFigure,
+    DataSpec,
+    Row,
+    TableExperiment,
+    geometric_fractions,
+    short_hash,
+)
+
 from ..data.datasets import DATA_LAYOUTS, missing_boxes
 from ..data.formats import CUB_FILES
 from ..hitl.copy_replace import PAPER_FINETUNE
 from ..hitl.ordering import PAPER_LAMBDAS
 from ..models.backbones import create_backbone
 from ..train.recipe import TrainConfig
-from .catalog import (FINE_TABLES, INFO, TABLES, TEMPLATES, AttentionFigure, Column, CopyReplaceFigure,
-                                       DataSpec, Row, TableExperiment, geometric_fractions, short_hash)
 from .overrides import BY_KEY, DRY_RUN_KEYS, parse_overrides
 
 # %% auto #0
@@ -45,7 +58,15 @@ _SGD = dict(lr=0.1, momentum=0.9, lr_gamma=0.1)
 PAPER_RECIPES = {
     "table1": TrainConfig(epochs=300, batch_size=256, weight_decay=5e-4, milestones=(0.5, 0.75), **_SGD),
     "table2": TrainConfig(epochs=90, batch_size=512, weight_decay=1e-4, milestones=(0.33, 0.66), num_workers=8, **_SGD),
-    "table3": TrainConfig(epochs=90, batch_size=512, weight_decay=1e-4, milestones=(0.33, 0.66), class_weighted=True, num_workers=8, **_SGD),
+    "table3": TrainConfig(
+        epochs=90,
+        batch_size=512,
+        weight_decay=1e-4,
+        milestones=(0.33, 0.66),
+        class_weighted=True,
+        num_workers=8,
+        **_SGD,
+    ),
     "table4": TrainConfig(epochs=300, batch_size=16, weight_decay=1e-4, milestones=(0.5, 0.75), num_workers=8, **_SGD),
     "fig8_9": replace(PAPER_FINETUNE, num_workers=8),
 }
@@ -61,7 +82,8 @@ def _figure(cls: type, name: str, preset: str, **kw):
     return cls(name=name, template=INFO[name].template, preset=preset, title=INFO[name].title, **kw)
 
 FIG1_ROWS = ("Base", "ABN", "MSABN", "MSABN+Puzzle")
-FIG8_9_FIGURES = dict(zip(INFO["fig8_9"].depends, ("Fig. 8", "Fig. 9")))  # source table -> the paper's figure
+# source table -> the paper's figure
+FIG8_9_FIGURES = dict(zip(INFO["fig8_9"].depends, ("Fig. 8", "Fig. 9"), strict=True))
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #1adc8d15
 def paper_preset() -> dict:
@@ -70,24 +92,72 @@ def paper_preset() -> dict:
                Column(paper="EfficientNet-B1", backbone="efficientnet_b1", batch_size=256))
     t4_cols = (Column(paper="ResNet-50", backbone="resnet50"), Column(paper="ResNeXt-50", backbone="resnext50_32x4d"),
                Column(paper="EfficientNet-B3", backbone="efficientnet_b3"))
-    spec = lambda dataset, recipe, size: DataSpec(dataset=dataset, recipe=recipe, size=size, eval_splits=("test",), subdir=dataset)
+    spec = lambda dataset, recipe, size: DataSpec(
+        dataset=dataset, recipe=recipe, size=size, eval_splits=("test",), subdir=dataset
+    )
     held = lambda d: replace(d, valid_fraction=VALID_FRACTION)   # Figs. 8/9 choose their source model on these images
     return {
-        "table1": _table("table1", "paper", data=spec("cifar100", "cifar", 32), rows=CIFAR_ROWS, train=PAPER_RECIPES["table1"],
-                         columns=tuple(Column(paper=f"ResNet-{d}", backbone=f"resnet{d}") for d in (20, 56, 110)), seeds=(0, 1, 2)),
-        "table2": _table("table2", "paper", data=replace(spec("imagenet", "imagenet", 224), eval_splits=("val",)), columns=t2_cols,
-                         rows=IMAGENET_ROWS, train=PAPER_RECIPES["table2"], seeds=(0,)),
-        "table3": _table("table3", "paper", data=spec("diagset", "diagset", 224), columns=t2_cols, rows=IMAGENET_ROWS,
-                         train=PAPER_RECIPES["table3"], seeds=(0,), metrics=("acc", "balanced_acc")),
-        "table4": _table("table4", "paper", data=held(spec("cub", "fine_grained", 352)), columns=t4_cols,
-                         rows=FINE_ROWS, train=PAPER_RECIPES["table4"], seeds=(0, 1, 2)),
-        "table5": _table("table5", "paper", data=held(spec("cars", "fine_grained", 352)), columns=t4_cols,
-                         rows=FINE_ROWS, train=PAPER_RECIPES["table4"], seeds=(0, 1, 2)),
-        "fig1": _figure(AttentionFigure, "fig1", "paper", sources=INFO["fig1"].depends, rows=FIG1_ROWS, seeds=(0, 1, 2)),
-        "fig8_9": _figure(CopyReplaceFigure, "fig8_9", "paper", sources=FIG8_9_FIGURES, fractions=None,
-                          lambdas={"table4": PAPER_LAMBDAS["cub"], "table5": PAPER_LAMBDAS["cars"]},
-                          finetune=PAPER_RECIPES["fig8_9"], finetune_seeds=(0, 1, 2), seeds=(0, 1, 2),
-                          source_model="best"),
+        "table1": _table(
+            "table1",
+            "paper",
+            data=spec("cifar100", "cifar", 32),
+            rows=CIFAR_ROWS,
+            train=PAPER_RECIPES["table1"],
+            columns=tuple(Column(paper=f"ResNet-{d}", backbone=f"resnet{d}") for d in (20, 56, 110)),
+            seeds=(0, 1, 2),
+        ),
+        "table2": _table(
+            "table2",
+            "paper",
+            data=replace(spec("imagenet", "imagenet", 224), eval_splits=("val",)),
+            columns=t2_cols,
+            rows=IMAGENET_ROWS,
+            train=PAPER_RECIPES["table2"],
+            seeds=(0,),
+        ),
+        "table3": _table(
+            "table3",
+            "paper",
+            data=spec("diagset", "diagset", 224),
+            columns=t2_cols,
+            rows=IMAGENET_ROWS,
+            train=PAPER_RECIPES["table3"],
+            seeds=(0,),
+            metrics=("acc", "balanced_acc"),
+        ),
+        "table4": _table(
+            "table4",
+            "paper",
+            data=held(spec("cub", "fine_grained", 352)),
+            columns=t4_cols,
+            rows=FINE_ROWS,
+            train=PAPER_RECIPES["table4"],
+            seeds=(0, 1, 2),
+        ),
+        "table5": _table(
+            "table5",
+            "paper",
+            data=held(spec("cars", "fine_grained", 352)),
+            columns=t4_cols,
+            rows=FINE_ROWS,
+            train=PAPER_RECIPES["table4"],
+            seeds=(0, 1, 2),
+        ),
+        "fig1": _figure(
+            AttentionFigure, "fig1", "paper", sources=INFO["fig1"].depends, rows=FIG1_ROWS, seeds=(0, 1, 2)
+        ),
+        "fig8_9": _figure(
+            CopyReplaceFigure,
+            "fig8_9",
+            "paper",
+            sources=FIG8_9_FIGURES,
+            fractions=None,
+            lambdas={"table4": PAPER_LAMBDAS["cub"], "table5": PAPER_LAMBDAS["cars"]},
+            finetune=PAPER_RECIPES["fig8_9"],
+            finetune_seeds=(0, 1, 2),
+            seeds=(0, 1, 2),
+            source_model="best",
+        ),
     }
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #07c7b297
@@ -121,28 +191,73 @@ SMOKE_SIZES = ScaledSizes(  # calibrated on the Base model alone (msabn.data.syn
     fine_size=64, n_train_fine=4000, epochs_fine=10, resnet_fine="resnet10t_narrow", n_test_fine=3000, lr_fine=0.01,
     spurious_fine=0.925, fractions=(0.5, 1.0), finetune_epochs=2, finetune_seeds=(0,),
     fig_sources=("table1",), fig_rows=tuple(r.name for r in CIFAR_ROWS), finetune_row="MSABN g·(1+A)")
-TINY_SIZES = replace(SMOKE_SIZES, seeds=(0,), resnet="resnet20", effnet="tinynet_e", n_train=32, n_test=8, epochs=1, batch=16, batch_fine=16,
-                     fine_size=32, n_train_fine=32, epochs_fine=1, resnet_fine="resnet20", n_test_fine=8, fractions=(0.5, 1.0), finetune_epochs=1,
-                     fig_sources=FINE_TABLES, fig_rows=FIG1_ROWS, finetune_row="MSABN")
+TINY_SIZES = replace(
+    SMOKE_SIZES,
+    seeds=(0,),
+    resnet="resnet20",
+    effnet="tinynet_e",
+    n_train=32,
+    n_test=8,
+    epochs=1,
+    batch=16,
+    batch_fine=16,
+    fine_size=32,
+    n_train_fine=32,
+    epochs_fine=1,
+    resnet_fine="resnet20",
+    n_test_fine=8,
+    fractions=(0.5, 1.0),
+    finetune_epochs=1,
+    fig_sources=FINE_TABLES,
+    fig_rows=FIG1_ROWS,
+    finetune_row="MSABN",
+)
 
 def _recipe(epochs: int, batch_size: int, weight_decay: float, milestones: tuple[float, ...], **kw) -> TrainConfig:
     "A smoke-like recipe: the paper's SGD and step decay (its lr unless `kw` gives one), evaluated once at the end."
-    return TrainConfig(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, milestones=milestones, eval_every=epochs,
-                       eval_batch_size=128, **{**_SGD, **kw})
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        milestones=milestones,
+        eval_every=epochs,
+        eval_batch_size=128,
+        **{**_SGD, **kw},
+    )
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #e17084a9
 def _synthetic(sizes: ScaledSizes, stands_for: str, recipe: str, input_size: int = 32,
                keep_fractions: tuple[float, ...] | None = None, **syn) -> DataSpec:
     "An embedded stand-in's DataSpec: its SyntheticConfig fields by keyword, and the two test splits."
-    return DataSpec(dataset="synthetic", recipe=recipe, size=input_size, eval_splits=("test_iid", "test"), subdir="synthetic",
-                    synthetic={"n_test": sizes.n_test, "n_test_iid": sizes.n_test, **syn}, keep_fractions=keep_fractions,
-                    stands_for=stands_for)
+    return DataSpec(
+        dataset="synthetic",
+        recipe=recipe,
+        size=input_size,
+        eval_splits=("test_iid", "test"),
+        subdir="synthetic",
+        synthetic={"n_test": sizes.n_test, "n_test_iid": sizes.n_test, **syn},
+        keep_fractions=keep_fractions,
+        stands_for=stands_for,
+    )
 
 def _fine_synthetic(sizes: ScaledSizes, stands_for: str, **seed) -> DataSpec:
     "The fine-grained birds of Tables 4/5 (drawn at the input size, `fine_size`); Table 5's is a second draw (seed=1)."
-    return _synthetic(sizes, stands_for, "fine_grained", sizes.fine_size, size=sizes.fine_size, num_classes=10, fine_grained=True,
-                      clutter=1.0, scale=(0.6, 0.8), n_train=sizes.n_train_fine, n_test=sizes.n_test_fine,
-                      n_test_iid=sizes.n_test_fine, spurious=sizes.spurious_fine, **seed)
+    return _synthetic(
+        sizes,
+        stands_for,
+        "fine_grained",
+        sizes.fine_size,
+        size=sizes.fine_size,
+        num_classes=10,
+        fine_grained=True,
+        clutter=1.0,
+        scale=(0.6, 0.8),
+        n_train=sizes.n_train_fine,
+        n_test=sizes.n_test_fine,
+        n_test_iid=sizes.n_test_fine,
+        spurious=sizes.spurious_fine,
+        **seed,
+    )
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #9b4f433a
 def scaled_preset(
@@ -156,28 +271,84 @@ def scaled_preset(
     coarse = lambda wd, milestones, **kw: _recipe(S.epochs, S.batch, wd, milestones, **kw)
     fine = _recipe(S.epochs_fine, S.batch_fine, 1e-4, (0.5, 0.75), lr=S.lr_fine)
     return {
-        "table1": _table("table1", preset, columns=(resnet("ResNet-20"),), rows=CIFAR_ROWS, train=coarse(5e-4, (0.5, 0.75)),
-                         seeds=S.seeds, data=_synthetic(S, "CIFAR-100", "cifar", size=32, num_classes=10, n_train=S.n_train)),
-        "table2": _table("table2", preset, columns=t23, rows=IMAGENET_ROWS, train=coarse(1e-4, (0.33, 0.66)), seeds=S.seeds,
-                         data=_synthetic(S, "ImageNet", "imagenet", size=32, num_classes=20, n_train=S.n_train, seed=2)),
-        "table3": _table("table3", preset, columns=t23, rows=IMAGENET_ROWS, train=coarse(1e-4, (0.33, 0.66), class_weighted=True),
-                         seeds=S.seeds, metrics=("acc", "balanced_acc"),
-                         data=_synthetic(S, "DiagSet-10x", "diagset", keep_fractions=geometric_fractions(8),
-                                         size=37, num_classes=8, n_train=S.n_train, seed=3)),
-        "table4": _table("table4", preset, columns=(Column(paper="ResNet-50", backbone=S.resnet_fine),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
-                         data=_fine_synthetic(S, "CUB-200-2011")),
-        "table5": _table("table5", preset, columns=(Column(paper="ResNet-50", backbone=S.resnet_fine),), rows=FINE_ROWS, train=fine, seeds=S.seeds,
-                         data=_fine_synthetic(S, "Stanford Cars", seed=1)),
+        "table1": _table(
+            "table1",
+            preset,
+            columns=(resnet("ResNet-20"),),
+            rows=CIFAR_ROWS,
+            train=coarse(5e-4, (0.5, 0.75)),
+            seeds=S.seeds,
+            data=_synthetic(S, "CIFAR-100", "cifar", size=32, num_classes=10, n_train=S.n_train),
+        ),
+        "table2": _table(
+            "table2",
+            preset,
+            columns=t23,
+            rows=IMAGENET_ROWS,
+            train=coarse(1e-4, (0.33, 0.66)),
+            seeds=S.seeds,
+            data=_synthetic(S, "ImageNet", "imagenet", size=32, num_classes=20, n_train=S.n_train, seed=2),
+        ),
+        "table3": _table(
+            "table3",
+            preset,
+            columns=t23,
+            rows=IMAGENET_ROWS,
+            train=coarse(1e-4, (0.33, 0.66), class_weighted=True),
+            seeds=S.seeds,
+            metrics=("acc", "balanced_acc"),
+            data=_synthetic(
+                S,
+                "DiagSet-10x",
+                "diagset",
+                keep_fractions=geometric_fractions(8),
+                size=37,
+                num_classes=8,
+                n_train=S.n_train,
+                seed=3,
+            ),
+        ),
+        "table4": _table(
+            "table4",
+            preset,
+            columns=(Column(paper="ResNet-50", backbone=S.resnet_fine),),
+            rows=FINE_ROWS,
+            train=fine,
+            seeds=S.seeds,
+            data=_fine_synthetic(S, "CUB-200-2011"),
+        ),
+        "table5": _table(
+            "table5",
+            preset,
+            columns=(Column(paper="ResNet-50", backbone=S.resnet_fine),),
+            rows=FINE_ROWS,
+            train=fine,
+            seeds=S.seeds,
+            data=_fine_synthetic(S, "Stanford Cars", seed=1),
+        ),
         "fig1": _figure(AttentionFigure, "fig1", preset, sources=S.fig_sources, rows=S.fig_rows, seeds=S.seeds),
-        "fig8_9": _figure(CopyReplaceFigure, "fig8_9", preset, sources={t: FIG8_9_FIGURES.get(t, INFO["fig8_9"].short_title) for t in S.fig_sources},
-                          row=S.finetune_row, lambdas=None, fractions=S.fractions,
-                          finetune=_recipe(S.finetune_epochs, S.batch_fine, 1e-4, (0.5, 0.75)),
-                          finetune_seeds=S.finetune_seeds, seeds=S.seeds, eval_split="test"),
+        "fig8_9": _figure(
+            CopyReplaceFigure,
+            "fig8_9",
+            preset,
+            sources={t: FIG8_9_FIGURES.get(t, INFO["fig8_9"].short_title) for t in S.fig_sources},
+            row=S.finetune_row,
+            lambdas=None,
+            fractions=S.fractions,
+            finetune=_recipe(S.finetune_epochs, S.batch_fine, 1e-4, (0.5, 0.75)),
+            finetune_seeds=S.finetune_seeds,
+            seeds=S.seeds,
+            eval_split="test",
+        ),
     }
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #b52c6848
 PRESETS = ("paper", "smoke", "tiny")
-EXPERIMENTS = {"paper": paper_preset(), "smoke": scaled_preset("smoke", SMOKE_SIZES), "tiny": scaled_preset("tiny", TINY_SIZES)}
+EXPERIMENTS = {
+    "paper": paper_preset(),
+    "smoke": scaled_preset("smoke", SMOKE_SIZES),
+    "tiny": scaled_preset("tiny", TINY_SIZES),
+}
 
 def list_experiments() -> list[str]:
     "The experiment names msabn_run accepts (besides 'all')."
@@ -213,10 +384,22 @@ def describe(exp) -> pd.DataFrame:
     rows = []
     for c, r in exp.cells():
         t = exp.train_config(c, r, 0)
-        rows.append({"column": c.paper, "backbone": c.backbone, "row": r.name, "epochs": t.epochs, "batch": t.batch_size,
-                     "lr": t.lr, "milestones": t.milestone_epochs(), "wd": t.weight_decay, "puzzle": t.puzzle,
-                     "data": exp.data.stands_for and f"synthetic ({exp.data.stands_for})" or exp.data.dataset,
-                     "size": exp.data.size, "recipe": exp.data.recipe})
+        rows.append(
+            {
+                "column": c.paper,
+                "backbone": c.backbone,
+                "row": r.name,
+                "epochs": t.epochs,
+                "batch": t.batch_size,
+                "lr": t.lr,
+                "milestones": t.milestone_epochs(),
+                "wd": t.weight_decay,
+                "puzzle": t.puzzle,
+                "data": exp.data.stands_for and f"synthetic ({exp.data.stands_for})" or exp.data.dataset,
+                "size": exp.data.size,
+                "recipe": exp.data.recipe,
+            }
+        )
     return pd.DataFrame(rows)
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #1aa1334e
@@ -229,19 +412,25 @@ def backbone_stride(name: str) -> int:
     return create_backbone(name).reduction
 
 def _pick(exp, what: str, wanted: tuple[str, ...], items: Callable, names: Callable):
-    "The columns or rows of `exp` that `wanted` names; a name must be one of some table of the preset (a batch of several tables)."
+    ("The columns or rows of `exp` that `wanted` names; a name must be one of some table of the preset (a batch of "
+     "several tables).")
     known = {n for t in TABLES for x in items(get_experiment(t, exp.preset)) for n in names(x)}
     unknown = [w for w in wanted if w not in known]
     out = tuple(x for x in items(exp) if any(w in names(x) for w in wanted))
     if unknown or not out:
-        raise ValueError(f"override {what}={','.join(wanted)}: " + (f"{', '.join(map(repr, unknown))} is in no table" if unknown else
-                         f"leaves {exp.name} nothing to train") + f"; {exp.name}'s {what}: {', '.join(names(x)[0] for x in items(exp))}")
+        raise ValueError(
+            f"override {what}={','.join(wanted)}: "
+            + (f"{', '.join(map(repr, unknown))} is in no table" if unknown else f"leaves {exp.name} nothing to train")
+            + f"; {exp.name}'s {what}: "
+            f"{', '.join(names(x)[0] for x in items(exp))}"
+        )
     return out
 
 def _data(d: DataSpec, v: dict) -> DataSpec:
     name = v.get("dataset", d.dataset)
     if name == "synthetic":
-        raise ValueError(f"override data={v['data']!r} on the embedded data: say which layout the folder has with dataset=... "
+        raise ValueError(f"override data={v['data']!r} on the embedded data: say which layout the folder has with "
+                         "dataset=... "
                          f"(one of {', '.join(DATA_LAYOUTS)})")
     if name == d.dataset and d.synthetic is None: return replace(d, subdir=v.get("data", d.subdir))
     return DataSpec(dataset=name, recipe=d.recipe, size=d.size, eval_splits=_EVAL_SPLITS.get(name, ("test",)),
@@ -270,33 +459,50 @@ def _train_kw(v: dict, epochs_key: str, train) -> dict:
         n = v["fast_dev_run"]
         kw = {"limit_train_batches": n, "limit_eval_batches": n, **kw, "epochs": 1}
     if _capped(v):
-        kw |= {"batch_size": min(train.batch_size, DRY_RUN_BATCH), "eval_batch_size": min(train.eval_batch_size or train.batch_size, DRY_RUN_BATCH)}
+        kw |= {
+            "batch_size": min(train.batch_size, DRY_RUN_BATCH),
+            "eval_batch_size": min(train.eval_batch_size or train.batch_size, DRY_RUN_BATCH),
+        }
     return kw
 
 def _table(exp, v: dict):
     columns, rows, data = exp.columns, exp.rows, exp.data
     if "batch_size" in v: columns = tuple(replace(c, batch_size=None) for c in columns)
-    if _capped(v): columns = tuple(replace(c, batch_size=c.batch_size and min(c.batch_size, DRY_RUN_BATCH)) for c in columns)
+    if _capped(v):
+        columns = tuple(replace(c, batch_size=c.batch_size and min(c.batch_size, DRY_RUN_BATCH)) for c in columns)
     if "backbones" in v:
-        columns = _pick(replace(exp, columns=columns), "backbones", v["backbones"], lambda e: e.columns, lambda c: (c.backbone, c.paper))
+        columns = _pick(
+            replace(exp, columns=columns),
+            "backbones",
+            v["backbones"],
+            lambda e: e.columns,
+            lambda c: (c.backbone, c.paper),
+        )
     if "rows" in v:
         rows = _pick(exp, "rows", v["rows"], lambda e: e.rows, lambda r: (r.name, r.slug))
         for r in rows:
             if all(c.paper in r.skip for c in columns):
-                raise ValueError(f"override rows: {r.name} is trained on none of {', '.join(c.paper for c in columns)} (the paper has no "
-                                 f"{r.name} entry there); add a backbone that has one ({', '.join(c.backbone for c in exp.columns if c.paper not in r.skip)}) or drop {r.name}")
+                raise ValueError(f"override rows: {r.name} is trained on none of {', '.join(c.paper for c in columns)} "
+                                 "(the paper has no "
+                                 f"{r.name} entry there); add a backbone that has one "
+                                 f"({', '.join(c.backbone for c in exp.columns if c.paper not in r.skip)}) or drop "
+                                 f"{r.name}")
     if "dataset" in v or "data" in v: data = _data(data, v)
     if "size" in v:
         for c in columns:
             if v["size"] < backbone_stride(c.backbone):
-                raise ValueError(f"override size={v['size']}: below the total stride {backbone_stride(c.backbone)} of {c.backbone} "
-                                 f"(its feature_info's largest reduction), so its last stage has no pixel; expected size >= {backbone_stride(c.backbone)}")
+                raise ValueError(f"override size={v['size']}: below the total stride {backbone_stride(c.backbone)} of "
+                                 f"{c.backbone} "
+                                 "(its feature_info's largest reduction), so its last stage has no pixel; expected "
+                                 f"size >= {backbone_stride(c.backbone)}")
         data = replace(data, size=v["size"])
     if "verify" in v and data.dataset == "cifar100": data = replace(data, loader_kwargs={"verify": v["verify"]})
     if "train_images" in v: data = replace(data, train_images=v["train_images"])
     if "common_init" in v: exp = replace(exp, common_init=v["common_init"])
     if "valid_fraction" in v or "source_model" in v: data = replace(data, valid_fraction=_valid_fraction(data, v))
-    return replace(exp, columns=columns, rows=rows, data=data, train=replace(exp.train, **_train_kw(v, "epochs", exp.train)))
+    return replace(
+        exp, columns=columns, rows=rows, data=data, train=replace(exp.train, **_train_kw(v, "epochs", exp.train))
+    )
 
 def _copy_replace(fig, v: dict):
     kw = {}
@@ -312,7 +518,8 @@ def _check_sources(fig):
         src = source_experiment(fig, t)
         if src.data.dataset not in BOXED:
             raise ValueError(f"{fig.name} needs an object box per image, but {t} would read {src.data.dataset} "
-                             f"({DATA_LAYOUTS[src.data.dataset].split(':')[0]}), which has none: expected dataset=cub or cars "
+                             f"({DATA_LAYOUTS[src.data.dataset].split(':')[0]}), which has none: expected dataset=cub "
+                             "or cars "
                              "(a folder in their layout, with its bounding boxes)")
         if getattr(fig, "source_model", "last") == "best" and not src.data.valid_fraction:
             raise ValueError(f"{fig.name} fine-tunes the best epoch on a validation split, but {t} holds none out of "
@@ -326,10 +533,12 @@ def with_overrides(
     exp,                                                  # an experiment of a preset (get_experiment)
     overrides: Mapping[str, Any] | Sequence[str] | None,  # {"epochs": 60} or ["epochs=60"] (parse_overrides)
 ):                                                        # the same experiment, changed and recording what changed
-    "The experiment with the user's settings applied (and recorded in exp.overrides); refused before training if it cannot be honoured."
+    ("The experiment with the user's settings applied (and recorded in exp.overrides); refused before training if it "
+     "cannot be honoured.")
     ov = parse_overrides(overrides)
     if not ov: return exp
-    if exp.overrides: raise ValueError(f"{exp.name} already carries overrides {dict(exp.overrides)}: apply them once, to a preset's experiment")
+    if exp.overrides: raise ValueError(f"{exp.name} already carries overrides {dict(exp.overrides)}: apply them once, "
+                                       "to a preset's experiment")
     v = {k: BY_KEY[k].parse(s) for k, s in ov.items() if exp.kind in BY_KEY[k].kinds}
     if exp.kind == "table": exp = _table(exp, v)
     elif exp.kind == "copy_replace_figure": exp = _copy_replace(exp, v)
@@ -342,16 +551,24 @@ def source_experiment(fig, table: str):
     return with_overrides(get_experiment(table, fig.preset), dict(fig.overrides))
 
 def check_boxes(
-    exps,                            # experiments about to run (the tables among them are not checked: they train without boxes)
+    # experiments about to run (the tables among them are not checked: they train without boxes)
+    exps,
     data_root: str | Path | None,    # the data root they read (None: not given, nothing to look at)
 ):
-    "Refuse a figure whose source table would read a folder without boxes (a CUB-layout folder without bounding_boxes.txt), naming both."
+    ("Refuse a figure whose source table would read a folder without boxes (a CUB-layout folder without "
+     "bounding_boxes.txt), naming both.")
     for fig in (e for e in exps if e.kind != "table" and data_root is not None):
         for t in fig.sources:
             src = source_experiment(fig, t)
-            f = None if src.data.synthetic is not None else missing_boxes(src.data.dataset, Path(data_root) / src.data.subdir)
-            if f: raise ValueError(f"{fig.name} needs an object box per image, but {t} would read {f.parent}, which has no {f.name}: "
-                                   f"expected {f} with lines '{CUB_FILES[f.name]}' (Tables 4/5 train on the folder as it is; "
+            f = (
+                None
+                if src.data.synthetic is not None
+                else missing_boxes(src.data.dataset, Path(data_root) / src.data.subdir)
+            )
+            if f: raise ValueError(f"{fig.name} needs an object box per image, but {t} would read {f.parent}, which "
+                                   f"has no {f.name}: "
+                                   f"expected {f} with lines '{CUB_FILES[f.name]}' (Tables 4/5 train on the folder as "
+                                   "it is; "
                                    f"{fig.name} scores attention against the boxes)")
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #09ce44fb
@@ -379,12 +596,16 @@ def dry_run_batch_note(exp) -> str:
     else: before = [pre.finetune.batch_size]
     if before[0] <= DRY_RUN_BATCH: return ""
     whose = "the paper's" if exp.preset == "paper" else f"preset {exp.preset}'s"
-    keep = f"--set batch_size={before[0]} keeps {whose}" if len(before) == 1 else "--set batch_size=N sets every column's"
+    keep = f"--set batch_size={before[0]} keeps {whose}" if len(before) == 1 else ("--set batch_size=N sets every "
+                                                                                   "column's")
     return f"batch {'/'.join(map(str, before))} -> {DRY_RUN_BATCH} (a fast dev run's, to fit a laptop; {keep})"
 
 def overrides_label(exp) -> str:
-    "How a run is labelled: 'preset paper' or 'preset paper, modified: epochs=60, size=224' (DRY RUN first for a dry run)."
-    label = f"preset {exp.preset}" + (", modified: " + ", ".join(f"{k}={v}" for k, v in exp.overrides) if exp.overrides else "")
+    ("How a run is labelled: 'preset paper' or 'preset paper, modified: epochs=60, size=224' (DRY RUN first for a dry "
+     "run).")
+    label = f"preset {exp.preset}" + (
+        ", modified: " + ", ".join(f"{k}={v}" for k, v in exp.overrides) if exp.overrides else ""
+    )
     note = dry_run_batch_note(exp)
     label += f"; {note}" if note else ""
     return f"DRY RUN (fast dev run: a few batches, not a result): {label}" if is_dry_run(exp) else label

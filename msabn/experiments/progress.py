@@ -23,8 +23,10 @@ from tqdm import tqdm
 __all__ = ['PROGRESS_FILE', 'fmt_seconds', 'speed_text', 'read_progress', 'ProgressFile', 'ProgressView', 'watch']
 
 # %% ../../nbs/api/experiments/05_progress.ipynb #adab58e5
-PROGRESS_FILE = ".msabn_progress.json"   # in a run folder while its template runs: msabn_run's display reads it; never a result
-_NOTE = "where this run stands, for msabn_run's display while it works: not a result (no report or fingerprint reads it)"
+# in a run folder while its template runs: msabn_run's display reads it; never a result
+PROGRESS_FILE = ".msabn_progress.json"
+_NOTE = ("where this run stands, for msabn_run's display while it works: not a result (no report or fingerprint reads "
+         "it)")
 _KEEP = 100   # events kept in the file (the display reads it every second: it never falls that far behind)
 
 def fmt_seconds(s: float | None) -> str:
@@ -35,8 +37,11 @@ def fmt_seconds(s: float | None) -> str:
     h, m, sec = s // 3600, s % 3600 // 60, s % 60
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
-def speed_text(rate: float | None, eta: float | None, run_eta: float | None, unit: str = "cell", short: bool = False) -> str:
-    "img/s and the two ETAs as the display writes them: '812 img/s · cell ETA 0:42 · run ETA ~3:10' (short: '812 img/s · ETA 0:42 · run ~3:10')."
+def speed_text(
+    rate: float | None, eta: float | None, run_eta: float | None, unit: str = "cell", short: bool = False
+) -> str:
+    ("img/s and the two ETAs as the display writes them: '812 img/s · cell ETA 0:42 · run ETA ~3:10' (short: '812 "
+     "img/s · ETA 0:42 · run ~3:10').")
     parts = [] if rate is None else [f"{rate:.0f} img/s" if rate >= 100 else f"{rate:.1f} img/s"]
     if short: return " · ".join(parts + [f"ETA {fmt_seconds(eta)}", f"run ~{fmt_seconds(run_eta)}"])
     return " · ".join(parts + [f"{unit} ETA {fmt_seconds(eta)}", f"run ETA ~{fmt_seconds(run_eta)}"])
@@ -54,48 +59,68 @@ def _num(d: dict, key: str) -> float | None:
 
 def _new_events(st: dict, seen: int) -> list[dict]:
     evs = st.get("events")
-    ok = [e for e in evs if isinstance(e, dict) and isinstance(e.get("seq"), int) and isinstance(e.get("text"), str)] if isinstance(evs, list) else []
+    ok = (
+        [e for e in evs if isinstance(e, dict) and isinstance(e.get("seq"), int) and isinstance(e.get("text"), str)]
+        if isinstance(evs, list)
+        else []
+    )
     return sorted((e for e in ok if e["seq"] > seen), key=lambda e: e["seq"])
 
 # %% ../../nbs/api/experiments/05_progress.ipynb #fd7b700a
 class ProgressFile:
-    "Where a run stands, in a small JSON file: which stage (cell) of how many, epoch, img/s and ETAs; written every `every` s while it trains and at once at each stage's start and end and each epoch's end."
+    ("Where a run stands, in a small JSON file: which stage (cell) of how many, epoch, img/s and ETAs; written every "
+     "`every` s while it trains and at once at each stage's start and end and each epoch's end.")
     def __init__(self,
                  path: str | Path,          # the run folder's PROGRESS_FILE
-                 works: Sequence[float],    # each stage's cost, in order (a cell: the images it trains on; a figure's stages: 1 each)
+                 # each stage's cost, in order (a cell: the images it trains on; a figure's stages: 1 each)
+                 works: Sequence[float],
                  unit: str = "cell",        # what a stage is called on the display
                  every: float = 2.0,        # seconds between writes while training
                  clock: Callable[[], float] = time.monotonic,
                  keys: Sequence[tuple[str, str]] | None = None):  # each stage's (column, row), for the ETA
-        self.path, self.works, self.unit, self.every, self.clock = Path(path), [float(w) for w in works], unit, every, clock
+        self.path, self.works, self.unit, self.every, self.clock = (
+            Path(path),
+            [float(w) for w in works],
+            unit,
+            every,
+            clock,
+        )
         if keys is not None and len(keys) != len(self.works):
             raise ValueError(f"{len(keys)} keys for {len(self.works)} stages")
         self.keys, self.times = list(keys) if keys is not None else None, {}   # stage index -> seconds (trained stages)
-        self.on = not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)   # one writer under torchrun
+        # one writer under torchrun
+        self.on = not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)
         self.error, self.events, self.finished = None, [], False
         self.k, self.label, self.t0, self.ended = 0, "", clock(), False
         self.epochs = self.steps = self.batch = self.p0 = self.pos = self.epoch = self.rate = self._ep = None
         self.done_work = self.done_time = 0.0   # what this process's trained stages did, and in how many seconds
         self._written = -math.inf
 
-    def begin(self, k: int, label: str, epochs: int | None = None, steps: int | None = None, batch_size: int | None = None):
+    def begin(
+        self, k: int, label: str, epochs: int | None = None, steps: int | None = None, batch_size: int | None = None
+    ):
         "Stage `k` (1-based) starts; give epochs, steps per epoch and the batch size when it trains."
-        if not 1 <= k <= len(self.works): raise ValueError(f"stage {k}: expected 1 to {len(self.works)} (the stages this run planned)")
+        if not 1 <= k <= len(self.works): raise ValueError(f"stage {k}: expected 1 to {len(self.works)} (the stages "
+                                                           "this run planned)")
         self.k, self.label, self.t0, self.ended = k, label, self.clock(), False
         self.epochs, self.steps, self.batch = epochs, steps, batch_size
         self.p0 = self.pos = self.epoch = self.rate = self._ep = None
-        self._event("begin", self.name() + (f": {epochs} epoch{'s' if epochs != 1 else ''} of {steps} step{'s' if steps != 1 else ''}" if epochs and steps else ""))
+        self._event("begin", self.name() + (f": {epochs} epoch{'s' if epochs != 1 else ''} of {steps} "
+                                            f"step{'s' if steps != 1 else ''}" if epochs and steps else ""))
 
     def on_step(self, epoch: int, step: int):
-        "msabn.train.engine.fit's per-step callback (epoch and step from 0): remembers where training is; writes when due."
+        ("msabn.train.engine.fit's per-step callback (epoch and step from 0): remembers where training is; writes when "
+         "due.")
         if not self.steps or self.ended: return
         now, pos = self.clock(), epoch * self.steps + step + 1
         if self.p0 is None: self.p0 = pos - 1
-        if self._ep is None or self._ep[0] != epoch: self._ep = (epoch, now, pos)   # this epoch's img/s counts from its first step
+        # this epoch's img/s counts from its first step
+        if self._ep is None or self._ep[0] != epoch: self._ep = (epoch, now, pos)
         elif now > self._ep[1]: self.rate = (pos - self._ep[2]) * (self.batch or 0) / (now - self._ep[1])
         self.pos, self.epoch = pos, epoch + 1
         if step + 1 >= self.steps:
-            self._event("epoch", f"{self.name()}: epoch {epoch + 1}/{self.epochs} · {speed_text(self.rate, *self.etas(), self.unit)}")
+            self._event("epoch", f"{self.name()}: epoch {epoch + 1}/{self.epochs} · "
+                                 f"{speed_text(self.rate, *self.etas(), self.unit)}")
         elif now - self._written >= self.every: self.write()
 
     def end(self, result: str = ""):
@@ -157,12 +182,26 @@ class ProgressFile:
         "What the file holds."
         eta, run_eta = self.etas()
         total = self.epochs * self.steps if self.epochs and self.steps else None
-        return {"note": _NOTE, "unit": self.unit, "k": self.k, "n": len(self.works), "label": self.label, "epoch": self.epoch,
-                "epochs": self.epochs, "pos": self.pos, "total": total, "images_per_s": self.rate, "eta_s": eta, "run_eta_s": run_eta,
-                "finished": self.finished, "events": self.events[-_KEEP:]}
+        return {
+            "note": _NOTE,
+            "unit": self.unit,
+            "k": self.k,
+            "n": len(self.works),
+            "label": self.label,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "pos": self.pos,
+            "total": total,
+            "images_per_s": self.rate,
+            "eta_s": eta,
+            "run_eta_s": run_eta,
+            "finished": self.finished,
+            "events": self.events[-_KEEP:],
+        }
 
     def write(self):
-        "Replace the file atomically (a reader sees the old one or the new one); a failed write turns the file off, never the run."
+        ("Replace the file atomically (a reader sees the old one or the new one); a failed write turns the file off, "
+         "never the run.")
         self._written = self.clock()
         if not self.on: return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -179,19 +218,23 @@ class ProgressFile:
 
 # %% ../../nbs/api/experiments/05_progress.ipynb #23a48ef1
 def _size(stream) -> tuple[int, int]:
-    "The terminal's columns and lines; 80 x 24 where it does not say (a terminal of unknown size says 0 x 0, and tqdm would hide its line)."
+    ("The terminal's columns and lines; 80 x 24 where it does not say (a terminal of unknown size says 0 x 0, and tqdm "
+     "would hide its line).")
     try: s = os.get_terminal_size(stream.fileno())
-    except (AttributeError, OSError, ValueError): s = os.terminal_size((0, 0))   # not a terminal (io.UnsupportedOperation is both)
+    # not a terminal (io.UnsupportedOperation is both)
+    except (AttributeError, OSError, ValueError): s = os.terminal_size((0, 0))
     fb = shutil.get_terminal_size()
     return s.columns or fb.columns, s.lines or fb.lines
 
 class ProgressView:
-    "How msabn_run shows one run: on a terminal one tqdm line updated in place (and a line per finished stage); otherwise plain lines: each stage's start and end, each epoch's end."
+    ("How msabn_run shows one run: on a terminal one tqdm line updated in place (and a line per finished stage); "
+     "otherwise plain lines: each stage's start and end, each epoch's end.")
     def __init__(self,
                  head: str,                     # what every line starts with, e.g. "[2/6] table4 tiny seed 0"
                  stream: TextIO | None = None,  # where it goes (default: stdout, with msabn_run's own lines)
                  tty: bool | None = None,       # a terminal? (default: ask the stream)
-                 width: int | None = None):     # the line's width on a terminal (default: the terminal's, read at each update)
+                 # the line's width on a terminal (default: the terminal's, read at each update)
+                 width: int | None = None):
         self.head, self.stream, self.width = head, stream if stream is not None else sys.stdout, width
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.seen, self.bar, self.error = 0, None, None
@@ -204,7 +247,8 @@ class ProgressView:
                 self.seen = ev["seq"]
                 if not self.tty or ev.get("kind") == "end": self._say(f"{self.head}: {ev['text']}")
             if self.tty and st.get("finished") is not True: self._draw(st)
-        except (OSError, ValueError) as e:   # the stream is closed (a pipe whose reader left): stop showing, go on running
+        # the stream is closed (a pipe whose reader left): stop showing, go on running
+        except (OSError, ValueError) as e:
             self.error = str(e)
 
     def _say(self, line: str):
@@ -215,16 +259,30 @@ class ProgressView:
         k, n, total, pos = (_num(st, x) for x in ("k", "n", "total", "pos"))
         if not k or not n: return
         e, E, unit = _num(st, "epoch"), _num(st, "epochs"), str(st.get("unit") or "stage")
-        what = f"{unit} {int(k)}/{int(n)} {st.get('label') or ''}".rstrip() + (f" · epoch {int(e)}/{int(E)}" if e and E else "")
-        speed = [speed_text(*(_num(st, x) for x in ("images_per_s", "eta_s", "run_eta_s")), unit, short=s) for s in (False, True)]
+        what = f"{unit} {int(k)}/{int(n)} {st.get('label') or ''}".rstrip() + (
+            f" · epoch {int(e)}/{int(E)}" if e and E else ""
+        )
+        speed = [
+            speed_text(*(_num(st, x) for x in ("images_per_s", "eta_s", "run_eta_s")), unit, short=s)
+            for s in (False, True)
+        ]
         w, h = (self.width, 24) if self.width else _size(self.stream)
-        for left, bar, right in ((f"{self.head}: {what}", True, speed[0]), (f"{self.head}: {what}", False, speed[1]), (what, False, speed[1])):
-            if len(left) + len(right) + (18 if bar else 6) <= w: break   # the widest that fits: the run's name is on the line above
+        for left, bar, right in (
+            (f"{self.head}: {what}", True, speed[0]),
+            (f"{self.head}: {what}", False, speed[1]),
+            (what, False, speed[1]),
+        ):
+            # the widest that fits: the run's name is on the line above
+            if len(left) + len(right) + (18 if bar else 6) <= w: break
         esc = lambda t: t.replace("{", "{{").replace("}", "}}")
         fmt = esc(left) + " {percentage:3.0f}%" + ("|{bar}| " if bar else " ") + esc(right)
         of, done = (int(total), int(min(pos or 0, total))) if total else (int(n), int(k) - 1)
-        if self.bar is None: self.bar = tqdm(total=of, initial=done, bar_format=fmt, file=self.stream, leave=False, mininterval=0, ncols=w, nrows=h)
-        self.bar.ncols, self.bar.nrows, self.bar.bar_format = w, h, fmt   # a resized terminal: the next update follows it
+        if self.bar is None:
+            self.bar = tqdm(
+                total=of, initial=done, bar_format=fmt, file=self.stream, leave=False, mininterval=0, ncols=w, nrows=h
+            )
+        # a resized terminal: the next update follows it
+        self.bar.ncols, self.bar.nrows, self.bar.bar_format = w, h, fmt
         self.bar.total, self.bar.n = of, done
         self.bar.refresh()
 
@@ -239,7 +297,8 @@ def watch(
     view: ProgressView,   # where it is shown
     every: float = 1.0,   # seconds between reads
 ) -> Iterator[ProgressView]:
-    "Show the progress file in `view` from a background thread while the block runs; the last state once more at its end (also on Ctrl-C)."
+    ("Show the progress file in `view` from a background thread while the block runs; the last state once more at its "
+     "end (also on Ctrl-C).")
     stop = threading.Event()
     def poll():
         while not stop.wait(every): view.update(read_progress(path))

@@ -20,16 +20,24 @@ import torch
 from filelock import FileLock, Timeout
 from jupyter_client.manager import AsyncKernelManager
 
-from .catalog import TEMPLATES
-from .presets import PRESETS, get_experiment, resolve_name, sources_of
+from msabn.experiments.presets import (
+    PRESETS,
+    check_boxes,
+    get_experiment,
+    overrides_label,
+    preset_folder,
+    resolve_name,
+    sources_of,
+    with_overrides,
+)
+
 from ..core import get_device
-from .data import check_data
-from .overrides import BY_KEY, DRY_RUN_KEYS, parse_overrides
-from .presets import check_boxes, overrides_label, preset_folder, with_overrides
-from .progress import PROGRESS_FILE, ProgressView, watch
 from ..train.speed import machine_figure
-from .folders import (experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state,
-                                       write_status)
+from .catalog import TEMPLATES
+from .data import check_data
+from .folders import experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state, write_status
+from .overrides import BY_KEY, DRY_RUN_KEYS, parse_overrides
+from .progress import PROGRESS_FILE, ProgressView, watch
 
 # %% auto #0
 __all__ = ['templates_dir', 'check_templates', 'plan', 'execute_template', 'check_used', 'run_experiments', 'cli_overrides',
@@ -41,18 +49,23 @@ def templates_dir() -> Path:
     here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
     for base in (here.parents[1], Path.cwd(), *Path.cwd().parents):   # msabn/experiments/ -> the checkout
         if (base / "nbs" / "experiments" / "table1_cifar100.ipynb").is_file(): return base / "nbs" / "experiments"
-    raise FileNotFoundError("the experiment templates (nbs/experiments/*.ipynb) were not found: msabn_run executes the templates "
-                            "of a clone of the repository; install it from the clone (pip install -e .) or pass --templates DIR")
+    raise FileNotFoundError("the experiment templates (nbs/experiments/*.ipynb) were not found: msabn_run executes the "
+                            "templates "
+                            "of a clone of the repository; install it from the clone (pip install -e .) or pass "
+                            "--templates DIR")
 
 def check_templates(
     folder: Path,               # the templates' folder
     names: Sequence[str],       # the experiments about to run
 ):
     "Raise FileNotFoundError naming every template of `names` that `folder` lacks (before any run starts)."
-    missing = [f"{TEMPLATES[n]}.ipynb" for n in dict.fromkeys(names) if not (Path(folder) / f"{TEMPLATES[n]}.ipynb").is_file()]
+    missing = [
+        f"{TEMPLATES[n]}.ipynb" for n in dict.fromkeys(names) if not (Path(folder) / f"{TEMPLATES[n]}.ipynb").is_file()
+    ]
     if missing:
         raise FileNotFoundError(f"the templates folder {folder} lacks {', '.join(missing)}: expected the repository's "
-                                "nbs/experiments/ (one notebook per experiment); pass --templates DIR or run from a clone")
+                                "nbs/experiments/ (one notebook per experiment); pass --templates DIR or run from a "
+                                "clone")
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #732653b0
 def plan(
@@ -79,7 +92,8 @@ def _lock(runs_dir: Path) -> Iterator[None]:
     path = runs_dir / ".msabn_run.lock"
     lock = FileLock(str(path))
     try: lock.acquire(blocking=False)
-    except Timeout: raise RuntimeError(f"another msabn_run is using {runs_dir} (lock {path.name}); wait for it to finish") from None
+    except Timeout: raise RuntimeError(f"another msabn_run is using {runs_dir} (lock {path.name}); wait for it to "
+                                       "finish") from None
     try: yield
     finally: lock.release()
 
@@ -101,15 +115,24 @@ def execute_template(
     num_workers: int | None = None,
     templates: Path | None = None,   # the templates' folder (default: templates_dir())
     threads: int | None = None,      # torch CPU threads in the kernel
-    overrides: Mapping[str, Any] | None = None,  # settings changed from the preset's (msabn.experiments.overrides): the template's `overrides`
+    # settings changed from the preset's (msabn.experiments.overrides): the template's `overrides`
+    overrides: Mapping[str, Any] | None = None,
 ) -> Path:                           # the executed notebook
     "Run one template with papermill into its run folder."
     template = (templates or templates_dir()) / f"{TEMPLATES[name]}.ipynb"
     folder = experiment_folder(runs_dir, with_overrides(get_experiment(name, preset), overrides), seed)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / template.name
-    params = dict(preset=preset, seed=int(seed), runs_dir=str(runs_dir), data_root=str(data_root), device=device,
-                  num_workers=None if num_workers is None else int(num_workers), threads=threads, overrides=dict(overrides or {}) or None)
+    params = dict(
+        preset=preset,
+        seed=int(seed),
+        runs_dir=str(runs_dir),
+        data_root=str(data_root),
+        device=device,
+        num_workers=None if num_workers is None else int(num_workers),
+        threads=threads,
+        overrides=dict(overrides or {}) or None,
+    )
     pm.execute_notebook(str(template), str(out), parameters=params, kernel_name="python3", cwd=str(folder),
                         progress_bar=False, log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
                         kernel_manager_class=_QuietShutdown)
@@ -129,7 +152,8 @@ def _make_room(folder: Path, state: str, force: bool) -> str:
     "Move aside what a run must not reuse; the reason, for the log line ('' for a new run)."
     why = _REASONS.get(state, "")
     if force and state not in ("new", "complete"): why = f"--force; {why}"
-    if state in ("stale", "damaged") or (force and state != "new"): why += f"; the old files kept in {keep_aside(folder).name}"
+    if state in ("stale", "damaged") or (force and state != "new"): why += ("; the old files kept in "
+                                                                            f"{keep_aside(folder).name}")
     return f" ({why})" if why else ""
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #fed82a4f
@@ -145,7 +169,8 @@ class _Batch:
     threads: int | None
     force: bool
     log: Callable[[str], None]
-    overrides: Mapping[str, str] = field(default_factory=dict)   # parse_overrides' (the same for every run of the batch)
+    # parse_overrides' (the same for every run of the batch)
+    overrides: Mapping[str, str] = field(default_factory=dict)
     progress: bool = True   # draw each run's progress file while it works (msabn.experiments.progress)
 
 @contextmanager
@@ -156,7 +181,8 @@ def _shown(b: _Batch, folder: Path, head: str) -> Iterator[None]:
     try:
         with watch(path, ProgressView(head)) if b.progress else nullcontext(): yield
     finally:
-        with suppress(OSError): path.unlink()   # shown; one left behind is harmless (the next run of this folder removes it)
+        # shown; one left behind is harmless (the next run of this folder removes it)
+        with suppress(OSError): path.unlink()
 
 def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
     "One (experiment, seed): skipped when complete, else made room for, executed and recorded in status.json."
@@ -174,9 +200,18 @@ def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
     t0 = time.perf_counter()
     try:
         with _shown(b, folder, f"[{at}] {name} {preset_folder(exp)} seed {seed}"):
-            execute_template(name=name, preset=b.preset, seed=seed, runs_dir=b.runs_dir, data_root=b.data_root, device=b.device,
-                             num_workers=b.num_workers, templates=b.templates, threads=b.threads,
-                             **({"overrides": dict(b.overrides)} if b.overrides else {}))
+            execute_template(
+                name=name,
+                preset=b.preset,
+                seed=seed,
+                runs_dir=b.runs_dir,
+                data_root=b.data_root,
+                device=b.device,
+                num_workers=b.num_workers,
+                templates=b.templates,
+                threads=b.threads,
+                **({"overrides": dict(b.overrides)} if b.overrides else {}),
+            )
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
     except Exception as e:
         err = _short_error(e)
@@ -212,59 +247,100 @@ def run_experiments(
     force: bool = False,                  # redo complete runs too (their old files kept aside)
     threads: int | None = None,           # torch CPU threads in each run (None: torch's default)
     log: Callable[[str], None] = print,
-    overrides: Mapping[str, Any] | Sequence[str] | None = None,  # settings changed from the preset's (msabn.experiments.overrides)
-    progress: bool = True,                # show which run, cell, epoch, img/s and ETA while each works (stdout; msabn.experiments.progress)
-    on_ready: Callable[[], None] | None = None,  # called once everything is checked, before the first run (msabn_run: the machine figure)
+    # settings changed from the preset's (msabn.experiments.overrides)
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    # show which run, cell, epoch, img/s and ETA while each works (stdout; msabn.experiments.progress)
+    progress: bool = True,
+    # called once everything is checked, before the first run (msabn_run: the machine figure)
+    on_ready: Callable[[], None] | None = None,
 ) -> list[dict]:                          # per run: experiment, seed, state found, what happened, seconds, error
     "Execute the templates of the given experiments for every seed, skipping complete runs, going on after failures."
     todo, ov = plan(names, preset, seeds), parse_overrides(overrides)
     if data_root is None and preset != "paper": data_root = "data"
-    exps = {n: with_overrides(get_experiment(n, preset), ov) for n, _ in todo}   # refuses what cannot be honoured, before any run
+    # refuses what cannot be honoured, before any run
+    exps = {n: with_overrides(get_experiment(n, preset), ov) for n, _ in todo}
     check_used(ov, exps.values())
     check_data([e.data for e in exps.values() if e.kind == "table"], data_root)
     check_boxes(exps.values(), data_root)   # a figure on a folder without boxes: refused before its tables train
     tdir = Path(templates).resolve() if templates else templates_dir()
     check_templates(tdir, list(exps))
     if on_ready: on_ready()
-    b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,
-               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov, progress=progress)
+    b = _Batch(
+        preset=preset,
+        runs_dir=Path(runs_dir).resolve(),
+        data_root=Path(data_root).resolve(),
+        device=device,
+        num_workers=num_workers,
+        templates=tdir,
+        threads=threads,
+        force=force,
+        log=log,
+        overrides=ov,
+        progress=progress,
+    )
     report = []
     with _lock(b.runs_dir):
         for k, (name, seed) in enumerate(todo, 1):
-            failed = [d for d in sources_of(exps[name]) if any(r["result"] == "failed" and (r["experiment"], r["seed"]) == (d, seed) for r in report)]
+            failed = [
+                d
+                for d in sources_of(exps[name])
+                if any(r["result"] == "failed" and (r["experiment"], r["seed"]) == (d, seed) for r in report)
+            ]
             if not failed: report.append(_run_one(b, name, seed, k, len(todo))); continue
             err = f"not run: {', '.join(failed)} seed {seed} failed in this batch"
             log(f"[FAILED {k}/{len(todo)}] {name} seed {seed}: {err}")
-            report.append({"experiment": name, "seed": seed, "found": None, "folder": experiment_folder(b.runs_dir, exps[name], seed),
-                           "result": "failed", "seconds": 0.0, "error": err})
+            report.append(
+                {
+                    "experiment": name,
+                    "seed": seed,
+                    "found": None,
+                    "folder": experiment_folder(b.runs_dir, exps[name], seed),
+                    "result": "failed",
+                    "seconds": 0.0,
+                    "error": err,
+                }
+            )
     return report
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #853874cc
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="msabn_run", description="Run the paper's experiments (papermill templates) into run folders.")
+    ap = argparse.ArgumentParser(prog="msabn_run", description="Run the paper's experiments (papermill templates) into "
+                                                               "run folders.")
     ap.add_argument("names", nargs="+", metavar="TABLE", help=f"'all' or any of: {', '.join(TEMPLATES)}")
-    ap.add_argument("--preset", default="smoke", choices=PRESETS, help="smoke: embedded data, CPU minutes; paper: SPEC's settings, real data")
+    ap.add_argument("--preset", default="smoke", choices=PRESETS, help="smoke: embedded data, CPU minutes; paper: "
+                                                                       "SPEC's settings, real data")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="repeats (default: the preset's)")
-    ap.add_argument("--data-root", default=None, help="folder with one subfolder per dataset (required by --preset paper; default data/)")
+    ap.add_argument("--data-root", default=None, help="folder with one subfolder per dataset (required by --preset "
+                                                      "paper; default data/)")
     ap.add_argument("--runs-dir", default="runs", help="where the run folders go (default runs/)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the preset's)")
     ap.add_argument("--templates", default=None, help="the templates' folder (default: the clone's nbs/experiments)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's; 1 helps on a busy machine)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress display: only a line per run (default: the run, cell, "
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's; 1 helps on "
+                                                              "a busy machine)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress display: only a line per run (default: the "
+                                                               "run, cell, "
                     "epoch, img/s and ETA, in place on a terminal, a line per epoch and cell otherwise)")
-    ap.add_argument("--force", action="store_true", help="redo complete runs too (their old files are kept aside, not deleted)")
+    ap.add_argument("--force", action="store_true", help="redo complete runs too (their old files are kept aside, not "
+                                                         "deleted)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"change a setting of the preset (repeatable); keys: {', '.join(BY_KEY)} (docs: Running on a GPU / on your data)")
+                    help=f"change a setting of the preset (repeatable); keys: {', '.join(BY_KEY)} (docs: Running on a "
+                         "GPU / on your data)")
     ap.add_argument("--fast-dev-run", type=int, default=None, metavar="N",
-                    help="a dry run: one epoch of N batches, N evaluation batches, every file written, labelled DRY RUN (not a result)")
+                    help="a dry run: one epoch of N batches, N evaluation batches, every file written, labelled DRY "
+                         "RUN (not a result)")
     ap.add_argument("--limit-train-batches", type=int, default=None, metavar="N", help="a dry run: N batches per epoch")
-    ap.add_argument("--limit-eval-batches", type=int, default=None, metavar="N", help="a dry run: N batches per evaluation")
+    ap.add_argument("--limit-eval-batches", type=int, default=None, metavar="N", help="a dry run: N batches per "
+                                                                                      "evaluation")
     return ap
 
 def cli_overrides(a: argparse.Namespace) -> list[str]:
     "The overrides of msabn_run's command line: every --set, then the dry-run flags as their keys."
-    flags = {"fast_dev_run": a.fast_dev_run, "limit_train_batches": a.limit_train_batches, "limit_eval_batches": a.limit_eval_batches}
+    flags = {
+        "fast_dev_run": a.fast_dev_run,
+        "limit_train_batches": a.limit_train_batches,
+        "limit_eval_batches": a.limit_eval_batches,
+    }
     return list(a.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
 
 def _device_problem(device: str) -> str | None:
@@ -282,25 +358,34 @@ def _device_problem(device: str) -> str | None:
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #79783236
 def _folder_problem(flag: str, value: str | None, expected: str, writable: bool = False) -> str | None:
-    "What is wrong with a folder argument (None: nothing): a file where a folder belongs, or a folder that cannot be written."
+    ("What is wrong with a folder argument (None: nothing): a file where a folder belongs, or a folder that cannot be "
+     "written.")
     if value is None: return None
     p = Path(value)
     if p.exists() and not p.is_dir(): return f"{flag} {value}: is a file; expected {expected}"
     base = next((q for q in (p, *p.parents) if q.exists()), Path("."))
-    if not base.is_dir(): return f"{flag} {value}: {base} is a file, so no folder can be made there; expected {expected}"
-    if writable and not os.access(base, os.W_OK | os.X_OK): return f"{flag} {value}: cannot write in {base} (permission denied); expected {expected}"
+    if not base.is_dir(): return (f"{flag} {value}: {base} is a file, so no folder can be made there; expected "
+                                  f"{expected}")
+    if writable and not os.access(base, os.W_OK | os.X_OK): return (f"{flag} {value}: cannot write in {base} "
+                                                                    f"(permission denied); expected {expected}")
     return None
 
 def check_args(a: argparse.Namespace) -> list[str]:
     "What is wrong with msabn_run's parsed arguments, one line each (empty: nothing), before anything runs."
     bad = [f"--seeds {s}: a seed is a whole number, 0 or more" for s in (a.seeds or ()) if s < 0]
-    if a.workers is not None and a.workers < 0: bad.append(f"--workers {a.workers}: expected 0 (load in the main process) or more DataLoader workers")
-    if a.threads is not None and a.threads < 1: bad.append(f"--threads {a.threads}: expected 1 or more torch CPU threads (or leave it out: torch's default)")
+    if a.workers is not None and a.workers < 0: bad.append(f"--workers {a.workers}: expected 0 (load in the main "
+                                                           "process) or more DataLoader workers")
+    if a.threads is not None and a.threads < 1: bad.append(f"--threads {a.threads}: expected 1 or more torch CPU "
+                                                           "threads (or leave it out: torch's default)")
     bad.append(_device_problem(a.device))
-    bad.append(_folder_problem("--runs-dir", a.runs_dir, "a folder for the run folders (made if missing)", writable=True))
+    bad.append(
+        _folder_problem("--runs-dir", a.runs_dir, "a folder for the run folders (made if missing)", writable=True)
+    )
     bad.append(_folder_problem("--data-root", a.data_root, "the folder holding one folder per dataset"))
     bad.append(_folder_problem("--templates", a.templates, "the folder of the templates, nbs/experiments/ of a clone"))
-    if a.templates is not None and not Path(a.templates).exists(): bad.append(f"--templates {a.templates}: no such folder; expected nbs/experiments/ of a clone")
+    if a.templates is not None and not Path(a.templates).exists(): bad.append(f"--templates {a.templates}: no such "
+                                                                              "folder; expected nbs/experiments/ of a "
+                                                                              "clone")
     return [b for b in bad if b]
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #b7af75b3
@@ -336,7 +421,8 @@ def where_lines(
     folders = [Path(r["folder"]) for r in rep if r.get("folder") is not None]
     if not folders: return []
     out = []
-    if dry: out.append("DRY RUN: a few batches per run, to check the data, the settings and the report; its numbers are not results")
+    if dry: out.append("DRY RUN: a few batches per run, to check the data, the settings and the report; its numbers "
+                       "are not results")
     for preset_dir in dict.fromkeys(f.parent.parent for f in folders):
         mine = [f for f in folders if f.parent.parent == preset_dir]
         seeds = " ".join(str(s) for s in sorted({int(f.name[4:]) for f in mine}))
@@ -355,15 +441,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad: return 2
     if a.threads: torch.set_num_threads(a.threads)
     def figure():   # measured once the arguments, the data and the templates are known to be good (it takes seconds)
-        print(f"msabn_run: machine figure {machine_figure():.0f} img/s (the bare Base ResNet-20 train step, 32 px, batch 128, "
-              f"{torch.get_num_threads()} threads; a slower machine takes longer: the README gives each time with the figure "
+        print(f"msabn_run: machine figure {machine_figure():.0f} img/s (the bare Base ResNet-20 train step, 32 px, "
+              "batch 128, "
+              f"{torch.get_num_threads()} threads; a slower machine takes longer: the README gives each time with the "
+              "figure "
               "of the machine it was measured on)", flush=True)
     try:
-        rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
-                              device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads,
-                              overrides=cli_overrides(a), progress=not a.no_progress, on_ready=figure)
+        rep = run_experiments(
+            names=a.names,
+            preset=a.preset,
+            seeds=a.seeds,
+            data_root=a.data_root,
+            runs_dir=a.runs_dir,
+            device=a.device,
+            num_workers=a.workers,
+            templates=a.templates,
+            force=a.force,
+            threads=a.threads,
+            overrides=cli_overrides(a),
+            progress=not a.no_progress,
+            on_ready=figure,
+        )
     except KeyboardInterrupt:
-        print("msabn_run: interrupted; the run in progress is half-written: the same command redoes it, keeping its finished cells",
+        print("msabn_run: interrupted; the run in progress is half-written: the same command redoes it, keeping its "
+              "finished cells",
               file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError) as e:

@@ -16,21 +16,20 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .catalog import Column, Row, TableExperiment, short_hash
-from .presets import get_experiment
 from ..core import atomic_write, load_json, provenance, save_json, set_seed
 from ..data.items import collate
-from .data import load_splits
+from ..explain.attention_export import collect_attention
+from ..explain.viz import attention_grid
 from ..models.backbones import init_weights
 from ..models.networks import count_params, create_model
-from .presets import is_dry_run, overrides_label
-from .progress import PROGRESS_FILE, ProgressFile
-from ..train.sampling import steps_per_epoch
-from .folders import cell_folder, experiment_folder, fingerprint, keep_aside, other_run
-from ..explain.attention_export import collect_attention
 from ..train.engine import evaluate, fit
 from ..train.recipe import TrainConfig
-from ..explain.viz import attention_grid
+from ..train.sampling import steps_per_epoch
+from .catalog import Column, Row, TableExperiment, short_hash
+from .data import load_splits
+from .folders import cell_folder, experiment_folder, fingerprint, keep_aside, other_run
+from .presets import get_experiment, is_dry_run, overrides_label
+from .progress import PROGRESS_FILE, ProgressFile
 
 # %% auto #0
 __all__ = ['config_header', 'dry_tag', 'start_results', 'write_results', 'evaluate_split', 'cell_fingerprint', 'train_cell',
@@ -38,7 +37,8 @@ __all__ = ['config_header', 'dry_tag', 'start_results', 'write_results', 'evalua
 
 # %% ../../nbs/api/experiments/06_tables.ipynb #0e182a9a
 def config_header(exp) -> dict:
-    "What a run's config.json and metrics.json say first: whether it is a dry run, and its overrides and label when it has any."
+    ("What a run's config.json and metrics.json say first: whether it is a dry run, and its overrides and label when "
+     "it has any.")
     out = {"dry_run": is_dry_run(exp)}
     if exp.overrides: out |= {"label": overrides_label(exp), "overrides": dict(exp.overrides)}
     return out
@@ -60,21 +60,39 @@ def start_results(
     if why: log(f"{exp.name} seed {seed}: {folder} held another run ({why}): kept aside in {keep_aside(folder).name}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").unlink(missing_ok=True)   # this run's own results, recomputed now: never read half-way
-    save_json({**config_header(exp), "experiment": asdict(exp) | {"kind": exp.kind}, "seed": int(seed), "fingerprint": fp,
-               "provenance": provenance(device)}, folder / "config.json")
+    save_json(
+        {
+            **config_header(exp),
+            "experiment": asdict(exp) | {"kind": exp.kind},
+            "seed": int(seed),
+            "fingerprint": fp,
+            "provenance": provenance(device),
+        },
+        folder / "config.json",
+    )
     if is_dry_run(exp): log(f"{dry_tag(exp)}{exp.name} seed {seed}: {overrides_label(exp)}")
     return folder, fp
 
 def write_results(folder: Path, fp: str, exp, seed: int, results: dict, t0: float) -> dict:
     "A template's last step: metrics.json, with the fingerprint and the template's own time in `seconds`."
-    metrics = {**config_header(exp), "experiment": exp.name, "kind": exp.kind, "preset": exp.preset, "seed": int(seed), "fingerprint": fp,
-               "title": exp.title, "seconds": round(time.perf_counter() - t0, 1), **results}
+    metrics = {
+        **config_header(exp),
+        "experiment": exp.name,
+        "kind": exp.kind,
+        "preset": exp.preset,
+        "seed": int(seed),
+        "fingerprint": fp,
+        "title": exp.title,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **results,
+    }
     save_json(metrics, folder / "metrics.json")
     return metrics
 
 # %% ../../nbs/api/experiments/06_tables.ipynb #b2d19be8
 def evaluate_split(model: torch.nn.Module, data: Dataset, cfg: TrainConfig) -> dict:
-    "msabn.train.engine.evaluate with a cell's TrainConfig (its evaluation batch, device, workers, precision, memory format)."
+    ("msabn.train.engine.evaluate with a cell's TrainConfig (its evaluation batch, device, workers, precision, memory "
+     "format).")
     return evaluate(model, data, cfg)
 
 def cell_fingerprint(exp: TableExperiment, column: Column, row: Row, seed: int) -> str:
@@ -93,13 +111,24 @@ def _median_train_speed(history: pd.DataFrame) -> float | None:
     if tr.empty: return None
     return float(tr.iloc[1:].median() if len(tr) > 2 else tr.median())
 
-def _cell_record(exp: TableExperiment, column: Column, row: Row, seed: int, out: Path, metrics: dict, evals: dict, params: int) -> dict:
+def _cell_record(
+    exp: TableExperiment, column: Column, row: Row, seed: int, out: Path, metrics: dict, evals: dict, params: int
+) -> dict:
     hist = pd.read_csv(out / "history.csv")
     train_rows = hist[hist.split == "train"]
-    rec = {"row": row.name, "column": column.paper, "backbone": column.backbone, "seed": int(seed), "in_paper": row.in_paper,
-           "params": int(params), "epochs": int(metrics["epochs"]), "seconds": float(metrics["timing"]["total_s"]),
-           "train_images_per_s": _median_train_speed(hist),
-           "train_acc": float(train_rows["acc"].iloc[-1]), "train_loss": float(train_rows["loss"].iloc[-1])}
+    rec = {
+        "row": row.name,
+        "column": column.paper,
+        "backbone": column.backbone,
+        "seed": int(seed),
+        "in_paper": row.in_paper,
+        "params": int(params),
+        "epochs": int(metrics["epochs"]),
+        "seconds": float(metrics["timing"]["total_s"]),
+        "train_images_per_s": _median_train_speed(hist),
+        "train_acc": float(train_rows["acc"].iloc[-1]),
+        "train_loss": float(train_rows["loss"].iloc[-1]),
+    }
     for split, v in evals.items():
         for m in ("acc", "balanced_acc", "loss"): rec[f"{m}@{split}"] = float(v[m])
     return rec
@@ -119,7 +148,8 @@ def train_cell(
     device: str = "auto",
     num_workers: int | None = None,
     log: Callable[[str], None] = print,
-    on_step: Callable[[int, int], None] | None = None,  # fit's per-step callback (msabn.experiments.progress.ProgressFile.on_step)
+    # fit's per-step callback (msabn.experiments.progress.ProgressFile.on_step)
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:                         # the cell's record (also out/done.json)
     "Train (or resume, or reuse) one cell of a table, evaluate it on every split and keep its attention samples."
     out = Path(out)
@@ -128,18 +158,30 @@ def train_cell(
     done = _record(out / "done.json")
     if done.get("fingerprint") == fp: return done
     if out.is_dir() and any(out.iterdir()) and _record(out / "config.json").get("cell", {}).get("fingerprint") != fp:
-        log(f"{exp.name} seed {seed}: cell {out.parent.name}/{out.name} was made with other settings (or cannot be read): "
+        log(f"{exp.name} seed {seed}: cell {out.parent.name}/{out.name} was made with other settings (or cannot be "
+            "read): "
             f"kept aside in {keep_aside(out).name}, trained again")
     set_seed(seed)
     model = create_model(row.arch, column.backbone, data["train"].num_classes, **row.model_kwargs())
     if exp.common_init: init_weights(model, seed=seed)   # common random numbers: the rows share what they can
     headline = exp.data.eval_splits[0]
-    extra = {**config_header(exp), "cell": {"experiment": exp.name, "preset": exp.preset, "column": column.paper, "row": row.name, "seed": int(seed), "fingerprint": fp}}
+    extra = {
+        **config_header(exp),
+        "cell": {
+            "experiment": exp.name,
+            "preset": exp.preset,
+            "column": column.paper,
+            "row": row.name,
+            "seed": int(seed),
+            "fingerprint": fp,
+        },
+    }
     valid = data.get("valid")   # held out of the training images (DataSpec.valid_fraction): it picks the best epoch
     if valid is not None:
         extra["validation"] = {"fraction": exp.data.valid_fraction, "seed": exp.data.valid_seed, "images": len(valid),
                                "of": len(valid) + len(data["train"]), "best": "best.pt", "reported": "the last epoch"}
-    ours = out.is_dir() and any(out.iterdir())   # this cell's own files (another's were moved aside): resume from its checkpoint
+    # this cell's own files (another's were moved aside): resume from its checkpoint
+    ours = out.is_dir() and any(out.iterdir())
     metrics = fit(model, data["train"], data[headline] if valid is None else valid, cfg, out, resume=ours,
                   extra_config=extra, on_step=on_step)
     evals = {headline: metrics["final"][headline] if valid is None else evaluate_split(model, data[headline], cfg)}
@@ -191,11 +233,18 @@ def progress_plan(
     device: str = "auto",
     num_workers: int | None = None,
 ) -> list[dict]:                   # per cell, in order: epochs, steps (per epoch), batch_size
-    "What each cell of a table will train, for the run's progress file (msabn.experiments.progress): its weight is the images it trains on."
+    ("What each cell of a table will train, for the run's progress file (msabn.experiments.progress): its weight is "
+     "the images it trains on.")
     out = []
     for column, row in exp.cells():
         cfg = exp.train_config(column, row, seed, device, num_workers)
-        out.append({"epochs": cfg.epochs, "steps": steps_per_epoch(n_train, cfg.batch_size, cfg.limit_train_batches), "batch_size": cfg.batch_size})
+        out.append(
+            {
+                "epochs": cfg.epochs,
+                "steps": steps_per_epoch(n_train, cfg.batch_size, cfg.limit_train_batches),
+                "batch_size": cfg.batch_size,
+            }
+        )
     return out
 
 # %% ../../nbs/api/experiments/06_tables.ipynb #14de65ef
@@ -212,20 +261,33 @@ def run_table(
     "Train every cell of a table for one seed into its run folder; write config, histories, results and a picture."
     exp = get_experiment(exp, preset) if isinstance(exp, str) else exp
     if exp.kind != "table":
-        raise ValueError(f"{exp.name} is a figure, not a table: use run_experiment({exp.name!r}, ...) (or run_attention_figure / run_copy_replace)")
+        raise ValueError(f"{exp.name} is a figure, not a table: use run_experiment({exp.name!r}, ...) (or "
+                         "run_attention_figure / run_copy_replace)")
     t0 = time.perf_counter()
     folder, fp = start_results(exp, seed, runs_dir, device, log)
     data, head, records = load_splits(exp.data, data_root, decoded=True), exp.data.eval_splits[0], []
     plan = progress_plan(exp, seed, len(data["train"]), device, num_workers)
     pf = ProgressFile(folder / PROGRESS_FILE, [p["epochs"] * p["steps"] * p["batch_size"] for p in plan],
                       keys=[(column.backbone, row.name) for column, row in exp.cells()])   # the ETA learns their costs
-    for k, ((column, row), p) in enumerate(zip(exp.cells(), plan), 1):
+    for k, ((column, row), p) in enumerate(zip(exp.cells(), plan, strict=True), 1):
         t = time.perf_counter()
         pf.begin(k, f"{row.name} {column.backbone}", **p)
-        rec = train_cell(exp, column, row, seed, data, cell_folder(folder, column.backbone, row.name), device, num_workers, log, pf.on_step)
+        rec = train_cell(
+            exp,
+            column,
+            row,
+            seed,
+            data,
+            cell_folder(folder, column.backbone, row.name),
+            device,
+            num_workers,
+            log,
+            pf.on_step,
+        )
         records.append(rec)
         pf.end(f"acc@{head} {rec[f'acc@{head}']:.2f}")
-        log(f"{dry_tag(exp)}{exp.name} seed {seed}: {column.paper} ({column.backbone}) {row.name}: acc@{head} {rec[f'acc@{head}']:.2f} "
+        log(f"{dry_tag(exp)}{exp.name} seed {seed}: {column.paper} ({column.backbone}) {row.name}: acc@{head} "
+            f"{rec[f'acc@{head}']:.2f} "
             f"({time.perf_counter() - t:.0f} s)")
     _write_history(records, folder)
     fig = attention_picture(folder, exp, data[head])

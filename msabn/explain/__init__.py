@@ -6,7 +6,7 @@
 __all__ = []
 
 # %% ../../nbs/api/explain/index.ipynb #c21fba62
-from .localization import *
 from .attention_export import *
 from .explainers import *
+from .localization import *
 from .viz import *

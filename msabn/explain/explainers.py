@@ -17,10 +17,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..models.attention import upsample_map
 from ..data.items import collate
-from .localization import localization_scores, normalize_maps, summarize_localization
+from ..models.attention import upsample_map
 from ..models.networks import ModelOutput
+from .localization import localization_scores, normalize_maps, summarize_localization
 
 # %% auto #0
 __all__ = ['SOURCES', 'POST_HOC', 'EXPLAINERS', 'Explanation', 'Explainer', 'IntrinsicExplainer', 'LogitsOnly', 'target_layer',
@@ -56,7 +56,8 @@ class Explainer:
     intrinsic: bool = False    # True: the map comes out of the model's own forward pass
 
     def __init__(self, model: nn.Module):
-        if not isinstance(model, nn.Module): raise TypeError(f"{type(self).__name__}: expected a torch model, got {type(model).__name__}")
+        if not isinstance(model, nn.Module): raise TypeError(f"{type(self).__name__}: expected a torch model, got "
+                                                             f"{type(model).__name__}")
         self.model = model
 
     def __call__(self,
@@ -90,16 +91,22 @@ class IntrinsicExplainer(Explainer):
         has_branch = hasattr(model, "attention")
         if source == "auto": source = "attention" if has_branch else "cam"
         if source == "attention" and not has_branch:
-            raise ValueError(f"{type(model).__name__} has no attention branch: use source='cam' (its CAM) for a Base model")
+            raise ValueError(f"{type(model).__name__} has no attention branch: use source='cam' (its CAM) for a Base "
+                             "model")
         self.source, self.name = source, source
 
     @torch.inference_mode()
     def _explain(self, x, targets):
         out = self.model.eval()(x)
-        if not isinstance(out, ModelOutput): raise TypeError(f"{self.name}: the model must return msabn's ModelOutput, got {type(out).__name__}")
+        if not isinstance(out, ModelOutput): raise TypeError(f"{self.name}: the model must return msabn's ModelOutput, "
+                                                             f"got {type(out).__name__}")
         t = _check_targets(targets, len(x), out.logits.shape[1], self.name)
         t = out.logits.argmax(1) if t is None else t.to(out.logits.device)
-        m = out.attn_map if self.source == "attention" else out.class_maps[torch.arange(len(t), device=t.device), t][:, None]
+        m = (
+            out.attn_map
+            if self.source == "attention"
+            else out.class_maps[torch.arange(len(t), device=t.device), t][:, None]
+        )
         return Explanation(normalize_maps(upsample_map(m.float(), x)), out.logits.float(), t, tuple(m.shape[-2:]))
 
 # %% ../../nbs/api/explain/02_explainers.ipynb #3d9327d8
@@ -120,11 +127,13 @@ def target_layer(
     "The backbone stage at a given stride, found through `feature_info` (for post-hoc explainers' target layer)."
     bb = getattr(model, "backbone", None)
     info = getattr(bb, "feature_info", None)
-    if not info: raise ValueError(f"{type(model).__name__} has no msabn backbone with feature_info: cannot find a stage by stride")
+    if not info: raise ValueError(f"{type(model).__name__} has no msabn backbone with feature_info: cannot find a "
+                                  "stage by stride")
     strides = [d["reduction"] for d in info]
     stride = max(strides) if stride is None else stride
     found = [i for i, r in enumerate(strides) if r == stride]
-    if not found: raise ValueError(f"{bb.name}: no stage at stride {stride}; its stages' strides are {sorted(set(strides))}")
+    if not found: raise ValueError(f"{bb.name}: no stage at stride {stride}; its stages' strides are "
+                                   f"{sorted(set(strides))}")
     return bb.model.get_submodule(info[found[-1]]["module"])
 
 # %% ../../nbs/api/explain/02_explainers.ipynb #63156017
@@ -139,7 +148,8 @@ class GradCAMExplainer(Explainer):
                  stride: int | None = None,   # the target layer's stride; None: the deepest stage
                  batch_size: int = 64):       # Score-CAM: masked images per forward pass
         super().__init__(model)
-        if method not in POST_HOC: raise ValueError(f"unknown post-hoc method {method!r}; expected one of {tuple(POST_HOC)}")
+        if method not in POST_HOC: raise ValueError(f"unknown post-hoc method {method!r}; expected one of "
+                                                    f"{tuple(POST_HOC)}")
         self.method, self.name, self.batch_size = method, method, batch_size
         self.layer = target_layer(model, stride)
         self.wrapped = LogitsOnly(model)
@@ -171,7 +181,8 @@ class GradCAMExplainer(Explainer):
 EXPLAINERS = SOURCES[1:] + tuple(POST_HOC)
 
 def create_explainer(
-    name: str,          # "attention", "cam" (intrinsic) or a post-hoc method: "gradcam", "gradcam++", "eigencam", "scorecam"
+    # "attention", "cam" (intrinsic) or a post-hoc method: "gradcam", "gradcam++", "eigencam", "scorecam"
+    name: str,
     model: nn.Module,   # the msabn model to explain
     **kwargs,           # stride=, batch_size= for post-hoc methods
 ) -> Explainer:
@@ -196,14 +207,19 @@ def evaluate_explainer(
     if targets not in ("label", "pred"): raise ValueError(f"targets must be 'label' or 'pred', got {targets!r}")
     n = len(data) if limit is None else min(limit, len(data))
     if n == 0: raise ValueError("the dataset is empty: nothing to explain")
-    loader = DataLoader(torch.utils.data.Subset(data, range(n)), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(
+        torch.utils.data.Subset(data, range(n)), batch_size=batch_size, shuffle=False, collate_fn=collate
+    )
     scores, keep = [], {"index": [], "label": [], "pred": []}
     for batch in tqdm(loader, desc=explainer.name, leave=False, disable=not progress):
-        if "box" not in batch: raise ValueError(f"{type(data).__name__} items carry no 'box': localisation needs object boxes")
+        if "box" not in batch: raise ValueError(f"{type(data).__name__} items carry no 'box': localisation needs "
+                                                "object boxes")
         x = batch["image"]
         e = explainer(x, batch["label"] if targets == "label" else None)
         scores.append(localization_scores(e.maps, batch["box"], thresholds=thresholds))
-        keep["index"].append(batch["index"]); keep["label"].append(batch["label"]); keep["pred"].append(e.logits.argmax(1).cpu())
+        keep["index"].append(batch["index"])
+        keep["label"].append(batch["label"])
+        keep["pred"].append(e.logits.argmax(1).cpu())
     per_image = {k: np.concatenate([s[k] for s in scores]) for k in scores[0]}
     per_image.update({k: torch.cat(v).numpy() for k, v in keep.items()})
     summary = summarize_localization(scores)

@@ -21,24 +21,29 @@ __all__ = ['as_boxes', 'resize_maps', 'normalize_maps', 'box_masks', 'frac_attn_
 def _as_maps(maps: torch.Tensor) -> torch.Tensor:
     maps = torch.as_tensor(maps)
     if maps.ndim == 3: maps = maps[:, None]
-    if maps.ndim != 4 or maps.shape[1] != 1: raise ValueError(f"maps must be B x 1 x h x w or B x h x w, got shape {tuple(maps.shape)}")
+    if maps.ndim != 4 or maps.shape[1] != 1: raise ValueError("maps must be B x 1 x h x w or B x h x w, got shape "
+                                                              f"{tuple(maps.shape)}")
     if len(maps) == 0: raise ValueError("maps is an empty batch (0 maps); expected at least one map")
     return maps.float()
 
 def as_boxes(boxes, n: int, size: tuple[int, int]) -> torch.Tensor:
     boxes = torch.as_tensor(boxes, dtype=torch.float32).cpu()
     if boxes.ndim == 1: boxes = boxes[None]
-    if boxes.shape != (n, 4): raise ValueError(f"boxes must be {n} x 4 (one (x0, y0, x1, y1) box per map), got shape {tuple(boxes.shape)}")
+    if boxes.shape != (n, 4): raise ValueError(f"boxes must be {n} x 4 (one (x0, y0, x1, y1) box per map), got shape "
+                                               f"{tuple(boxes.shape)}")
     H, W = size
     if not torch.isfinite(boxes).all():
         i = int((~torch.isfinite(boxes)).any(1).nonzero()[0])
         raise ValueError(f"box {i} has NaN or infinite coordinates: {boxes[i].tolist()}")
     bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-    if bad.any(): raise ValueError(f"box {int(bad.nonzero()[0])} has zero or negative area: {boxes[bad][0].tolist()} (x0 < x1 and y0 < y1 expected)")
+    if bad.any(): raise ValueError(f"box {int(bad.nonzero()[0])} has zero or negative area: {boxes[bad][0].tolist()} "
+                                   "(x0 < x1 and y0 < y1 expected)")
     out = (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > W) | (boxes[:, 3] > H)
     if out.any():
-        raise ValueError(f"box {int(out.nonzero()[0])} {boxes[out][0].tolist()} lies outside the {W} x {H} (width x height) image; "
-                         "boxes are (x0, y0, x1, y1) in input pixels (if the maps are coarser than the image, pass image_size=(H, W))")
+        raise ValueError(f"box {int(out.nonzero()[0])} {boxes[out][0].tolist()} lies outside the {W} x {H} (width x "
+                         "height) image; "
+                         "boxes are (x0, y0, x1, y1) in input pixels (if the maps are coarser than the image, pass "
+                         "image_size=(H, W))")
     return boxes
 
 def resize_maps(
@@ -228,8 +233,10 @@ def box_iou(
 def _check_sweep(thresholds, deltas) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(thresholds, dtype=np.float32).reshape(-1)
     d = np.asarray(deltas, dtype=np.float64).reshape(-1)
-    if len(t) == 0 or not np.isfinite(t).all(): raise ValueError(f"thresholds must be a non-empty sequence of finite numbers, got {thresholds!r}")
-    if len(d) == 0 or not ((d > 0) & (d <= 1)).all(): raise ValueError(f"deltas must be IoU levels in (0, 1], got {deltas!r}")
+    if len(t) == 0 or not np.isfinite(t).all(): raise ValueError("thresholds must be a non-empty sequence of finite "
+                                                                 f"numbers, got {thresholds!r}")
+    if len(d) == 0 or not ((d > 0) & (d <= 1)).all(): raise ValueError("deltas must be IoU levels in (0, 1], got "
+                                                                       f"{deltas!r}")
     return t, d
 
 def box_hits(
@@ -257,7 +264,8 @@ def box_hits(
 def max_box_acc(hits: np.ndarray) -> dict:
     "MaxBoxAccV2 from `box_hits`: per δ, the best threshold's accuracy (%), and their mean."
     hits = np.asarray(hits)
-    if hits.ndim != 3 or len(hits) == 0: raise ValueError(f"hits must be images x thresholds x deltas with at least one image, got shape {hits.shape}")
+    if hits.ndim != 3 or len(hits) == 0: raise ValueError("hits must be images x thresholds x deltas with at least "
+                                                          f"one image, got shape {hits.shape}")
     acc = hits.mean(0).max(0) * 100  # best τ for the whole set, per δ
     return {"max_box_acc_v2": float(acc.mean()), "per_delta": acc.tolist()}
 

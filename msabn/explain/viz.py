@@ -36,7 +36,8 @@ def denormalize(
     s = _stats(stats)
     if s is not None:
         mean, std = s
-        if x.shape[-3] != len(mean): raise ValueError(f"images have {x.shape[-3]} channels; the statistics have {len(mean)}")
+        if x.shape[-3] != len(mean): raise ValueError(f"images have {x.shape[-3]} channels; the statistics have "
+                                                      f"{len(mean)}")
         x = x * std[:, None, None] + mean[:, None, None]
     return x.clamp(0, 1)
 
@@ -62,7 +63,8 @@ def _as_batch(samples) -> dict:
 def sample_grid(
     samples: Mapping | Sequence[dict],    # a batch from collate, or a list of items
     classes: Sequence[str] | None = None, # class names for the titles (else the label numbers)
-    stats: str | tuple | None = None,     # the normalisation to undo (recipe name or (mean, std)); None for [0, 1] images
+    # the normalisation to undo (recipe name or (mean, std)); None for [0, 1] images
+    stats: str | tuple | None = None,
     ncols: int = 8,                       # images per row
     size: float = 1.0,                    # inches per image
     title: str | None = None,             # figure title
@@ -71,7 +73,9 @@ def sample_grid(
     b = _as_batch(samples)
     imgs, n = denormalize(b["image"], stats), len(b["image"])
     rows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(rows, ncols, figsize=(ncols * size, rows * size + (0.3 if title else 0)), dpi=72, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, ncols, figsize=(ncols * size, rows * size + (0.3 if title else 0)), dpi=72, squeeze=False
+    )
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n: continue
@@ -85,14 +89,17 @@ def sample_grid(
     return fig
 
 def split_grid(
-    datasets: Mapping[str, torch.utils.data.Dataset],  # split name -> dataset (items of one size, or with a resizing transform)
+    # split name -> dataset (items of one size, or with a resizing transform)
+    datasets: Mapping[str, torch.utils.data.Dataset],
     n: int = 8,                                         # samples per split (the first n)
     stats: str | tuple | None = None,                   # the normalisation to undo
     size: float = 1.0,                                  # inches per image
     title: str | None = None,                           # figure title
 ) -> matplotlib.figure.Figure:
     "One row of samples, with boxes, per split of a dataset."
-    fig, axes = plt.subplots(len(datasets), n, figsize=(n * size + 0.4, len(datasets) * size + (0.3 if title else 0)), dpi=72, squeeze=False)
+    fig, axes = plt.subplots(
+        len(datasets), n, figsize=(n * size + 0.4, len(datasets) * size + (0.3 if title else 0)), dpi=72, squeeze=False
+    )
     for r, (split, ds) in enumerate(datasets.items()):
         b = collate([ds[i] for i in range(min(n, len(ds)))])
         imgs = denormalize(b["image"], stats)
@@ -104,7 +111,9 @@ def split_grid(
             if "box" in b: draw_box(ax, b["box"][c])
             lab = int(b["label"][c])
             ax.set_title((classes[lab] if classes else str(lab))[:12], fontsize=7)
-        axes[r, 0].text(-0.1, 0.5, split, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+        axes[r, 0].text(
+            -0.1, 0.5, split, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+        )
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.2)
     plt.close(fig)
@@ -118,7 +127,8 @@ def resize_attention(
     "Resize attention maps to the image size, bilinearly (for display)."
     a = attn_map.detach().float().cpu()
     dims = a.dim()
-    if dims not in (2, 3, 4): raise ValueError(f"attention maps must be h x w, 1 x h x w or B x 1 x h x w, got shape {tuple(a.shape)}")
+    if dims not in (2, 3, 4): raise ValueError("attention maps must be h x w, 1 x h x w or B x 1 x h x w, got shape "
+                                               f"{tuple(a.shape)}")
     a = a.reshape(-1, 1, *a.shape[-2:])
     out = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
     return out[0, 0] if dims == 2 else out[0] if dims == 3 else out
@@ -138,14 +148,16 @@ def overlay_attention(
 # %% ../../nbs/api/explain/03_viz.ipynb #9e61a4af
 def attention_grid(
     images: torch.Tensor,                           # B x C x H x W, normalised as `stats` says
-    attn_maps: Mapping[str, torch.Tensor],          # model name -> B x 1 x h x w maps in [0, 1] (each at its own resolution)
+    # model name -> B x 1 x h x w maps in [0, 1] (each at its own resolution)
+    attn_maps: Mapping[str, torch.Tensor],
     boxes: torch.Tensor | None = None,              # B x 4 XYXY pixel boxes, drawn on every panel
     labels: torch.Tensor | None = None,             # B true labels, for the row titles
     preds: Mapping[str, torch.Tensor] | None = None,  # model name -> B predicted labels, shown under each map
     classes: Sequence[str] | None = None,           # class names
     stats: str | tuple | None = None,               # the normalisation to undo
     alpha: float = 0.5,                             # weight of the coloured map
-    threshold: float | None = None,                 # draw the contour of the map binarised at this value (0.2: frac_attn_out's)
+    # draw the contour of the map binarised at this value (0.2: frac_attn_out's)
+    threshold: float | None = None,
     size: float = 1.3,                              # inches per panel
 ) -> matplotlib.figure.Figure:
     "Images in rows; the input and each model's attention map side by side, with boxes."
@@ -167,11 +179,17 @@ def attention_grid(
             else:
                 ax.imshow(overlay_attention(imgs[r], a[r], alpha), interpolation="nearest")
                 if threshold is not None:
-                    ax.contour(resize_attention(a[r, 0], (H, W)).numpy(), levels=[threshold], colors="white", linewidths=0.8)
+                    ax.contour(
+                        resize_attention(a[r, 0], (H, W)).numpy(), levels=[threshold], colors="white", linewidths=0.8
+                    )
                 t = f"{model} ({a.shape[-2]}x{a.shape[-1]})" if r == 0 else ""
                 if preds is not None and model in preds:
                     p = int(preds[model][r])
-                    t = (t + "\n" if t else "") + ("" if labels is None else ("ok: " if p == int(labels[r]) else "wrong: ")) + name(p)
+                    t = (
+                        (t + "\n" if t else "")
+                        + ("" if labels is None else ("ok: " if p == int(labels[r]) else "wrong: "))
+                        + name(p)
+                    )
                 ax.set_title(t, fontsize=7)
             if boxes is not None: draw_box(ax, boxes[r])
     fig.tight_layout(pad=0.2)

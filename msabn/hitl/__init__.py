@@ -6,8 +6,8 @@
 __all__ = []
 
 # %% ../../nbs/api/hitl/index.ipynb #a2e58d88
-from .copy_replace import *
-from .ordering import *
 from .annotate import *
 from .box_editor import *
 from .box_widget import *
+from .copy_replace import *
+from .ordering import *

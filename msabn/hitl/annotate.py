@@ -64,13 +64,16 @@ def _empty(meta: dict) -> dict: return {"format": STORE_FORMAT, "meta": dict(met
 class _BoxFile:
     "Reading a box file, and refusing what cannot be read (the parts of BoxStore that do not write)."
     def _read_text(self) -> str:
-        try: return self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e: raise self._corrupt(f"cannot be read ({type(e).__name__}: {e})") from e
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise self._corrupt(f"cannot be read ({type(e).__name__}: {e})") from e
 
     def _corrupt(self, why: str) -> BoxStoreError:
         hint = (f"the previous version is in {self.backup.name}: copy it over {self.path.name} to continue from there"
                 if self.backup.exists() else "there is no backup")
-        return BoxStoreError(f"{self.path} is not a valid box file: {why}. It was left untouched (it is never overwritten); "
+        return BoxStoreError(f"{self.path} is not a valid box file: {why}. It was left untouched (it is never "
+                             "overwritten); "
                              f"{hint}, or move the damaged file away to start a new one.")
 
     def _parse(self, text: str) -> dict:
@@ -95,18 +98,22 @@ class _BoxFile:
             h, w = _image_size(e["image_size"], f"image {i}")
             return {**e, "box": list(check_box(e["box"], h, w, f"image {i}")), "image_size": [h, w]}
         except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise self._corrupt(f"entry {k!r} of 'boxes' is not a box inside its image ({type(err).__name__}: {err})") from None
+            raise self._corrupt(
+                f"entry {k!r} of 'boxes' is not a box inside its image ({type(err).__name__}: {err})"
+            ) from None
 
     def _parse_skip(self, s, n: int | None) -> int:
         try: return check_index(s, n)
-        except (TypeError, IndexError) as err: raise self._corrupt(f"entry {s!r} of 'skipped' is not an image index ({err})") from None
+        except (TypeError, IndexError) as err: raise self._corrupt(f"entry {s!r} of 'skipped' is not an image index "
+                                                                   f"({err})") from None
 
 # %% ../../nbs/api/hitl/02_annotate.ipynb #435ca013
 class _Writer(_BoxFile):
     "Writing a box file: the writability check, the lock, taking in other writers' edits, the atomic write."
     def _unwritable(self, e: OSError) -> BoxStoreError:
         return BoxStoreError(f"{self.path}: the box file cannot be written in {self.path.parent} ({type(e).__name__}: "
-                             f"{e.strerror or e}); choose a writable folder for it, or open it with read_only=True to only read its boxes")
+                             f"{e.strerror or e}); choose a writable folder for it, or open it with read_only=True to "
+                             "only read its boxes")
 
     def _check_writable(self):
         "Try, before anyone draws a box, what every save does in the folder: a temporary file and the lock."
@@ -121,18 +128,22 @@ class _Writer(_BoxFile):
     def _locked(self) -> Iterator[None]:
         try: self._lock.acquire()
         except Timeout:
-            raise BoxStoreError(f"{self.path}: another writer held {self.lock_path.name} for over {self._lock.timeout:g} s; "
-                                "this edit was not saved: try again, or close the other notebook on this project (with none open, "
+            raise BoxStoreError(f"{self.path}: another writer held {self.lock_path.name} for over "
+                                f"{self._lock.timeout:g} s; "
+                                "this edit was not saved: try again, or close the other notebook on this project (with "
+                                "none open, "
                                 f"a lock file left by a crash on a file system without locks can be deleted)") from None
         except OSError as e: raise self._unwritable(e) from None
         try: yield
         finally: self._lock.release()
 
     def _sync(self, index: int | None = None) -> str | None:
-        "Take in what other writers saved since this store last read or wrote the file; refuse an edit of an image they changed."
+        ("Take in what other writers saved since this store last read or wrote the file; refuse an edit of an image "
+         "they changed.")
         if not self.path.exists():
             if self._disk is None: return None
-            raise BoxStoreError(f"{self.path} was deleted or moved away since it was opened; nothing was saved (so as not to "
+            raise BoxStoreError(f"{self.path} was deleted or moved away since it was opened; nothing was saved (so as "
+                                "not to "
                                 "bring back a file someone removed): open the store again to start a new one")
         text = self._read_text()
         if _sha(text) == self._disk: return text
@@ -140,9 +151,12 @@ class _Writer(_BoxFile):
         if index is not None and _state(seen, index) != _state(self._data, index):
             (box, skip), (was, _) = _state(self._data, index), _state(seen, index)
             now = f"box {box['box']}" if box else "no box"
-            raise BoxStoreError(f"{self.path}: image {index} was changed by another writer since this store last saw it "
-                                f"(now {now}{', skipped' if skip else ''}; here {was['box'] if was else 'no box'}); this edit was not "
-                                "saved, so as not to overwrite theirs unseen. The store now holds their version: repeat the edit to replace it")
+            raise BoxStoreError(f"{self.path}: image {index} was changed by another writer since this store last saw "
+                                "it "
+                                f"(now {now}{', skipped' if skip else ''}; here {was['box'] if was else 'no box'}); "
+                                "this edit was not "
+                                "saved, so as not to overwrite theirs unseen. The store now holds their version: "
+                                "repeat the edit to replace it")
         return text
 
     def _write(self, new: dict, old: str | None):
@@ -159,7 +173,8 @@ class _Writer(_BoxFile):
     def _commit(self, index: int | None, edit: Callable[[dict], bool]) -> bool:
         "Apply `edit` to the newest version on disk and write it, under the lock: returned means on disk."
         if self.read_only:
-            raise BoxStoreError(f"{self.path} was opened with read_only=True: nothing can be saved (open it without read_only to edit)")
+            raise BoxStoreError(f"{self.path} was opened with read_only=True: nothing can be saved (open it without "
+                                "read_only to edit)")
         with self._mutex, self._locked():
             old = self._sync(index)
             new = copy.deepcopy(self._data)
@@ -169,10 +184,12 @@ class _Writer(_BoxFile):
 
 # %% ../../nbs/api/hitl/02_annotate.ipynb #49010780
 class BoxStore(_Writer):
-    "A person's object boxes, one JSON file per project, written atomically after every edit; safe with several writers."
+    ("A person's object boxes, one JSON file per project, written atomically after every edit; safe with several "
+     "writers.")
     def __init__(self,
                  path: str | Path,          # the project's box file (created if missing)
-                 meta: dict | None = None,  # what the indices refer to, e.g. {"dataset": "synthetic", "split": "train", "n_images": 2000}
+                 # what the indices refer to, e.g. {"dataset": "synthetic", "split": "train", "n_images": 2000}
+                 meta: dict | None = None,
                  create: bool = True,       # create the file when it does not exist
                  read_only: bool = False,   # only read it (e.g. in a read-only folder): every edit is refused
                  timeout: float = 30):      # seconds to wait while another writer holds the lock
@@ -184,7 +201,8 @@ class BoxStore(_Writer):
         self._data, self._disk = _empty(self._want), None
         if not self.path.exists():
             if not create or read_only:
-                raise FileNotFoundError(f"{self.path}: no such box file (create=True, without read_only, makes a new one)")
+                raise FileNotFoundError(f"{self.path}: no such box file (create=True, without read_only, makes a new "
+                                        "one)")
             self._check_writable()
             self._commit(None, lambda d: True)
             return
@@ -196,7 +214,8 @@ class BoxStore(_Writer):
         "Refuse a file of other images (its meta disagrees with this store's); add this store's meta to it."
         clash = {k: (data["meta"][k], v) for k, v in self._want.items() if k in data["meta"] and data["meta"][k] != v}
         if clash:
-            raise BoxStoreError(f"{self.path} belongs to other images ({', '.join(f'{k}: {a!r} in the file, {b!r} here' for k, (a, b) in clash.items())}); "
+            raise BoxStoreError(f"{self.path} belongs to other images "
+                                f"({', '.join(f'{k}: {a!r} in the file, {b!r} here' for k, (a, b) in clash.items())}); "
                                 "open another file for these images")
         data["meta"] = {**self._want, **data["meta"]}
         return data
@@ -245,9 +264,11 @@ class BoxStore(_Writer):
         return None if e is None else tuple(e["box"])
 
     @property
-    def boxes(self) -> dict[int, tuple[float, float, float, float]]: return {int(k): tuple(e["box"]) for k, e in self._data["boxes"].items()}
+    def boxes(self) -> dict[int, tuple[float, float, float, float]]:
+        return {int(k): tuple(e["box"]) for k, e in self._data["boxes"].items()}
     @property
-    def image_sizes(self) -> dict[int, tuple[int, int]]: return {int(k): tuple(e["image_size"]) for k, e in self._data["boxes"].items()}
+    def image_sizes(self) -> dict[int, tuple[int, int]]:
+        return {int(k): tuple(e["image_size"]) for k, e in self._data["boxes"].items()}
     @property
     def indices(self) -> list[int]: return sorted(int(k) for k in self._data["boxes"])
     @property
@@ -256,5 +277,9 @@ class BoxStore(_Writer):
     def meta(self) -> dict: return dict(self._data["meta"])
     def __len__(self) -> int: return len(self._data["boxes"])
     def __contains__(self, index) -> bool:
-        return isinstance(index, numbers.Integral) and not isinstance(index, bool) and str(int(index)) in self._data["boxes"]
+        return (
+            isinstance(index, numbers.Integral)
+            and not isinstance(index, bool)
+            and str(int(index)) in self._data["boxes"]
+        )
     def __repr__(self) -> str: return f"BoxStore({self.path.name}: {len(self)} boxes, {len(self.skipped)} skipped)"

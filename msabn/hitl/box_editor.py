@@ -16,13 +16,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .annotate import BoxStore, BoxStoreError, check_index
-from .copy_replace import (PAPER_FINETUNE, AttentionScores, EmptyPoolError, FinetuneResult, finetune,
-                                     score_attention)
 from ..data.items import collate
-from ..train.sampling import steps_per_epoch
-from ..train.recipe import TrainConfig
 from ..explain.viz import attention_grid
+from ..train.recipe import TrainConfig
+from ..train.sampling import steps_per_epoch
+from .annotate import BoxStore, BoxStoreError, check_index
+from .copy_replace import PAPER_FINETUNE, AttentionScores, EmptyPoolError, FinetuneResult, finetune, score_attention
 
 # %% auto #0
 __all__ = ['QUICK_FINETUNE', 'BoxEditor']
@@ -33,7 +32,8 @@ def _check_order(order: Sequence, n: int) -> list[int]:
     out = [check_index(i, n, f"order[{k}]") for k, i in enumerate(order)]
     seen = set()
     for k, i in enumerate(out):
-        if i in seen: raise ValueError(f"order[{k}]: image {i} is listed twice; the order lists each image at most once")
+        if i in seen:
+            raise ValueError(f"order[{k}]: image {i} is listed twice; the order lists each image at most once")
         seen.add(i)
     return out
 
@@ -41,26 +41,33 @@ def _check_store(store: BoxStore, n: int, size: Callable[[int], tuple[int, int]]
     "Refuse a box file of other images: another image count, boxes beyond the dataset or of another image size."
     m = store.meta.get("n_images")
     if m is not None and m != n:
-        raise ValueError(f"{store.path} is a box file of {m} images, but the training data has {n}: open the box file of these images")
+        raise ValueError(f"{store.path} is a box file of {m} images, but the training data has {n}: open the box file "
+                         "of these images")
     beyond = [i for i in store.indices if i >= n]
-    if beyond: raise ValueError(f"{store.path} has boxes of image(s) {beyond[:5]}, beyond the {n} training images: it is a box file of other images")
+    if beyond: raise ValueError(f"{store.path} has boxes of image(s) {beyond[:5]}, beyond the {n} training images: it "
+                                "is a box file of other images")
     for i, hw in store.image_sizes.items():
         if tuple(hw) != size(i):
-            raise ValueError(f"{store.path}: the box of image {i} was drawn on a {hw[1]}x{hw[0]} image, but training image {i} is "
+            raise ValueError(f"{store.path}: the box of image {i} was drawn on a {hw[1]}x{hw[0]} image, but training "
+                             f"image {i} is "
                              f"{size(i)[1]}x{size(i)[0]} (width x height): it is a box file of other images")
 
 # %% ../../nbs/api/hitl/03_box_editor.ipynb #41de4035
 class BoxEditor:
-    "Draw or correct object boxes image by image in a chosen order; fine-tune with and without copy-replace (no screen: see BoxEditorWidget)."
+    ("Draw or correct object boxes image by image in a chosen order; fine-tune with and without copy-replace (no "
+     "screen: see BoxEditorWidget).")
     def __init__(self,
                  store: BoxStore,                       # where the boxes go
-                 train_data: Dataset,                   # the training images as fine-tuning sees them (the editor shows them raw)
+                 # the training images as fine-tuning sees them (the editor shows them raw)
+                 train_data: Dataset,
                  order: Sequence[int],                  # the dataset indices to show, first first: the pool
-                 scores: AttentionScores | None = None, # the model's attention on train_data (overlay, prediction, score)
+                 # the model's attention on train_data (overlay, prediction, score)
+                 scores: AttentionScores | None = None,
                  model: nn.Module | None = None,        # the model to fine-tune (copied; never changed)
                  test_data: Dataset | None = None,      # where accuracy and attention before and after are measured
                  cfg: TrainConfig = PAPER_FINETUNE,     # the fine-tuning schedule
-                 stats: str | tuple | None = None,      # the normalisation of train/test_data's pipeline (for pictures), e.g. "cifar"
+                 # the normalisation of train/test_data's pipeline (for pictures), e.g. "cifar"
+                 stats: str | tuple | None = None,
                  scale: int | None = None,              # display magnification (default: about 256 px wide)
                  label_policy: str = "donor"):          # copy-replace's label policy
         self.store, self.data = store, train_data
@@ -76,7 +83,8 @@ class BoxEditor:
         if missing: raise ValueError(f"order lists image(s) {missing[:5]} that the scores do not cover")
         _check_store(store, len(self.raw), self.image_size)
         self.message, self.error, self.result, self.before, self.vanilla = "", False, None, None, None
-        self.stage, self.clamped = "", False   # what the fine-tuning is doing; whether the last box was cut to its image
+        # what the fine-tuning is doing; whether the last box was cut to its image
+        self.stage, self.clamped = "", False
         self._pending = None          # the message of a refused box on the current image
         self._drawing = False         # a box of no size is on the image: the press that starts a drag (or a click)
         self._views: list[Callable[[bool], None]] = []
@@ -106,7 +114,8 @@ class BoxEditor:
     def show(self, index: int) -> str:
         "Jump to an image of the order (e.g. to correct its box)."
         i = check_index(index, len(self.raw), "show")
-        if i not in self.order: raise ValueError(f"image {i} is not in this editor's order (its {len(self.order)} images)")
+        if i not in self.order: raise ValueError(f"image {i} is not in this editor's order (its {len(self.order)} "
+                                                 "images)")
         self.current, self._pending, self._drawing = i, None, False
         return self._say(f"image {i}{self._state(i)}", moved=True)
 
@@ -131,7 +140,9 @@ class BoxEditor:
 
     def image(self, index: int | None = None) -> np.ndarray:
         "The raw image (H x W x 3, uint8): what the person draws on."
-        return np.ascontiguousarray(self.raw[self._at(index)]["image"].as_subclass(torch.Tensor).permute(1, 2, 0).numpy())
+        return np.ascontiguousarray(
+            self.raw[self._at(index)]["image"].as_subclass(torch.Tensor).permute(1, 2, 0).numpy()
+        )
 
     def image_size(self, index: int | None = None) -> tuple[int, int]:
         "The raw image's (height, width)."
@@ -139,7 +150,9 @@ class BoxEditor:
 
     def attn_map(self, index: int | None = None) -> np.ndarray | None:
         "The model's attention map on the image (h x w, float32), or None without scores."
-        return None if self.scores is None else self.scores.records.attn_map[self._row[self._at(index)]].astype(np.float32)
+        return (
+            None if self.scores is None else self.scores.records.attn_map[self._row[self._at(index)]].astype(np.float32)
+        )
 
     def display_scale(self, index: int | None = None) -> int:
         "Display pixels per image pixel: `scale`, or about 256 px across."
@@ -164,7 +177,8 @@ class BoxEditor:
         s = self.display_scale(index)
         try: x, y, w, h = (float(bbox[k]) for k in ("x", "y", "width", "height"))
         except (KeyError, TypeError, ValueError, IndexError):
-            raise ValueError(f"image {self._at(index)}: the widget sent {bbox!r}; expected a box {{x, y, width, height}} "
+            raise ValueError(f"image {self._at(index)}: the widget sent {bbox!r}; expected a box {{x, y, width, "
+                             "height} "
                              "of numbers in display pixels") from None
         x0, x1, y0, y1 = min(x, x + w), max(x, x + w), min(y, y + h), max(y, y + h)
         return tuple(round(v / s, 3) for v in (x0, y0, x1, y1))
@@ -183,19 +197,25 @@ class BoxEditor:
         return min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)
 
     def on_boxes(self, bboxes: Sequence[Mapping]) -> str:
-        "The boxes on the current image changed: save the last one at once, cut to the image (or delete, if none); refuse bad ones."
+        ("The boxes on the current image changed: save the last one at once, cut to the image (or delete, if none); "
+         "refuse bad ones.")
         i = self.current
         if i is None: return self._say("every image of the pool has been seen")
         was_drawing, self._drawing, self.clamped = self._drawing, False, False
         try:
-            if not bboxes or (was_drawing and i in self.store and [self.to_image_box(b) for b in bboxes] == [self.store.get(i)]):
+            if not bboxes or (
+                was_drawing and i in self.store and [self.to_image_box(b) for b in bboxes] == [self.store.get(i)]
+            ):
                 self._pending = None
                 if was_drawing:   # the view took away the box of no size a click left: nothing was drawn
-                    return self._say(f"image {i}: a click is not a box: press at one corner of the object, drag to the other, release")
+                    return self._say(f"image {i}: a click is not a box: press at one corner of the object, drag to the "
+                                     "other, release")
                 return self._say(f"image {i}: box removed" if self.store.remove(i) else f"image {i}: no box")
             drawn = self.to_image_box(bboxes[-1])
-            if drawn[0] == drawn[2] and drawn[1] == drawn[3]:   # the press that starts a drag (or a click): not a box yet
-                self._drawing, self._pending = True, f"image {i}: no box yet: drag to the opposite corner of the object and release"
+            # the press that starts a drag (or a click): not a box yet
+            if drawn[0] == drawn[2] and drawn[1] == drawn[3]:
+                self._drawing, self._pending = True, (f"image {i}: no box yet: drag to the opposite corner of the "
+                                                      "object and release")
                 return self._say(self._pending)
             box = self.clamp(drawn, i)
             self.clamped = box != drawn
@@ -241,10 +261,12 @@ class BoxEditor:
         return done
 
     # --- fine-tuning --------------------------------------------------------------------------------
-    def _steps_per_epoch(self) -> int: return max(1, steps_per_epoch(len(self.data), self.cfg.batch_size, self.cfg.limit_train_batches))
+    def _steps_per_epoch(self) -> int:
+        return max(1, steps_per_epoch(len(self.data), self.cfg.batch_size, self.cfg.limit_train_batches))
 
     def finetune_now(self, progress: Callable[[int, int], None] | None = None) -> FinetuneResult | None:
-        "Fine-tune copies of the model on one schedule and seed, without (once) and with copy-replace on every boxed image; score both."
+        ("Fine-tune copies of the model on one schedule and seed, without (once) and with copy-replace on every boxed "
+         "image; score both.")
         if self.model is None or self.test_data is None:
             self._say("no model or test data was given to the editor: nothing to fine-tune", error=True); return None
         try:                                     # with what another notebook on this project saved meanwhile
@@ -253,10 +275,15 @@ class BoxEditor:
         except (BoxStoreError, ValueError) as e:
             self._say(f"{e}: nothing was fine-tuned", error=True); return None
         if len(pool) < 2:
-            self._say(f"fine-tuning needs boxes on two images at least (copy-replace pastes the object of one boxed image into "
-                      f"another): {len(pool)} boxed so far; draw a box and press Submit on {2 - len(pool)} more", error=True)
+            self._say(
+                "fine-tuning needs boxes on two images at least (copy-replace pastes the object of one boxed "
+                "image into "
+                f"another): {len(pool)} boxed so far; draw a box and press Submit on {2 - len(pool)} more",
+                error=True,
+            )
             return None
-        cfg = replace(self.cfg, progress=False)  # the view's bar instead of fit's (tqdm's bars switch off through the config)
+        # the view's bar instead of fit's (tqdm's bars switch off through the config)
+        cfg = replace(self.cfg, progress=False)
         per_run = max(1, cfg.epochs * self._steps_per_epoch())
         jobs = ([("vanilla", [], "vanilla fine-tuning (no boxes: the baseline)")] if self.vanilla is None else []) + \
                [("copy_replace", pool, f"copy-replace fine-tuning on {len(pool)} boxed images")]
@@ -267,38 +294,61 @@ class BoxEditor:
                 self.before = score_attention(self.model, self.test_data, device=cfg.device)
             for k, (method, p, what) in enumerate(jobs):
                 self.stage = what
-                self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} steps ...")
+                self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} "
+                          "steps ...")
                 def on_step(epoch, step, k=k):
                     if progress: progress(k * per_run + min(per_run, epoch * (per_run // cfg.epochs) + step + 1), total)
-                res = finetune(self.model, self.data, self.test_data, cfg, method, p, boxes=self.store.boxes if p else None,
-                               label_policy=self.label_policy, on_step=on_step)
+                res = finetune(
+                    self.model,
+                    self.data,
+                    self.test_data,
+                    cfg,
+                    method,
+                    p,
+                    boxes=self.store.boxes if p else None,
+                    label_policy=self.label_policy,
+                    on_step=on_step,
+                )
                 if method == "vanilla": self.vanilla = res
                 else: self.result = res
         except EmptyPoolError as e:
             self._say(str(e) + f" (boxes so far: {len(pool)})", error=True); return None
         finally: self.stage = ""
         b, v, a = self.before, self.vanilla, self.result
-        self._say(f"fine-tuned on one schedule and seed ({time.monotonic() - t0:.0f} s): test accuracy before {b.acc:.1f}%, vanilla "
+        self._say(f"fine-tuned on one schedule and seed ({time.monotonic() - t0:.0f} s): test accuracy before "
+                  f"{b.acc:.1f}%, vanilla "
                   f"{v.acc:.1f}%, copy-replace on {len(pool)} boxes {a.acc:.1f}%")
         return self.result
 
     def comparison(self) -> dict:
         "Test accuracy (%) and mean frac_attn_out before fine-tuning, after vanilla and after copy-replace fine-tuning."
         if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
-        return {"before": {"acc": self.before.acc, "frac_attn_out": float(self.before.frac_attn_out.mean())},
-                "vanilla": {"acc": self.vanilla.acc, "frac_attn_out": self.vanilla.frac_attn_out},
-                "copy_replace": {"acc": self.result.acc, "frac_attn_out": self.result.frac_attn_out, "boxes": self.result.pool_size}}
+        return {
+            "before": {"acc": self.before.acc, "frac_attn_out": float(self.before.frac_attn_out.mean())},
+            "vanilla": {"acc": self.vanilla.acc, "frac_attn_out": self.vanilla.frac_attn_out},
+            "copy_replace": {
+                "acc": self.result.acc,
+                "frac_attn_out": self.result.frac_attn_out,
+                "boxes": self.result.pool_size,
+            },
+        }
 
     def comparison_frame(self) -> pd.DataFrame:
         "The comparison as a table: before, vanilla and copy-replace side by side (one schedule, one seed)."
         c = self.comparison()
         names = {"before": "before fine-tuning", "vanilla": "vanilla fine-tuning (no boxes)",
                  "copy_replace": f"copy-replace ({c['copy_replace']['boxes']} boxes)"}
-        return pd.DataFrame({"test accuracy (%)": [round(c[k]["acc"], 1) for k in names],
-                             "mean frac_attn_out": [round(c[k]["frac_attn_out"], 3) for k in names]}, index=list(names.values()))
+        return pd.DataFrame(
+            {
+                "test accuracy (%)": [round(c[k]["acc"], 1) for k in names],
+                "mean frac_attn_out": [round(c[k]["frac_attn_out"], 3) for k in names],
+            },
+            index=list(names.values()),
+        )
 
     def before_after(self, n: int = 4, size: float = 1.6):
-        "Attention maps of the first `n` test images before fine-tuning, after vanilla and after copy-replace (a figure)."
+        ("Attention maps of the first `n` test images before fine-tuning, after vanilla and after copy-replace (a "
+         "figure).")
         if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
         b = collate([self.test_data[i] for i in range(n)])
         runs = {"before": self.before, "vanilla": self.vanilla.scores, "copy-replace": self.result.scores}

@@ -20,8 +20,8 @@ from IPython.display import HTML, display
 from jupyter_bbox_widget import BBoxWidget
 from PIL import Image, ImageDraw
 
-from .box_editor import BoxEditor
 from ..explain.viz import overlay_attention
+from .box_editor import BoxEditor
 
 # %% auto #0
 __all__ = ['image_png', 'overlay_png', 'EdgeSafeBBoxWidget', 'colour_scale_png', 'BoxEditorWidget', 'fmt_eta', 'StepProgress']
@@ -33,7 +33,9 @@ def image_png(
 ) -> bytes:             # PNG
     "The image enlarged `scale` times (nearest-neighbour), as PNG."
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image.repeat(scale, 0).repeat(scale, 1).astype(np.uint8))).save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(image.repeat(scale, 0).repeat(scale, 1).astype(np.uint8))).save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 def overlay_png(
@@ -44,11 +46,19 @@ def overlay_png(
 ) -> bytes:                            # PNG
     "The attention map over the image, with the box, enlarged `scale` times, as PNG."
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
-    arr = overlay_attention(img, torch.from_numpy(attn_map)[None], alpha=0.5) if attn_map is not None else img.permute(1, 2, 0).numpy()
-    pic = Image.fromarray((arr * 255).round().astype(np.uint8)).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    arr = (
+        overlay_attention(img, torch.from_numpy(attn_map)[None], alpha=0.5)
+        if attn_map is not None
+        else img.permute(1, 2, 0).numpy()
+    )
+    pic = Image.fromarray((arr * 255).round().astype(np.uint8)).resize(
+        (arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST
+    )
     if box is not None:
         s = scale
-        ImageDraw.Draw(pic).rectangle([box[0] * s, box[1] * s, box[2] * s - 1, box[3] * s - 1], outline=(255, 0, 255), width=2)
+        ImageDraw.Draw(pic).rectangle(
+            [box[0] * s, box[1] * s, box[2] * s - 1, box[3] * s - 1], outline=(255, 0, 255), width=2
+        )
     buf = io.BytesIO(); pic.save(buf, format="PNG"); return buf.getvalue()
 
 # %% ../../nbs/api/hitl/04_box_widget.ipynb #9f71ca33
@@ -99,7 +109,8 @@ export default { render };
 """
 
 class EdgeSafeBBoxWidget(BBoxWidget):
-    "jupyter-bbox-widget whose drags end where the mouse is released, on the image or beside it, and whose clicks leave no box."
+    ("jupyter-bbox-widget whose drags end where the mouse is released, on the image or beside it, and whose clicks "
+     "leave no box.")
     _esm = (_FORWARD.replace("__BASE__", json.dumps(str(BBoxWidget._esm)))
             if isinstance(BBoxWidget._esm, str) and "export" in BBoxWidget._esm else BBoxWidget._esm)
 
@@ -109,23 +120,30 @@ def colour_scale_png(width: int = 256, height: int = 10, cmap: str = "jet") -> b
     row = (matplotlib.colormaps[cmap](np.linspace(0, 1, width))[:, :3] * 255).round().astype(np.uint8)
     buf = io.BytesIO(); Image.fromarray(np.repeat(row[None], height, 0)).save(buf, format="PNG"); return buf.getvalue()
 
-_LEGEND = ("<small>the model's attention over the image (0 <img src='data:image/png;base64,{scale}' style='vertical-align:middle'> 1) "
-           "and the saved box (magenta).<br><b>frac_attn_out</b>: the share of the attention (above 0.2) outside the object's "
+_LEGEND = ("<small>the model's attention over the image (0 <img src='data:image/png;base64,{scale}' "
+           "style='vertical-align:middle'> 1) "
+           "and the saved box (magenta).<br><b>frac_attn_out</b>: the share of the attention (above 0.2) outside the "
+           "object's "
            "box: 0 all inside, 1 all outside. Images with the most attention outside come first.</small>")
 
 class BoxEditorWidget:
     "The box editor on screen: a jupyter-bbox-widget and buttons over a BoxEditor (every action is the editor's)."
     def __init__(self, editor: BoxEditor):  # the controller it shows
-        self.editor, self._syncing = editor, False   # _syncing: set while Python updates the widget (its echo is not an edit)
+        # _syncing: set while Python updates the widget (its echo is not an edit)
+        self.editor, self._syncing = editor, False
         self._shown, self._t0 = None, None           # the fine-tuning result on screen; when the fine-tuning started
         self.bbox = EdgeSafeBBoxWidget(classes=["object"], label="object", hide_buttons=False)
         self.bbox.add_class("msabn-bbox")
         self.header, self.status, self.overlay = W.HTML(), W.HTML(), W.Image(format="png")
         self.back = W.Button(description="◀ Previous image", layout=W.Layout(width="140px"))
         self.back.add_class("msabn-previous")
-        self.button = W.Button(description="Fine-tune (vanilla and copy-replace)", layout=W.Layout(width="270px"), button_style="primary")
+        self.button = W.Button(
+            description="Fine-tune (vanilla and copy-replace)", layout=W.Layout(width="270px"), button_style="primary"
+        )
         self.button.add_class("msabn-finetune")
-        self.bar = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="200px", visibility="hidden"))
+        self.bar = W.IntProgress(
+            value=0, min=0, max=1, description="", layout=W.Layout(width="200px", visibility="hidden")
+        )
         self.progress = W.HTML()
         self.progress.add_class("msabn-progress")
         self.out = W.Output()
@@ -135,7 +153,9 @@ class BoxEditorWidget:
         self.bbox.on_skip(editor.skip)
         self.back.on_click(lambda _: editor.previous())
         self.button.on_click(self._finetune)
-        legend = W.HTML(_LEGEND.format(scale=base64.b64encode(colour_scale_png(64, 8)).decode()), layout=W.Layout(width="270px"))
+        legend = W.HTML(
+            _LEGEND.format(scale=base64.b64encode(colour_scale_png(64, 8)).decode()), layout=W.Layout(width="270px")
+        )
         right = W.VBox([self.overlay, legend])
         self.box = W.VBox([self.header, W.HBox([self.bbox, right]), self.status, W.HBox([self.back, self.button]),
                            W.HBox([self.bar, self.progress]), self.out])
@@ -146,19 +166,23 @@ class BoxEditorWidget:
         "The line above the image: index, true class, prediction, confidence, frac_attn_out, counter."
         d = self.editor.info()
         if d["done"]:
-            return (f"<b>every image of the pool has been seen</b> &nbsp; <span class='msabn-counter'>{d['counter']}</span> &nbsp; "
+            return ("<b>every image of the pool has been seen</b> &nbsp; <span "
+                    f"class='msabn-counter'>{d['counter']}</span> &nbsp; "
                     "(◀ Previous image to correct a box; Fine-tune when you are ready)")
         s = f"<b>image {d['index']}</b> &nbsp; true: <b>{d['label']}</b>"
         if "pred" in d:
             ok = "✓" if d["pred"] == d["label"] else "✗"
-            s += f" &nbsp; predicted: <b>{d['pred']}</b> {ok} ({100 * d['confidence']:.0f}%) &nbsp; frac_attn_out: <b>{d['frac_attn_out']:.2f}</b>"
+            s += (f" &nbsp; predicted: <b>{d['pred']}</b> {ok} ({100 * d['confidence']:.0f}%) &nbsp; frac_attn_out: "
+                  f"<b>{d['frac_attn_out']:.2f}</b>")
         return s + f" &nbsp; | &nbsp; <span class='msabn-counter'>{d['counter']}</span>"
 
     def redraw(self, moved: bool = True):
         "Show what the editor holds; with `moved`, the current image and its saved box in the drawing widget too."
         ed = self.editor
         colour = "#b00020" if ed.error else "#1b5e20"
-        self.status.value = f"<span style='color:{colour}'>{ed.message or 'draw a box around the object, then Submit (or Skip)'}</span>"
+        self.status.value = (
+            f"<span style='color:{colour}'>{ed.message or 'draw a box around the object, then Submit (or Skip)'}</span>"
+        )
         self.header.value = self.header_html()
         if ed.result is not None and ed.result is not self._shown: self._show_result()
         done = ed.current is None
@@ -188,14 +212,17 @@ class BoxEditorWidget:
         try: self.editor.finetune_now(progress=self._step)
         finally:
             self.button.disabled, self.bar.layout.visibility = False, "hidden"
-            self.progress.value = f"<small>done in {time.monotonic() - self._t0:.0f} s</small>" if self.editor.result is not None else ""
+            self.progress.value = (
+                f"<small>done in {time.monotonic() - self._t0:.0f} s</small>" if self.editor.result is not None else ""
+            )
 
     def _show_result(self):
         ed = self.editor
         self._shown = ed.result
         with self.out:
             self.out.clear_output()
-            display(HTML(f"<b>Test accuracy and attention, one schedule ({ed.cfg.summary()}) and seed {ed.cfg.seed} for both "
+            display(HTML(f"<b>Test accuracy and attention, one schedule ({ed.cfg.summary()}) and seed {ed.cfg.seed} "
+                         "for both "
                          "fine-tunings</b>" + ed.comparison_frame().to_html()))
             display(ed.before_after())
 
@@ -222,7 +249,10 @@ class StepProgress:
         if done < total and now - self._last < self.every: return
         self._last, what = now, self.what() if callable(self.what) else self.what
         el = now - self.t0
-        self.line = (f"{what}: step {done} of {total} · about {fmt_eta(el * (total - done) / max(done, 1))} left" if done < total
-                     else f"{self.done or what}: {total} steps in {el:.0f} s")
+        self.line = (
+            f"{what}: step {done} of {total} · about {fmt_eta(el * (total - done) / max(done, 1))} left"
+            if done < total
+            else f"{self.done or what}: {total} steps in {el:.0f} s"
+        )
         if self._handle is None: self._handle = display({"text/plain": self.line}, raw=True, display_id=True)
         else: self._handle.update({"text/plain": self.line}, raw=True)

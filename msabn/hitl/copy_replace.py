@@ -21,10 +21,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..core import atomic_write
 from ..data.items import collate, make_box
+from ..explain.attention_export import AttentionRecords, collect_attention
 from ..explain.localization import frac_attn_out
 from ..models.backbones import CIFAR_RESNETS
 from ..models.networks import create_model
-from ..explain.attention_export import AttentionRecords, collect_attention
 from ..train.checkpoints import load_checkpoint
 from ..train.engine import fit
 from ..train.recipe import TrainConfig
@@ -74,7 +74,8 @@ class AttentionScores:
         if not path.exists(): raise FileNotFoundError(f"{path}: no such scores file")
         with np.load(path) as z:
             need = set(AttentionRecords.__dataclass_fields__) | {"boxes", "frac_attn_out", "image_size", "thresh"}
-            if need - set(z.files): raise ValueError(f"{path} is not an attention-scores file: it lacks {sorted(need - set(z.files))}")
+            if need - set(z.files): raise ValueError(f"{path} is not an attention-scores file: it lacks "
+                                                     f"{sorted(need - set(z.files))}")
             rec = AttentionRecords(**{k: z[k] for k in AttentionRecords.__dataclass_fields__})
             norm = bool(z["normalize"]) if "normalize" in z.files else True   # files from before the choice: normalised
             size = tuple(int(v) for v in z["image_size"])
@@ -87,7 +88,8 @@ def dataset_boxes(
     "Every item's box as the model sees it (after the transform), in dataset order."
     boxes, size = [], None
     for b in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        if "box" not in b: raise ValueError(f"{type(data).__name__} has no boxes: scoring attention against the object needs a box per image")
+        if "box" not in b: raise ValueError(f"{type(data).__name__} has no boxes: scoring attention against the object "
+                                            "needs a box per image")
         boxes.append(b["box"]); size = tuple(b["image"].shape[-2:])
     return torch.cat(boxes).numpy(), size
 
@@ -134,11 +136,13 @@ def paste_patch(
 ) -> torch.Tensor:                # a new image: target with the donor's patch, resized, in target_box
     "Cut the donor's box patch, resize it to the target box and paste it there (paper, Fig. 4)."
     if target.ndim != 3 or donor.ndim != 3 or target.shape[0] != donor.shape[0]:
-        raise ValueError(f"paste_patch needs two C x H x W images with the same channels, got {tuple(target.shape)} and {tuple(donor.shape)}")
+        raise ValueError(f"paste_patch needs two C x H x W images with the same channels, got {tuple(target.shape)} "
+                         f"and {tuple(donor.shape)}")
     tx0, ty0, tx1, ty1 = box_pixels(target_box, *target.shape[-2:])
     dx0, dy0, dx1, dy1 = box_pixels(donor_box, *donor.shape[-2:])
     if tx1 <= tx0 or ty1 <= ty0 or dx1 <= dx0 or dy1 <= dy0:
-        raise ValueError(f"paste_patch: empty box (target {tuple(target_box)}, donor {tuple(donor_box)}); expected boxes with area inside their images")
+        raise ValueError(f"paste_patch: empty box (target {tuple(target_box)}, donor {tuple(donor_box)}); expected "
+                         "boxes with area inside their images")
     patch = donor.as_subclass(torch.Tensor)[:, dy0:dy1, dx0:dx1]
     out = target.as_subclass(torch.Tensor).clone()
     out[:, ty0:ty1, tx0:tx1] = TF.resize(patch, [ty1 - ty0, tx1 - tx0], antialias=True)
@@ -157,10 +161,13 @@ def check_box(
     where: str = "image",   # what to name in the message (e.g. "image 17")
 ) -> tuple[float, float, float, float]:  # the box as floats
     "Refuse a box of zero area or one that reaches outside its image, naming the image."
-    try: x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=float).reshape(4))
-    except (ValueError, TypeError): raise ValueError(f"{where}: a box is 4 numbers (x0, y0, x1, y1), got {box!r}") from None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=float).reshape(4))
+    except (ValueError, TypeError):
+        raise ValueError(f"{where}: a box is 4 numbers (x0, y0, x1, y1), got {box!r}") from None
     shown = "(" + ", ".join(f"{v:g}" for v in (x0, y0, x1, y1)) + ")"
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)): raise ValueError(f"{where}: box {shown} has non-finite coordinates")
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)): raise ValueError(f"{where}: box {shown} has non-finite "
+                                                                             "coordinates")
     if x1 <= x0 or y1 <= y0: raise ValueError(f"{where}: box {shown} has zero area; expected x0 < x1 and y0 < y1")
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
         raise ValueError(f"{where}: box {shown} reaches outside the {width}x{height} (width x height) image; "
@@ -170,19 +177,23 @@ def check_box(
 class CopyReplace(Dataset):
     "Replace an annotated image's object box with another annotated image's object (paper, section 3.3)."
     def __init__(self,
-                 dataset: Dataset,                    # items {image, label, index, box}; raw, or an ImageDataset with a transform
+                 # items {image, label, index, box}; raw, or an ImageDataset with a transform
+                 dataset: Dataset,
                  pool: Sequence[int],                 # the annotated images: positions in `dataset` (= their "index")
-                 boxes: Mapping[int, Sequence[float]] | None = None,  # index -> (x0, y0, x1, y1) in raw pixels (the person's boxes)
+                 # index -> (x0, y0, x1, y1) in raw pixels (the person's boxes)
+                 boxes: Mapping[int, Sequence[float]] | None = None,
                  p: float = 1.0,                      # probability that a pool image is replaced when drawn
                  label_policy: str = "donor",         # "donor": the label follows the pasted object; "same_class":
                                                       # donors of the same class; "keep": the image keeps its label
                  transform: Callable | None = None):  # the pipeline after copy-replace (default: the dataset's own)
-        if label_policy not in LABEL_POLICIES: raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+        if label_policy not in LABEL_POLICIES: raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got "
+                                                                f"{label_policy!r}")
         if not 0.0 <= float(p) <= 1.0: raise ValueError(f"p is a probability in [0, 1], got {p!r}")
         own = getattr(dataset, "transform", None)
         if own is not None:
             if not hasattr(dataset, "with_transform"):
-                raise ValueError(f"{type(dataset).__name__} applies a transform but has no with_transform(None): copy-replace must "
+                raise ValueError(f"{type(dataset).__name__} applies a transform but has no with_transform(None): "
+                                 "copy-replace must "
                                  "see raw images; give the raw dataset and pass the pipeline as transform=")
             dataset = dataset.with_transform(None)
         self.dataset, self.transform = dataset, transform if transform is not None else own
@@ -190,26 +201,35 @@ class CopyReplace(Dataset):
         n = len(dataset)
         pool = [int(i) for i in pool]
         if not pool:
-            raise EmptyPoolError("the annotated pool is empty: copy-replace needs annotated images (boxes) to draw from; "
+            raise EmptyPoolError("the annotated pool is empty: copy-replace needs annotated images (boxes) to draw "
+                                 "from; "
                                  "draw boxes first or lower lambda_out")
         bad = [i for i in pool if not 0 <= i < n]
         if bad: raise IndexError(f"pool index {bad[0]} out of range for a dataset of {n} images")
         if len(set(pool)) != len(pool): raise ValueError("the pool lists an image more than once")
-        if len(pool) < 2: raise EmptyPoolError(f"the annotated pool holds one image ({pool[0]}): copy-replace pastes another pool image's object, so it needs at least two")
-        self.pool, self._in_pool = sorted(pool), set(pool)  # a set: the draws do not depend on the order it was given in
+        if len(pool) < 2: raise EmptyPoolError(f"the annotated pool holds one image ({pool[0]}): copy-replace pastes "
+                                               "another pool image's object, so it needs at least two")
+        # a set: the draws do not depend on the order it was given in
+        self.pool, self._in_pool = sorted(pool), set(pool)
         self.boxes = {int(k): tuple(float(v) for v in b) for k, b in (boxes or {}).items()}
         stray = sorted(set(self.boxes) - self._in_pool)
         if stray: raise ValueError(f"boxes given for image(s) {stray[:5]} that are not in the pool")
         own_boxes = getattr(dataset, "boxes", None)
         missing = [i for i in pool if i not in self.boxes and own_boxes is None]
-        if missing: raise ValueError(f"pool image {missing[0]} has no box: give it in boxes= (the dataset has none of its own)")
+        if missing: raise ValueError(f"pool image {missing[0]} has no box: give it in boxes= (the dataset has none of "
+                                     "its own)")
         targets = getattr(dataset, "targets", None)
-        self.targets = torch.as_tensor(targets) if targets is not None else torch.tensor([int(dataset[i]["label"]) for i in range(n)])
+        self.targets = (
+            torch.as_tensor(targets)
+            if targets is not None
+            else torch.tensor([int(dataset[i]["label"]) for i in range(n)])
+        )
         by_class: dict[int, list[int]] = {}
         for i in self.pool: by_class.setdefault(int(self.targets[i]), []).append(i)
         self._by_class = by_class
         if label_policy == "same_class" and all(len(v) < 2 for v in by_class.values()):
-            raise EmptyPoolError("label_policy='same_class' but no two pool images share a class: there is no donor to draw")
+            raise EmptyPoolError("label_policy='same_class' but no two pool images share a class: there is no donor to "
+                                 "draw")
 
     def __len__(self) -> int: return len(self.dataset)
     @property
@@ -222,7 +242,8 @@ class CopyReplace(Dataset):
     def box(self, i: int, item: dict) -> tuple[float, float, float, float]:
         "The box of pool image `i` (its raw `item`) in raw pixels: the person's if given, else the item's own."
         if i in self.boxes: return self.boxes[i]
-        if "box" not in item: raise ValueError(f"pool image {i} has no box: give it in boxes= (the dataset has none of its own)")
+        if "box" not in item: raise ValueError(f"pool image {i} has no box: give it in boxes= (the dataset has none of "
+                                               "its own)")
         return tuple(float(v) for v in torch.as_tensor(item["box"]).reshape(4))
 
     def _candidates(self, i: int) -> list[int]:
@@ -249,7 +270,8 @@ class CopyReplace(Dataset):
         return self.transform(item) if self.transform is not None else item
 
     def __repr__(self) -> str:
-        return f"CopyReplace({len(self.pool)} of {len(self)} images in the pool, p={self.p}, label_policy={self.label_policy!r})"
+        return (f"CopyReplace({len(self.pool)} of {len(self)} images in the pool, p={self.p}, "
+                f"label_policy={self.label_policy!r})")
 
 # %% ../../nbs/api/hitl/00_copy_replace.ipynb #8a267a38
 PAPER_FINETUNE = TrainConfig(epochs=50, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(0.5, 0.75))
@@ -263,7 +285,8 @@ def model_from_checkpoint(
     ckpt = load_checkpoint(path, map_location=map_location)
     sig = ckpt["signature"]
     if "arch" not in sig or "backbone" not in sig:
-        raise ValueError(f"{path}: the checkpoint does not record its architecture (arch, backbone); build the model with "
+        raise ValueError(f"{path}: the checkpoint does not record its architecture (arch, backbone); build the model "
+                         "with "
                          "msabn.models.networks.create_model and load its 'model' weights")
     opts = {k: sig[k] for k in ("mechanism", "variant", "levels", "fuse_width") if sig.get(k) is not None}
     model = create_model(sig["arch"], sig["backbone"], int(sig["num_classes"]), in_chans=int(sig.get("in_chans", 3)),
@@ -287,13 +310,15 @@ class FinetuneResult:
     scores: AttentionScores | None = field(repr=False, default=None)
 
     def __repr__(self) -> str:
-        return (f"FinetuneResult({self.method}, pool {self.pool_size} of {self.n_train}, seed {self.seed}: test accuracy {self.acc:.1f}%, "
+        return (f"FinetuneResult({self.method}, pool {self.pool_size} of {self.n_train}, seed {self.seed}: test "
+                f"accuracy {self.acc:.1f}%, "
                 f"mean frac_attn_out {self.frac_attn_out:.3f}, {self.seconds:.0f} s)")
 
     def summary(self) -> dict:
         "The numbers, as JSON values."
-        return {k: getattr(self, k) for k in ("method", "pool_size", "n_train", "acc", "frac_attn_out", "seconds", "seed")} | {
-            "fraction_annotated": self.pool_size / self.n_train}
+        return {
+            k: getattr(self, k) for k in ("method", "pool_size", "n_train", "acc", "frac_attn_out", "seconds", "seed")
+        } | {"fraction_annotated": self.pool_size / self.n_train}
 
 def finetune(
     model: nn.Module,                        # the trained model to start from (copied; never changed)
@@ -309,23 +334,28 @@ def finetune(
     on_step: Callable[[int, int], None] | None = None,  # fit's per-step callback, e.g. for a progress bar
     keep_model: bool = True,                 # keep the fine-tuned model in the result
     normalize: bool | None = None,           # frac_attn_out's reading on test_data (see score_attention)
-    quiet: bool = False,                     # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
+    # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
+    quiet: bool = False,
 ) -> FinetuneResult:
     "Fine-tune a copy of `model` with copy-replace on `pool` (or vanilla) and score it on `test_data`."
     if method not in FINETUNE_METHODS: raise ValueError(f"method must be one of {FINETUNE_METHODS}, got {method!r}")
     pool = [int(i) for i in pool]
     if method == "vanilla" and pool:
-        raise ValueError(f"vanilla fine-tuning uses no pool, but {len(pool)} images were given: use method='copy_replace'")
+        raise ValueError(f"vanilla fine-tuning uses no pool, but {len(pool)} images were given: use "
+                         "method='copy_replace'")
     if method == "copy_replace":
         if not pool:
-            raise EmptyPoolError("copy-replace fine-tuning was asked for, but the annotated pool is empty: there is nothing to "
-                                 "paste. Draw boxes first (or lower lambda_out); for fine-tuning without copy-replace use method='vanilla'")
+            raise EmptyPoolError("copy-replace fine-tuning was asked for, but the annotated pool is empty: there is "
+                                 "nothing to "
+                                 "paste. Draw boxes first (or lower lambda_out); for fine-tuning without copy-replace "
+                                 "use method='vanilla'")
         data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy)
     else: data = train_data
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()
     extra = {"finetune": {"method": method, "pool_size": len(pool), "p": p, "label_policy": label_policy}}
-    if quiet: cfg = replace(cfg, progress=False)   # through the config: redirecting stdout leaves tqdm's bars (stderr, notebook widgets) on
+    # through the config: redirecting stdout leaves tqdm's bars (stderr, notebook widgets) on
+    if quiet: cfg = replace(cfg, progress=False)
     fit(tuned, data, None, cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)
     seconds = time.perf_counter() - t0
     sc = score_attention(tuned, test_data, batch_size=max(cfg.eval_batch_size or cfg.batch_size, 64), device=cfg.device,

@@ -19,9 +19,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..core import load_json, provenance, save_json
-from .copy_replace import (PAPER_FINETUNE, AttentionScores, finetune, model_from_checkpoint, normalizes,
-                                     score_attention)
 from ..train.recipe import TrainConfig
+from .copy_replace import PAPER_FINETUNE, AttentionScores, finetune, model_from_checkpoint, normalizes, score_attention
 
 # %% auto #0
 __all__ = ['PAPER_LAMBDAS', 'ORDERINGS', 'annotated_pool', 'lambda_for_fraction', 'order_images', 'finetune_pools',
@@ -72,7 +71,9 @@ def order_images(
 def _model_hash(model: nn.Module) -> str:
     "A hash of a model's weights and buffers: results cached for one model are never reused for another."
     h = hashlib.sha256()
-    for k, v in model.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 def _fingerprint(pool: Sequence[int], cfg: TrainConfig, extra: dict) -> str:
@@ -91,21 +92,39 @@ def finetune_pools(
     out_dir: str | Path | None = None,         # save each run's numbers there, and reuse them on a rerun
     progress: bool = True,                     # a progress bar over the runs
     normalize: bool | None = None,             # frac_attn_out's reading on test_data (copy_replace.score_attention)
-) -> list[dict]:                               # one row per (seed, run): name, method, pool_size, acc, frac_attn_out, ...
+# one row per (seed, run): name, method, pool_size, acc, frac_attn_out, ...
+) -> list[dict]:
     "Vanilla and copy-replace fine-tuning of one model on several pools, for several seeds."
     rows, n = [], len(train_data)
     weights = _model_hash(model) if out_dir else None
     norm = normalizes(model, normalize)
-    jobs = [(s, "vanilla", []) for s in seeds] + [(s, name, list(map(int, pool))) for s in seeds for name, pool in pools.items()]
+    jobs = [(s, "vanilla", []) for s in seeds] + [
+        (s, name, list(map(int, pool))) for s in seeds for name, pool in pools.items()
+    ]
     bar = tqdm(jobs, desc="fine-tuning", disable=not progress, leave=False)
     done: dict[tuple, dict] = {}
     for seed, name, pool in bar:
         bar.set_postfix_str(f"seed {seed}, {name}")
         c = replace(cfg, seed=int(seed), progress=False)
         method = "vanilla" if name == "vanilla" else "copy_replace"
-        base = {"seed": int(seed), "name": name, "method": method, "pool_size": len(pool), "fraction_annotated": len(pool) / n, "n_train": n}
+        base = {
+            "seed": int(seed),
+            "name": name,
+            "method": method,
+            "pool_size": len(pool),
+            "fraction_annotated": len(pool) / n,
+            "n_train": n,
+        }
         if method == "copy_replace" and len(pool) < 2:   # copy-replace pastes another pool image's object: it needs two
-            rows.append({**base, "acc": None, "frac_attn_out": None, "skipped": "empty pool" if not pool else "a pool of one image"}); continue
+            rows.append(
+                {
+                    **base,
+                    "acc": None,
+                    "frac_attn_out": None,
+                    "skipped": "empty pool" if not pool else "a pool of one image",
+                }
+            )
+            continue
         fp = _fingerprint(pool, c, {"method": method, "p": p, "label_policy": label_policy, "n": n, "model": weights,
                                       "frac_reading": "normalized" if norm else "paper"})
         key = (seed, fp)
@@ -133,7 +152,8 @@ def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
 
 def summarize_runs(
     rows: Sequence[dict],    # finetune_pools' rows
-) -> list[dict]:             # one row per run name: pool size, mean/std accuracy, gain over vanilla (and per seed), frac_attn_out
+# one row per run name: pool size, mean/std accuracy, gain over vanilla (and per seed), frac_attn_out
+) -> list[dict]:
     "Mean and spread over seeds of each run, and its gain over vanilla fine-tuning of the same seed."
     vanilla = {r["seed"]: r["acc"] for r in rows if r["name"] == "vanilla"}
     out = []
@@ -143,15 +163,27 @@ def summarize_runs(
         gains = [r["acc"] - vanilla[r["seed"]] for r in rs if r["acc"] is not None and r["seed"] in vanilla]
         gain, gain_sd = _mean_std(gains)
         frac, _ = _mean_std([r["frac_attn_out"] for r in rs])
-        row = {"name": name, "method": rs[0]["method"], "pool_size": rs[0]["pool_size"], "fraction_annotated": rs[0]["fraction_annotated"],
-               "seeds": len(rs), "acc": acc, "acc_std": acc_sd, "gain": gain, "gain_std": gain_sd, "gains": gains, "frac_attn_out": frac}
+        row = {
+            "name": name,
+            "method": rs[0]["method"],
+            "pool_size": rs[0]["pool_size"],
+            "fraction_annotated": rs[0]["fraction_annotated"],
+            "seeds": len(rs),
+            "acc": acc,
+            "acc_std": acc_sd,
+            "gain": gain,
+            "gain_std": gain_sd,
+            "gains": gains,
+            "frac_attn_out": frac,
+        }
         if any("skipped" in r for r in rs): row["skipped"] = rs[0].get("skipped")
         out.append(row)
     return out
 
 def copy_replace_curve(
     model_or_checkpoint: nn.Module | str | Path,  # the trained model, or a checkpoint written by msabn.train.engine.fit
-    train_data: Dataset,                          # all training images with boxes, evaluation pipeline (no augmentation)
+    # all training images with boxes, evaluation pipeline (no augmentation)
+    train_data: Dataset,
     test_data: Dataset,                           # the test split (with boxes, for frac_attn_out)
     lambdas: Sequence[float] = PAPER_LAMBDAS["cub"],  # the lambda_out values (the x axis follows from them)
     cfg: TrainConfig = PAPER_FINETUNE,            # the fine-tuning schedule, the same for both methods
@@ -213,10 +245,22 @@ def compare_orderings(
                    for v in rows if v["name"] == "vanilla" and v["seed"] == x["seed"]]
         m, sd = _mean_std(per_box)
         table.append({**r, "ordering": by, "budget": int(b), "gain_per_box": m, "gain_per_box_std": sd})
-    return {"experiment": "compare_orderings", "n_train": len(train_data), "vanilla": next(r for r in summary if r["name"] == "vanilla"),
-            "table": table, "runs": rows, "provenance": provenance(cfg.device),
-            "config": {"finetune": asdict(cfg), "seeds": list(seeds), "budgets": [int(b) for b in budgets], "orderings": list(orderings),
-                       "p": p, "label_policy": label_policy}}
+    return {
+        "experiment": "compare_orderings",
+        "n_train": len(train_data),
+        "vanilla": next(r for r in summary if r["name"] == "vanilla"),
+        "table": table,
+        "runs": rows,
+        "provenance": provenance(cfg.device),
+        "config": {
+            "finetune": asdict(cfg),
+            "seeds": list(seeds),
+            "budgets": [int(b) for b in budgets],
+            "orderings": list(orderings),
+            "p": p,
+            "label_policy": label_policy,
+        },
+    }
 
 # %% ../../nbs/api/hitl/01_ordering.ipynb #6252c127
 def plot_curve(
@@ -233,15 +277,31 @@ def plot_curve(
         c = colours[k % len(colours)]
         pts = sorted((p for p in res["points"] if p.get("acc") is not None), key=lambda p: p["fraction_annotated"])
         x = [p["fraction_annotated"] for p in pts]
-        ax.errorbar(x, [p["acc"] for p in pts], yerr=[p["acc_std"] or 0 for p in pts], color=c, marker="o", ms=4, capsize=2,
-                    label=f"copy-replace {label}".strip())
+        ax.errorbar(
+            x,
+            [p["acc"] for p in pts],
+            yerr=[p["acc_std"] or 0 for p in pts],
+            color=c,
+            marker="o",
+            ms=4,
+            capsize=2,
+            label=f"copy-replace {label}".strip(),
+        )
         v = res["vanilla"]
         ax.axhline(v["acc"], color=c, ls="--", lw=1, label=f"vanilla {label}".strip())
         if v.get("acc_std"): ax.axhspan(v["acc"] - v["acc_std"], v["acc"] + v["acc_std"], color=c, alpha=0.12, lw=0)
         ax.axhline(res["before"]["acc"], color=c, ls=":", lw=1, label=f"before fine-tuning {label}".strip())
         if gain:
-            axes[0, 1].errorbar(x, [p["gain"] for p in pts], yerr=[p["gain_std"] or 0 for p in pts], color=c, marker="o", ms=4,
-                                capsize=2, label=label or None)
+            axes[0, 1].errorbar(
+                x,
+                [p["gain"] for p in pts],
+                yerr=[p["gain_std"] or 0 for p in pts],
+                color=c,
+                marker="o",
+                ms=4,
+                capsize=2,
+                label=label or None,
+            )
     ax.set_ylabel("test accuracy (%)"); ax.legend(fontsize=7)
     if gain:
         g = axes[0, 1]
@@ -265,29 +325,37 @@ def curve_table(
     res: dict,   # a copy_replace_curve result
 ) -> str:        # Markdown
     "The curve's numbers as a Markdown table (mean ± std over seeds)."
-    lines = ["| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain (points) | test frac_attn_out |",
+    lines = ["| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain (points) | "
+             "test frac_attn_out |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     v = res["vanilla"]
     for p in res["points"]:
         if p.get("skipped"):
             lines.append(f"| {p['lambda_out']:g} | 0 | 0.00 | not run: {p['skipped']} | | | |"); continue
-        lines.append(f"| {p['lambda_out']:.3g} | {p['pool_size']} | {p['fraction_annotated']:.2f} | {_pm(p['acc'], p['acc_std'])} | "
-                     f"{_pm(v['acc'], v['acc_std'])} | {_pm(p['gain'], p['gain_std'], sign=True)} | {_f(p['frac_attn_out'], 3)} |")
+        lines.append(f"| {p['lambda_out']:.3g} | {p['pool_size']} | {p['fraction_annotated']:.2f} | "
+                     f"{_pm(p['acc'], p['acc_std'])} | "
+                     f"{_pm(v['acc'], v['acc_std'])} | {_pm(p['gain'], p['gain_std'], sign=True)} | "
+                     f"{_f(p['frac_attn_out'], 3)} |")
     b = res["before"]
     lines.append(f"| before fine-tuning | | | {_f(b['acc'])} | | | {_f(b['frac_attn_out'], 3)} |")
-    lines.append(f"| vanilla fine-tuning | 0 | 0.00 | | {_pm(v['acc'], v['acc_std'])} | | {_f(v['frac_attn_out'], 3)} |")
+    lines.append(
+        f"| vanilla fine-tuning | 0 | 0.00 | | {_pm(v['acc'], v['acc_std'])} | | {_f(v['frac_attn_out'], 3)} |"
+    )
     return "\n".join(lines)
 
 def orderings_table(
     res: dict,   # a compare_orderings result
 ) -> str:        # Markdown
     "Accuracy gain per box drawn, per ordering and budget, as a Markdown table."
-    lines = ["| ordering | boxes drawn | copy-replace acc (%) | gain over vanilla (points) | gain per 100 boxes (points) | test frac_attn_out |",
+    lines = ["| ordering | boxes drawn | copy-replace acc (%) | gain over vanilla (points) | gain per 100 boxes "
+             "(points) | test frac_attn_out |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in sorted(res["table"], key=lambda r: (r["budget"], r["ordering"])):
         per100 = lambda v: None if v is None else 100 * v
-        lines.append(f"| {r['ordering']} | {r['budget']} | {_pm(r['acc'], r['acc_std'])} | {_pm(r['gain'], r['gain_std'], sign=True)} | "
-                     f"{_pm(per100(r['gain_per_box']), per100(r['gain_per_box_std']), 2, sign=True)} | {_f(r['frac_attn_out'], 3)} |")
+        lines.append(f"| {r['ordering']} | {r['budget']} | {_pm(r['acc'], r['acc_std'])} | "
+                     f"{_pm(r['gain'], r['gain_std'], sign=True)} | "
+                     f"{_pm(per100(r['gain_per_box']), per100(r['gain_per_box_std']), 2, sign=True)} | "
+                     f"{_f(r['frac_attn_out'], 3)} |")
     v = res["vanilla"]
     lines.append(f"| vanilla (no boxes) | 0 | {_pm(v['acc'], v['acc_std'])} | | | {_f(v['frac_attn_out'], 3)} |")
     return "\n".join(lines)

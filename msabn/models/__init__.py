@@ -6,7 +6,7 @@
 __all__ = []
 
 # %% ../../nbs/api/models/index.ipynb #3a275654
-from .backbones import *
 from .attention import *
+from .backbones import *
 from .networks import *
 from .puzzle import *

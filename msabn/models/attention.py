@@ -64,7 +64,9 @@ def split_channels(
 
 # %% ../../nbs/api/models/01_attention.ipynb #1124bc78
 def _upsample(x: torch.Tensor, size) -> torch.Tensor:
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return (
+        x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    )
 
 class MultiScaleFusion(nn.Module):
     "MSABN's fusion: upsample every level to the first level's size, a 1x1 conv+BN+ReLU each, concatenate."
@@ -76,13 +78,13 @@ class MultiScaleFusion(nn.Module):
         super().__init__()
         self.out_split = split_channels(out_chs, len(in_chs))
         self.proj = nn.ModuleList(ConvNormAct(c, o, 1, norm_layer=norm_layer, act_layer=act_layer)
-                                  for c, o in zip(in_chs, self.out_split))
+                                  for c, o in zip(in_chs, self.out_split, strict=True))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         "B x out_chs x h1 x w1, at the first (finest) level's size."
         if len(feats) != len(self.proj): raise ValueError(f"expected {len(self.proj)} feature maps, got {len(feats)}")
         size = feats[0].shape[-2:]
-        return torch.cat([p(_upsample(f, size)) for p, f in zip(self.proj, feats)], dim=1)
+        return torch.cat([p(_upsample(f, size)) for p, f in zip(self.proj, feats, strict=True)], dim=1)
 
 # %% ../../nbs/api/models/01_attention.ipynb #415c6ba9
 class TopDownFusion(nn.Module):
@@ -104,9 +106,10 @@ class TopDownFusion(nn.Module):
                 top: torch.Tensor,                  # B x top_chs x h3 x w3
                 laterals: Sequence[torch.Tensor],   # the finer levels' maps, finest first
                ) -> torch.Tensor:                   # B x width x h1 x w1
-        if len(laterals) != len(self.lateral): raise ValueError(f"expected {len(self.lateral)} finer maps, got {len(laterals)}")
+        if len(laterals) != len(self.lateral): raise ValueError(f"expected {len(self.lateral)} finer maps, got "
+                                                                f"{len(laterals)}")
         z = self.reduce(top)
-        for lat, f in zip(reversed(self.lateral), reversed(laterals)):
+        for lat, f in zip(reversed(self.lateral), reversed(laterals), strict=True):
             z = _upsample(z, f.shape[-2:]) + lat(f)
         return self.smooth(z)
 
@@ -117,7 +120,8 @@ class AttentionBranch(nn.Module):
                  stage: nn.Module,         # stride-1 copy of the stage after block 3 (Backbone.attention_stage())
                  stage_chs: int,           # channels the stage outputs
                  num_classes: int,         # K: channels of the class maps and attention logits
-                 fusion: nn.Module | None = None,    # MultiScaleFusion before the stage (MSABN as the paper describes it)
+                 # MultiScaleFusion before the stage (MSABN as the paper describes it)
+                 fusion: nn.Module | None = None,
                  top_down: nn.Module | None = None,  # TopDownFusion after the stage (efficient MSABN)
                  norm_layer: type[nn.Module] = nn.BatchNorm2d):
         super().__init__()

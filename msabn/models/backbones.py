@@ -26,7 +26,9 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 def layer_stream(seed: int, name: str) -> torch.Generator:
     "A random stream of one's own for the layer `name` of a model seeded with `seed`."
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1)
+    return torch.Generator().manual_seed(
+        int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
+    )
 
 def init_weights(
     module: nn.Module,        # a model or any part of one; changed in place
@@ -113,7 +115,11 @@ def chain_names(
     names = []
     for name, child in model.named_children():
         full = f"{prefix}{name}"
-        if name in _HEAD_NAMES or isinstance(child, nn.AdaptiveAvgPool2d) or type(child).__name__ == "SelectAdaptivePool2d":
+        if (
+            name in _HEAD_NAMES
+            or isinstance(child, nn.AdaptiveAvgPool2d)
+            or type(child).__name__ == "SelectAdaptivePool2d"
+        ):
             if prefix: raise ValueError(f"head module {full!r} inside a feature container: not a plain chain")
             break
         if any(f.startswith(full + ".") for f in feature_modules):
@@ -182,7 +188,9 @@ class Backbone(nn.Module):
         self.split = half[-1]
         by_stride = [max((i for i, r in enumerate(red) if r == s), default=None) for s in
                      (self.reduction // 8, self.reduction // 4, self.reduction // 2)] if self.reduction >= 8 else [None]
-        self.default_levels = tuple(by_stride) if None not in by_stride else tuple(range(max(0, self.split - 2), self.split + 1))
+        self.default_levels = (
+            tuple(by_stride) if None not in by_stride else tuple(range(max(0, self.split - 2), self.split + 1))
+        )
         self.num_features = int(getattr(model, "num_features", self.feature_info[-1]["num_chs"]))
         if verify: self.verify()
 
@@ -198,7 +206,8 @@ class Backbone(nn.Module):
                              f"{x.shape[1]} (input shape {tuple(x.shape)}); build the model with in_chans={x.shape[1]}")
         h, w = x.shape[-2:]
         if min(h, w) < self.reduction:
-            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the backbone's total stride {self.reduction}; "
+            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the backbone's total stride "
+                             f"{self.reduction}; "
                              f"use images of at least {self.reduction}x{self.reduction} pixels")
 
     def forward_levels(self,
@@ -227,7 +236,9 @@ class Backbone(nn.Module):
     def attention_stage(self) -> nn.Sequential:
         "A fresh stride-1 copy of the stage(s) between block 3 and the last stage (ABN's attention branch body)."
         names = self.chain[self.feature_pos[self.split] + 1: self.feature_pos[-1] + 1]
-        stage = nn.Sequential(OrderedDict((n.replace(".", "_"), copy.deepcopy(self.model.get_submodule(n))) for n in names))
+        stage = nn.Sequential(
+            OrderedDict((n.replace(".", "_"), copy.deepcopy(self.model.get_submodule(n))) for n in names)
+        )
         make_stride1(stage, f"{self.name} stage {'+'.join(names)}")
         init_weights(stage)
         p = next(self.model.parameters())
@@ -264,13 +275,16 @@ class Backbone(nn.Module):
                              f"gives {tuple(theirs.shape)}: not a plain chain of modules, not supported")
         if p.device.type != "meta":
             if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
-                raise ValueError(f"{self.name}: its chain of modules does not reproduce forward_features: not supported")
-            if not all(torch.equal(a, b) for a, b in zip(feats, kept)):
+                raise ValueError(
+                    f"{self.name}: its chain of modules does not reproduce forward_features: not supported"
+                )
+            if not all(torch.equal(a, b) for a, b in zip(feats, kept, strict=True)):
                 raise ValueError(f"{self.name}: a stage changes its input in place: cannot keep multi-scale features")
 
 # %% ../../nbs/api/models/00_backbones.ipynb #58a2eb27
 PAPER_TIMM = ("resnet50", "resnet101", "resnext50_32x4d", "efficientnet_b1", "efficientnet_b3")
-SMOKE_TIMM = {  # smoke-only timm stand-ins, by name: (timm model, its arguments); the paper's strides at a laptop's width
+# smoke-only timm stand-ins, by name: (timm model, its arguments); the paper's strides at a laptop's width
+SMOKE_TIMM = {
     "resnet10t_narrow": ("resnet10t", {"channels": (16, 32, 64, 128), "stem_width": 16}),
 }
 
@@ -285,18 +299,24 @@ def create_backbone(
     **timm_kwargs,            # passed to timm.create_model (e.g. drop_path_rate); never pretrained weights
 ) -> Backbone:
     "A `Backbone` by name: a CIFAR ResNet of the official ABN layout or a randomly initialised timm CNN."
-    if not isinstance(in_chans, int) or in_chans < 1: raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    if not isinstance(in_chans, int) or in_chans < 1: raise ValueError("in_chans must be a positive int, got "
+                                                                       f"{in_chans!r}")
     if name in CIFAR_RESNETS:
-        if timm_kwargs: raise ValueError(f"{name} is a CIFAR ResNet: options {sorted(timm_kwargs)} apply to timm backbones only")
+        if timm_kwargs: raise ValueError(f"{name} is a CIFAR ResNet: options {sorted(timm_kwargs)} apply to timm "
+                                         "backbones only")
         depth, default = CIFAR_RESNETS[name]
         return Backbone(CifarResNet(depth, block or default, in_chans=in_chans), name, in_chans)
-    if block is not None: raise ValueError(f"block={block!r} applies to the CIFAR ResNets {list(CIFAR_RESNETS)} only, not {name!r}")
+    if block is not None: raise ValueError(f"block={block!r} applies to the CIFAR ResNets {list(CIFAR_RESNETS)} only, "
+                                           f"not {name!r}")
     if timm_kwargs.pop("pretrained", False):
-        raise ValueError("pretrained weights are not used: every model starts from Kaiming initialisation (pretrained=False)")
+        raise ValueError("pretrained weights are not used: every model starts from Kaiming initialisation "
+                         "(pretrained=False)")
     timm_name, defaults = SMOKE_TIMM.get(name, (name, {}))
     if not isinstance(name, str) or not timm.is_model(timm_name):
         close = difflib.get_close_matches(str(name), list(CIFAR_RESNETS) + list(SMOKE_TIMM) + timm.list_models(), n=4)
         raise ValueError(f"unknown backbone {name!r}: use a CIFAR ResNet {list(CIFAR_RESNETS)} or a timm CNN with "
                          f"feature_info, e.g. {list(PAPER_TIMM)}" + (f"; closest names: {close}" if close else ""))
-    model = timm.create_model(timm_name, pretrained=False, num_classes=0, in_chans=in_chans, **{**defaults, **timm_kwargs})
+    model = timm.create_model(
+        timm_name, pretrained=False, num_classes=0, in_chans=in_chans, **{**defaults, **timm_kwargs}
+    )
     return Backbone(model, name, in_chans)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import numbers
+from itertools import pairwise
 from typing import NamedTuple, Sequence
 
 import torch
@@ -33,7 +34,8 @@ _AUTOCAST_OK = (torch.float16, torch.bfloat16, torch.float32)  # what autocast c
 
 def _autocast_on(device_type: str) -> bool:
     try: return torch.is_autocast_enabled(device_type)
-    except TypeError: return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()  # torch < 2.4
+    # torch < 2.4
+    except TypeError: return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
 
 def check_batch(
     model: nn.Module,  # a BaseNet or AttentionBranchNet
@@ -112,8 +114,9 @@ _ARCH_OPTS = {"base": set(), "abn": {"mechanism"}, "msabn": {"mechanism", "varia
 def _check_levels(levels, bb: Backbone) -> tuple[int, ...]:
     fi = [f"{i}: {d['module']} (/{d['reduction']}, {d['num_chs']} ch)" for i, d in enumerate(bb.feature_info)]
     try: levels = tuple(int(l) for l in levels)
-    except (TypeError, ValueError): raise ValueError(f"levels must be a sequence of feature_info indices, got {levels!r}") from None
-    if (not levels or levels[-1] != bb.split or any(b <= a for a, b in zip(levels, levels[1:])) or levels[0] < 0):
+    except (TypeError, ValueError): raise ValueError("levels must be a sequence of feature_info indices, got "
+                                                     f"{levels!r}") from None
+    if (not levels or levels[-1] != bb.split or any(b <= a for a, b in pairwise(levels)) or levels[0] < 0):
         raise ValueError(f"levels must be increasing feature_info indices ending at block 3 (index {bb.split}) of "
                          f"{bb.name}, got {levels}; its feature_info: {fi}")
     return levels
@@ -121,7 +124,8 @@ def _check_levels(levels, bb: Backbone) -> tuple[int, ...]:
 def _request(arch: str, num_classes, unknown: dict, options: dict) -> int:
     "The checks every model shares: known options, a known arch, a class count, only the options the arch takes."
     if unknown:
-        raise TypeError(f"create_model: unknown option(s) {sorted(unknown)}; valid options: mechanism, variant, levels, "
+        raise TypeError(f"create_model: unknown option(s) {sorted(unknown)}; valid options: mechanism, variant, "
+                        "levels, "
                         "fuse_width, in_chans, block, backbone_kwargs")
     if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}: use one of {list(ARCHS)}")
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 2:

@@ -28,7 +28,8 @@ def tile(
     b, c, h, w = x.shape
     if h % gh or w % gw:
         raise ValueError(f"image size {h}x{w} does not divide into a {gh}x{gw} grid of tiles "
-                         f"({h}/{gh} x {w}/{gw} is not whole): use a height divisible by {gh} and a width divisible by {gw}")
+                         f"({h}/{gh} x {w}/{gw} is not whole): use a height divisible by {gh} and a width divisible by "
+                         f"{gw}")
     th, tw = h // gh, w // gw
     return x.reshape(b, c, gh, th, gw, tw).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c, th, tw)
 
@@ -55,13 +56,15 @@ def reconstruction_loss(
 ) -> torch.Tensor:              # scalar: mean absolute difference
     "L1 between full and merged class maps, on the target class's channel (or all channels)."
     if full_maps.shape != merged_maps.shape:
-        raise ValueError(f"full maps {tuple(full_maps.shape)} and merged maps {tuple(merged_maps.shape)} differ in shape")
+        raise ValueError(f"full maps {tuple(full_maps.shape)} and merged maps {tuple(merged_maps.shape)} differ in "
+                         "shape")
     if full_maps.ndim != 4: raise ValueError(f"class maps must be B x K x h x w, got shape {tuple(full_maps.shape)}")
     b, k = full_maps.shape[:2]
     if mode == "all": return (full_maps - merged_maps).abs().mean()
     if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if labels.ndim != 1 or labels.shape[0] != b or labels.is_floating_point():
-        raise ValueError(f"labels must be {b} class indices (shape ({b},), integer), got shape {tuple(labels.shape)}, {labels.dtype}")
+        raise ValueError(f"labels must be {b} class indices (shape ({b},), integer), got shape {tuple(labels.shape)}, "
+                         f"{labels.dtype}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= k):
         raise ValueError(f"labels must lie in [0, {k}), got {labels.tolist()}")
     idx = torch.arange(b, device=full_maps.device)

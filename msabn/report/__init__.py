@@ -6,7 +6,7 @@
 __all__ = []
 
 # %% ../../nbs/api/report/index.ipynb #e3e8de9f
-from .runs import *
-from .pages import *
 from .cost import *
+from .pages import *
+from .runs import *
 from .write import *

@@ -49,8 +49,13 @@ def cost_table(gpu_json: str | Path | None = "paper_figures/gpu_throughput.json"
     ref = {}
     if gpu is not None:
         s = gpu["setting"]
-        for label, kw in (("Base", dict(arch="base")), ("ABN", dict(arch="abn")), ("MSABN (literal)", dict(arch="msabn")),
-                          ("MSABN (efficient)", dict(arch="msabn", variant="efficient")), ("Puzzle-MSABN (literal)", dict(arch="msabn", puzzle=True))):
+        for label, kw in (
+            ("Base", dict(arch="base")),
+            ("ABN", dict(arch="abn")),
+            ("MSABN (literal)", dict(arch="msabn")),
+            ("MSABN (efficient)", dict(arch="msabn", variant="efficient")),
+            ("Puzzle-MSABN (literal)", dict(arch="msabn", puzzle=True)),
+        ):
             if label in gpu["results"]:
                 f = cell_flops(backbone=s["backbone"], num_classes=s["classes"], size=s["size"], **kw)["train"]
                 ref[label] = f * gpu["results"][label]["images_per_s"]   # FLOP/s this card sustained on this model type
@@ -65,8 +70,18 @@ def cost_table(gpu_json: str | Path | None = "paper_figures/gpu_throughput.json"
             kind = "Puzzle-MSABN (literal)" if row.puzzle else {"base": "Base", "abn": "ABN"}.get(row.arch) or \
                    ("MSABN (efficient)" if row.variant == "efficient" else "MSABN (literal)")
             rate = ref.get(kind, ASSUMED_TFLOPS * 1e12)
-            lines.append({"experiment": name, "column": column.paper, "row": row.name, "epochs": exp.train.epochs, "seeds": len(exp.seeds),
-                          "train GFLOP/img": f["train"] / 1e9, "PFLOP": flops / 1e15, "GPU-hours": flops / rate / 3600})
+            lines.append(
+                {
+                    "experiment": name,
+                    "column": column.paper,
+                    "row": row.name,
+                    "epochs": exp.train.epochs,
+                    "seeds": len(exp.seeds),
+                    "train GFLOP/img": f["train"] / 1e9,
+                    "PFLOP": flops / 1e15,
+                    "GPU-hours": flops / rate / 3600,
+                }
+            )
     df = pd.DataFrame(lines)
     fig = get_experiment("fig8_9", "paper")
     ft = []
@@ -75,45 +90,90 @@ def cost_table(gpu_json: str | Path | None = "paper_figures/gpu_throughput.json"
         n_train, n_test = PAPER_SIZES[src.data.dataset]
         for column in src.columns:
             row = next(r for r in src.rows if r.name == fig.row)
-            f = cell_flops(row.arch, column.backbone, PAPER_CLASSES[src.data.dataset], src.data.size, **row.model_kwargs())
+            f = cell_flops(
+                row.arch, column.backbone, PAPER_CLASSES[src.data.dataset], src.data.size, **row.model_kwargs()
+            )
             runs = (1 + len(fig.lambdas[source])) * len(fig.finetune_seeds) * len(fig.seeds)
             flops = (f["train"] * n_train * fig.finetune.epochs + f["eval"] * (n_train + n_test)) * runs
-            ft.append({"experiment": "fig8_9", "column": f"{column.paper} ({source})", "row": fig.row, "epochs": fig.finetune.epochs,
-                       "seeds": runs, "train GFLOP/img": f["train"] / 1e9, "PFLOP": flops / 1e15,
-                       "GPU-hours": flops / ref.get("MSABN (literal)", ASSUMED_TFLOPS * 1e12) / 3600})
+            ft.append(
+                {
+                    "experiment": "fig8_9",
+                    "column": f"{column.paper} ({source})",
+                    "row": fig.row,
+                    "epochs": fig.finetune.epochs,
+                    "seeds": runs,
+                    "train GFLOP/img": f["train"] / 1e9,
+                    "PFLOP": flops / 1e15,
+                    "GPU-hours": flops / ref.get("MSABN (literal)", ASSUMED_TFLOPS * 1e12) / 3600,
+                }
+            )
     df = pd.concat([df, pd.DataFrame(ft)], ignore_index=True)
-    basis = ({"kind": "measured", "card": gpu["provenance"].get("device"), "setting": gpu["setting"]} if gpu is not None and ref else
-             {"kind": "assumed", "tflops": ASSUMED_TFLOPS})
+    basis = (
+        {"kind": "measured", "card": gpu["provenance"].get("device"), "setting": gpu["setting"]}
+        if gpu is not None and ref
+        else {"kind": "assumed", "tflops": ASSUMED_TFLOPS}
+    )
     return df, basis
 
 def markdown_cost(df: pd.DataFrame, basis: dict, smoke_seconds: Mapping[str, float] | None = None) -> str:
     "The cost-to-reproduce table as markdown."
-    per = df.groupby("experiment", sort=False).agg(cells=("row", "count"), PFLOP=("PFLOP", "sum"), hours=("GPU-hours", "sum")).reset_index()
+    per = (
+        df.groupby("experiment", sort=False)
+        .agg(cells=("row", "count"), PFLOP=("PFLOP", "sum"), hours=("GPU-hours", "sum"))
+        .reset_index()
+    )
     if basis["kind"] == "measured":
         how = (f"GPU-hours from the throughput **measured** on one {basis['card']} by `benchmarks/gpu_train.py` "
-               f"({basis['setting']['backbone']} at {basis['setting']['size']} px, batch {basis['setting']['batch']}, bf16), per model type, "
+               f"({basis['setting']['backbone']} at {basis['setting']['size']} px, batch {basis['setting']['batch']}, "
+               "bf16), per model type, "
                f"scaled to the other backbones and sizes by their FLOPs.")
     else:
         how = (f"**No GPU throughput has been measured yet**: `benchmarks/gpu_train.py` (which would write "
-               f"`paper_figures/gpu_throughput.json`) has not been run on a GPU. The GPU-hours below are an **estimate from FLOPs** at an "
-               f"**assumed** sustained {basis['tflops']:g} TFLOP/s per GPU (bf16, about a tenth of an H100's dense bf16 peak; well-tuned "
-               f"ResNet-50 training sustains more, small batches and batch-norm-bound layers less): read them as an order of magnitude, "
+               "`paper_figures/gpu_throughput.json`) has not been run on a GPU. The GPU-hours below are an **estimate "
+               "from FLOPs** at an "
+               f"**assumed** sustained {basis['tflops']:g} TFLOP/s per GPU (bf16, about a tenth of an H100's dense "
+               "bf16 peak; well-tuned "
+               "ResNet-50 training sustains more, small batches and batch-norm-bound layers less): read them as an "
+               "order of magnitude, "
                f"and replace them by running the benchmark on a card.")
-    lines = ["# Cost to reproduce the paper preset", "", how, "",
-             "Compute: forward FLOPs counted by `torch.utils.flop_counter` at the paper's input sizes and class counts, x3 for training "
-             "(forward + backward), the Puzzle module's tiled pass included, plus one evaluation pass over the test split per epoch; "
-             "times training images, epochs and seeds. Data loading, checkpoints and multi-GPU overheads are not included.", "",
-             "| experiment | training runs (backbone x model x seed) | training compute (PFLOP) | GPU-hours |" + (" smoke on a 2-core CPU (measured) |" if smoke_seconds else ""),
-             "| --- | --- | --- | --- |" + (" --- |" if smoke_seconds else "")]
+    lines = [
+        "# Cost to reproduce the paper preset",
+        "",
+        how,
+        "",
+        "Compute: forward FLOPs counted by `torch.utils.flop_counter` at the paper's input sizes and class "
+        "counts, x3 for training "
+        "(forward + backward), the Puzzle module's tiled pass included, plus one evaluation pass over the test "
+        "split per epoch; "
+        "times training images, epochs and seeds. Data loading, checkpoints and multi-GPU overheads are not "
+        "included.",
+        "",
+        "| experiment | training runs (backbone x model x seed) | training compute (PFLOP) | GPU-hours |"
+        + (" smoke on a 2-core CPU (measured) |" if smoke_seconds else ""),
+        "| --- | --- | --- | --- |" + (" --- |" if smoke_seconds else ""),
+    ]
     for _, r in per.iterrows():
         n = int(df[df.experiment == r.experiment].seeds.sum())
-        sm = f" {smoke_seconds[r.experiment] / 60:.1f} min |" if smoke_seconds and r.experiment in smoke_seconds else (" - |" if smoke_seconds else "")
+        sm = (
+            f" {smoke_seconds[r.experiment] / 60:.1f} min |"
+            if smoke_seconds and r.experiment in smoke_seconds
+            else (" - |" if smoke_seconds else "")
+        )
         lines.append(f"| {r.experiment} | {n} | {r.PFLOP:,.0f} | {r.hours:,.0f} |{sm}")
-    lines.append(f"| **all** | {int(df.seeds.sum())} | {df.PFLOP.sum():,.0f} | {df['GPU-hours'].sum():,.0f} |" + (" |" if smoke_seconds else ""))
-    lines += ["", "Per cell (one backbone and model, all seeds):", "",
-              "| experiment | backbone | model | epochs | runs | training GFLOP per image | PFLOP | GPU-hours |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines.append(
+        f"| **all** | {int(df.seeds.sum())} | {df.PFLOP.sum():,.0f} | {df['GPU-hours'].sum():,.0f} |"
+        + (" |" if smoke_seconds else "")
+    )
+    lines += [
+        "",
+        "Per cell (one backbone and model, all seeds):",
+        "",
+        "| experiment | backbone | model | epochs | runs | training GFLOP per image | PFLOP | GPU-hours |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for _, r in df.iterrows():
-        lines.append(f"| {r.experiment} | {r.column} | {r.row} | {r.epochs} | {r.seeds} | {r['train GFLOP/img']:.2f} | {r.PFLOP:,.1f} | {r['GPU-hours']:,.1f} |")
+        lines.append(f"| {r.experiment} | {r.column} | {r.row} | {r.epochs} | {r.seeds} | {r['train GFLOP/img']:.2f} | "
+                     f"{r.PFLOP:,.1f} | {r['GPU-hours']:,.1f} |")
     return "\n".join(lines) + "\n"
 
 # %% ../../nbs/api/report/02_cost.ipynb #0df0cf45
@@ -128,7 +188,8 @@ def smoke_seconds(runs_dir: str | Path = "runs") -> dict[str, float]:
     return {r.name: s for r in runs if (s := _run_seconds(r.folder)) is not None}
 
 def write_cost(
-    out_dir: str | Path = "paper_figures",   # cost_to_reproduce.md and .json go here (gpu_throughput.json is read from here)
+    # cost_to_reproduce.md and .json go here (gpu_throughput.json is read from here)
+    out_dir: str | Path = "paper_figures",
     runs_dir: str | Path = "runs",           # the smoke runs whose wall times fill the last column
 ) -> Path:                                   # the markdown page
     "Recompute the cost-to-reproduce table (about a minute of FLOP counting) and write it as markdown and JSON."

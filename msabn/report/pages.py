@@ -13,13 +13,28 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from msabn.report.runs import (
+    PAPER_FIG8_9,
+    PAPER_TABLES,
+    VERDICT_RULE,
+    RunRecord,
+    fig8_9_label,
+    fmt_interval,
+    fmt_mean_std,
+    one_preset,
+    orderings,
+    paired,
+    paper_gain,
+    record_experiment,
+    summarize,
+    table_frame,
+    verdict_counts,
+)
+
 from ..experiments.catalog import TEMPLATES, TableExperiment
 from ..experiments.overrides import BY_KEY
 from ..experiments.presets import base_preset, get_experiment, overrides_label
 from ..train.metrics import mean_std
-from .runs import (PAPER_FIG8_9, PAPER_TABLES, fig8_9_label, VERDICT_RULE, RunRecord, fmt_mean_std,
-                               one_preset, orderings, paired, paper_gain, record_experiment, summarize, table_frame,
-                               verdict_counts, fmt_interval)
 
 # %% auto #0
 __all__ = ['SHORT_SPLITS', 'METRIC_NAMES', 'own_data', 'run_command', 'markdown_table', 'table_figure', 'curve_frame',
@@ -35,14 +50,18 @@ def _split_label(exp: TableExperiment, split: str) -> str:
 
 def _split_note(exp: TableExperiment, splits: Sequence[str]) -> str:
     if exp.data.dataset != "synthetic": return ""
-    return ("Splits: *test_iid* is in distribution (an image's background habitat goes with its class as in training, like the "
-            "paper's test sets); *test (shifted)* draws the habitat independently of the class, so only the object tells the class.")
+    return ("Splits: *test_iid* is in distribution (an image's background habitat goes with its class as in training, "
+            "like the "
+            "paper's test sets); *test (shifted)* draws the habitat independently of the class, so only the object "
+            "tells the class.")
 
 def own_data(exp) -> str | None:
-    "The name of the user's own dataset a run read (`--set data=...`, or a `--set dataset=...` other than its preset's); None for the preset's data."
+    ("The name of the user's own dataset a run read (`--set data=...`, or a `--set dataset=...` other than its "
+     "preset's); None for the preset's data.")
     ov = dict(getattr(exp, "overrides", ()))
     if "data" in ov: return Path(exp.data.subdir or exp.data.dataset).name
-    if "dataset" in ov and exp.data.dataset != get_experiment(exp.name, base_preset(exp.preset)).data.dataset: return exp.data.dataset
+    if "dataset" in ov and exp.data.dataset != get_experiment(exp.name, base_preset(exp.preset)).data.dataset:
+        return exp.data.dataset
     return None
 
 def run_command(
@@ -50,11 +69,14 @@ def run_command(
     preset: str,                          # a preset or a modified run's folder name ("smoke+1a2b3c4d")
     seeds: Sequence[int],
     overrides: Mapping[str, str] = {},    # the settings the runs changed (a RunRecord's `overrides`)
-) -> str:                                 # the msabn_run command that makes these runs (with --data-root DATA for the paper preset)
-    "The msabn_run command that makes the runs of a report: the experiments that were run, never 'all' for a part of them."
+# the msabn_run command that makes these runs (with --data-root DATA for the paper preset)
+) -> str:
+    ("The msabn_run command that makes the runs of a report: the experiments that were run, never 'all' for a part of "
+     "them.")
     base = base_preset(preset)
     which = [n for n in TEMPLATES if n in set(names)]
-    keys = sorted(overrides, key=lambda k: list(BY_KEY).index(k) if k in BY_KEY else len(BY_KEY))   # as the table lists them
+    # as the table lists them
+    keys = sorted(overrides, key=lambda k: list(BY_KEY).index(k) if k in BY_KEY else len(BY_KEY))
     sets = "".join(f" --set {shlex.quote(f'{k}={overrides[k]}')}" for k in keys)
     return (f"msabn_run {' '.join(which) if len(which) < len(TEMPLATES) else 'all'} --preset {base} --seeds "
             f"{' '.join(map(str, seeds))}" + (" --data-root DATA" if base == "paper" else "") + sets)
@@ -65,35 +87,50 @@ def _data_line(exp: TableExperiment, metrics: Mapping) -> str:
     own = own_data(exp)
     if own:   # whose data it is: its name, classes and sizes
         classes = f"{metrics['num_classes']} classes; " if metrics.get("num_classes") else ""
-        return f"your data `{own}` (a folder in the {d.dataset} layout: {classes}{sizes} images), {d.size} px, recipe `{d.recipe}`"
+        return (f"your data `{own}` (a folder in the {d.dataset} layout: {classes}{sizes} images), {d.size} px, recipe "
+                f"`{d.recipe}`")
     if d.dataset != "synthetic": return f"{PAPER_TABLES[exp.name].dataset} ({sizes}), {d.size} px, recipe `{d.recipe}`"
     s = dict(d.synthetic)
     kind = "fine-grained birds (classes differ in small parts)" if s.get("fine_grained") else "CIFAR-like silhouettes"
-    extra = f", classes kept at shares {d.keep_fractions[0]:g} ... {d.keep_fractions[-1]:g} (imbalanced)" if d.keep_fractions else ""
+    extra = (
+        f", classes kept at shares {d.keep_fractions[0]:g} ... {d.keep_fractions[-1]:g} (imbalanced)"
+        if d.keep_fractions
+        else ""
+    )
     return (f"the embedded synthetic data standing in for {d.stands_for}: {kind}, {s.get('num_classes')} classes, "
-            f"{s.get('size')} px images at {d.size} px input{extra}, dataset seed {s.get('seed', 0)} ({sizes}); recipe `{d.recipe}`")
+            f"{s.get('size')} px images at {d.size} px input{extra}, dataset seed {s.get('seed', 0)} ({sizes}); recipe "
+            f"`{d.recipe}`")
 
-def _table_intro(exp: TableExperiment, preset: str, seeds: Sequence[int], missing: Sequence[int], metrics: Mapping) -> list[str]:
+def _table_intro(
+    exp: TableExperiment, preset: str, seeds: Sequence[int], missing: Sequence[int], metrics: Mapping
+) -> list[str]:
     "The lines above a table: its title, how ours were made (and which seeds are missing), and what the paper's are."
     name, paper, own = exp.name, PAPER_TABLES[exp.name], own_data(exp)
     title = f"{exp.title.split(':')[0]}'s protocol on your data `{own}`" if own else exp.title
     lines = [f"# {title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", ""]
     ep = exp.train.epochs
-    lines.append(f"**Ours**: preset `{preset}`; data: {_data_line(exp, metrics)}; {ep} epoch{'s' if ep != 1 else ''}, batch "
-                 f"{exp.train.batch_size}, SGD lr {exp.train.lr} divided by 10 after epochs {exp.train.milestone_epochs()}, weight decay "
-                 f"{exp.train.weight_decay}{', class-weighted loss' if exp.train.class_weighted else ''}; the last epoch's numbers, "
-                 f"mean ± sample std over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; one seed has no spread).")
+    lines.append(f"**Ours**: preset `{preset}`; data: {_data_line(exp, metrics)}; {ep} epoch{'s' if ep != 1 else ''}, "
+                 "batch "
+                 f"{exp.train.batch_size}, SGD lr {exp.train.lr} divided by 10 after epochs "
+                 f"{exp.train.milestone_epochs()}, weight decay "
+                 f"{exp.train.weight_decay}{', class-weighted loss' if exp.train.class_weighted else ''}; the last "
+                 "epoch's numbers, "
+                 f"mean ± sample std over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; one seed has no "
+                 "spread).")
     if missing: lines.append(f"Seeds asked for but not complete: {', '.join(map(str, missing))} "
                              f"(run `{run_command([name], preset, missing, dict(exp.overrides))}`).")
-    if exp.overrides: lines.append(f"**{overrides_label(exp)}**" + (" Its numbers only show that the pipeline runs; never compare them "
+    if exp.overrides: lines.append(f"**{overrides_label(exp)}**" + (" Its numbers only show that the pipeline runs; "
+                                                                    "never compare them "
                                    "with the paper's." if "DRY RUN" in overrides_label(exp) else ""))
     if base_preset(preset) != "paper":
         stand = "; ".join(f"`{c.backbone}` stands for {c.paper}" for c in exp.columns)
-        lines.append(f"Backbones: {stand}." + ("" if own else " Numbers on the embedded data are not comparable with the paper's "
+        lines.append(f"Backbones: {stand}." + ("" if own else " Numbers on the embedded data are not comparable with "
+                                                              "the paper's "
                                                 "in value, only in ordering (which model beats which)."))
     three = any("±" in v for rows in paper.values.values() for v in rows.values())
     how = "mean ± std of 3 seeds" if three else "one run"
-    lines.append(f"**The paper's numbers** (on {paper.dataset}) are not a measurement on your data: they are shown after ours, on their own, "
+    lines.append(f"**The paper's numbers** (on {paper.dataset}) are not a measurement on your data: they are shown "
+                 "after ours, on their own, "
                  f"as published ({how})." if own else f"**Paper**: {paper.dataset}, as published ({how}).")
     return lines
 
@@ -102,11 +139,13 @@ def _ordering_lines(exp: TableExperiment, od: pd.DataFrame, mname: str) -> list[
     if od.empty: return []
     paper = f"paper, on {PAPER_TABLES[exp.name].dataset}" if own_data(exp) else "paper"
     lines = [f"### Orderings ({mname}, ours paired by seed: the difference of the two rows on the same seed)", "",
-             f"| pair | ours: backbone (stands for) | split | {paper} (points) | ours: mean [95% CI] (points) | n | MDE (points) "
+             f"| pair | ours: backbone (stands for) | split | {paper} (points) | ours: mean [95% CI] (points) | n | "
+             "MDE (points) "
              "| verdict |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, o in od.iterrows():
-        lines.append(f"| {o.pair} | {o.backbone} ({o.column}) | {_split_label(exp, o.split)} | {fmt_mean_std(o.paper, sign=True)} | "
+        lines.append(f"| {o.pair} | {o.backbone} ({o.column}) | {_split_label(exp, o.split)} | "
+                     f"{fmt_mean_std(o.paper, sign=True)} | "
                      f"{fmt_interval(o.ours_mean, o.ci_lo, o.ci_hi)} | {o.n} | {fmt_mean_std(o.mde)} | {o.verdict} |")
     return lines + ["", f"Counted ({mname}): {verdict_counts(list(od.verdict))}.", "", VERDICT_RULE, ""]
 
@@ -143,15 +182,27 @@ def markdown_table(
             for c in exp.columns:
                 for s in splits:
                     x = summ[(summ.row == row) & (summ.column == c.paper) & (summ.split == s) & (summ.metric == metric)]
-                    cells.append("not run (as the paper)" if x.empty and any(r.name == row and c.paper in r.skip for r in exp.rows)
-                                 else "-" if x.empty else fmt_mean_std(x["mean"].iloc[0], x["std"].iloc[0]))
+                    cells.append(
+                        "not run (as the paper)"
+                        if x.empty and any(r.name == row and c.paper in r.skip for r in exp.rows)
+                        else "-"
+                        if x.empty
+                        else fmt_mean_std(x["mean"].iloc[0], x["std"].iloc[0])
+                    )
             for c in () if own else paper.columns: cells.append(_paper_cell(paper, metric, row, c))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if own:   # the paper's numbers on their own, never beside the numbers on the user's data
-            lines += [f"The paper's {mname} on {paper.dataset} (as published; not on your data):", "",
-                      "| model | " + " | ".join(f"paper: {c}" for c in paper.columns) + " |", "|" + " --- |" * (1 + len(paper.columns))]
-            lines += ["| " + " | ".join([row] + [_paper_cell(paper, metric, row, c) for c in paper.columns]) + " |" for row in paper.rows]
+            lines += [
+                f"The paper's {mname} on {paper.dataset} (as published; not on your data):",
+                "",
+                "| model | " + " | ".join(f"paper: {c}" for c in paper.columns) + " |",
+                "|" + " --- |" * (1 + len(paper.columns)),
+            ]
+            lines += [
+                "| " + " | ".join([row] + [_paper_cell(paper, metric, row, c) for c in paper.columns]) + " |"
+                for row in paper.rows
+            ]
             lines.append("")
         lines += _ordering_lines(exp, orderings(runs, name, metric), mname)
     return "\n".join(lines)
@@ -170,15 +221,31 @@ def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.F
     order = [r.name for r in exp.rows]
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.6 + 0.15 * len(order)), dpi=72, gridspec_kw={"width_ratios": [1.3, 1]})
     col = exp.columns[0]
-    sns.barplot(df[df.column == col.paper], y="model", x="value", hue="split", order=order, errorbar="sd", ax=axes[0], orient="h")
+    sns.barplot(
+        df[df.column == col.paper],
+        y="model",
+        x="value",
+        hue="split",
+        order=order,
+        errorbar="sd",
+        ax=axes[0],
+        orient="h",
+    )
     axes[0].set_title(f"ours: {col.backbone} ({preset}, n={df.seed.nunique()})", fontsize=9)
     axes[0].set_xlabel("accuracy (%)"); axes[0].set_ylabel(""); axes[0].legend(fontsize=7, loc="best")
-    prow = [{"model": r, "column": c, "value": paper.cell("acc", r, c)[0]} for r in paper.rows for c in paper.columns if paper.cell("acc", r, c)]
+    prow = [
+        {"model": r, "column": c, "value": paper.cell("acc", r, c)[0]}
+        for r in paper.rows
+        for c in paper.columns
+        if paper.cell("acc", r, c)
+    ]
     pdf = pd.DataFrame(prow)
     sns.barplot(pdf, y="model", x="value", hue="column", order=order, ax=axes[1], orient="h")
     lo = pdf.value.min()
     axes[1].set_xlim(max(0, lo - 10), pdf.value.max() + 2)
-    axes[1].set_title(f"the paper's, on {paper.dataset}" if own else f"paper: {paper.dataset}", fontsize=9); axes[1].set_xlabel("accuracy (%)"); axes[1].set_ylabel("")
+    axes[1].set_title(f"the paper's, on {paper.dataset}" if own else f"paper: {paper.dataset}", fontsize=9)
+    axes[1].set_xlabel("accuracy (%)")
+    axes[1].set_ylabel("")
     axes[1].legend(fontsize=7, loc="best"); axes[1].set_yticklabels([])
     title = f"{exp.title.split(':')[0]}'s protocol on your data `{own}`" if own else exp.title
     fig.suptitle(title + (f"\n{overrides_label(exp)}" if exp.overrides else ""), fontsize=10)
@@ -187,7 +254,8 @@ def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.F
     return fig
 
 def _data_name(src, table: str) -> str:
-    "A source table's data in a heading: the user's own by its name, else what the data stand for (or the paper's dataset)."
+    ("A source table's data in a heading: the user's own by its name, else what the data stand for (or the paper's "
+     "dataset).")
     return f"your data `{own_data(src)}`" if own_data(src) else src.data.stands_for or PAPER_TABLES[table].dataset
 
 def curve_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -199,10 +267,23 @@ def curve_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
         for c in r.metrics["curves"]:
             cur = c["curve"]
             for p in cur["points"]:
-                lines.append({"source": c["source"], "figure": c["figure"], "column": c["column"], "backbone": c["backbone"],
-                              "split": c["split"], "seed": r.seed, "lambda_out": p["lambda_out"], "pool_size": p["pool_size"],
-                              "fraction_annotated": p["fraction_annotated"], "acc": p.get("acc"), "vanilla": cur["vanilla"]["acc"],
-                              "gain": p.get("gain"), "before": cur["before"]["acc"]})
+                lines.append(
+                    {
+                        "source": c["source"],
+                        "figure": c["figure"],
+                        "column": c["column"],
+                        "backbone": c["backbone"],
+                        "split": c["split"],
+                        "seed": r.seed,
+                        "lambda_out": p["lambda_out"],
+                        "pool_size": p["pool_size"],
+                        "fraction_annotated": p["fraction_annotated"],
+                        "acc": p.get("acc"),
+                        "vanilla": cur["vanilla"]["acc"],
+                        "gain": p.get("gain"),
+                        "before": cur["before"]["acc"],
+                    }
+                )
     df = pd.DataFrame(lines)
     fig = record_experiment(runs[0]) if runs else None
     if fig is not None and fig.fractions and len(df):
@@ -212,23 +293,42 @@ def curve_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     return df
 
 def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.Figure:
-    "Gain of copy-replace over vanilla fine-tuning against the fraction annotated (ours, mean ± std), and the paper's two points."
+    ("Gain of copy-replace over vanilla fine-tuning against the fraction annotated (ours, mean ± std), and the paper's "
+     "two points.")
     import seaborn as sns
     df = curve_frame(records)
     df = df[(df.source == table) & df.gain.notna()]
     preset = one_preset([r for r in records if r.name == "fig8_9"], "fig8_9")
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=72)
-    g = df.groupby(["column", "backbone", "point"]).agg(x=("fraction_annotated", "mean"), y=("gain", "mean"),
-                                                           s=("gain", lambda v: mean_std(v)[1]), n=("gain", "count")).reset_index()
+    g = (
+        df.groupby(["column", "backbone", "point"])
+        .agg(
+            x=("fraction_annotated", "mean"),
+            y=("gain", "mean"),
+            s=("gain", lambda v: mean_std(v)[1]),
+            n=("gain", "count"),
+        )
+        .reset_index()
+    )
     colours = sns.color_palette(n_colors=max(1, g.column.nunique()))
     for k, ((column, backbone), d) in enumerate(g.groupby(["column", "backbone"], sort=False)):
         d = d.sort_values("x")
-        ax.errorbar(d.x, d.y, yerr=d.s.fillna(0), marker="o", ms=4, capsize=2, color=colours[k], label=f"ours: {backbone} ({column})")
+        ax.errorbar(
+            d.x,
+            d.y,
+            yerr=d.s.fillna(0),
+            marker="o",
+            ms=4,
+            capsize=2,
+            color=colours[k],
+            label=f"ours: {backbone} ({column})",
+        )
         for at, x, mk in (("20%", 0.2, "s"), ("almost all", 1.0, "D")):
             pg = paper_gain(table, column, at)
             if pg is not None: ax.plot([x], [pg], mk, color=colours[k], mfc="none", ms=7, label=f"paper {column}, {at}")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("fraction of training images annotated (copy-replace pool)"); ax.set_ylabel("accuracy gain over vanilla (points)")
+    ax.set_xlabel("fraction of training images annotated (copy-replace pool)")
+    ax.set_ylabel("accuracy gain over vanilla (points)")
     src = record_experiment(next(r for r in records if r.name == "fig8_9"), table)
     on = f"your data {own_data(src)}" if own_data(src) else fig8_9_label(table)['dataset']
     ax.set_title(f"{fig8_9_label(table)['figure']}: {on} (ours: preset {preset}, n={df.seed.nunique()} seed(s))"
@@ -239,68 +339,124 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
     return fig
 
 def curve_verdicts(records: Sequence[RunRecord]) -> pd.DataFrame:
-    "One line per Figs. 8/9 point: accuracies, and the gain over vanilla paired by seed (n, mean ± std, MDE) with its verdict."
+    ("One line per Figs. 8/9 point: accuracies, and the gain over vanilla paired by seed (n, mean ± std, MDE) with its "
+     "verdict.")
     df, lines = curve_frame(records), []
     for (source, column, backbone, split), d in df.groupby(["source", "column", "backbone", "split"], sort=False):
         for point, p in d.groupby("point"):
             f, ok = p.fraction_annotated.mean(), p.dropna(subset=["acc"])
-            ref = paper_gain(source, column, "20%") if abs(f - 0.2) <= 0.1 else paper_gain(source, column, "almost all") if f >= 0.8 else None
+            ref = (
+                paper_gain(source, column, "20%")
+                if abs(f - 0.2) <= 0.1
+                else paper_gain(source, column, "almost all")
+                if f >= 0.8
+                else None
+            )
             g = paired(ref, ok.gain)   # gain = copy-replace - vanilla of the same seed's model: a paired difference
             lam = f"{p.lambda_out.mean():g}" if p.lambda_out.nunique() == 1 else f"{p.lambda_out.mean():.3g} (mean)"
-            lines.append({"source": source, "column": column, "backbone": backbone, "split": split, "point": point, "lambda_out": lam,
-                          "pool_size": p.pool_size.mean(), "fraction": f, "acc": fmt_mean_std(*mean_std(ok.acc)) if len(ok) else None,
-                          "vanilla": fmt_mean_std(*mean_std(p.vanilla)), "paper": ref, "n": g.n, "gain_mean": g.mean, "gain_std": g.std,
-                          "gain_lo": g.lo, "gain_hi": g.hi, "mde": g.mde, "verdict": g.verdict if len(ok) else "not run (empty pool)"})
+            lines.append(
+                {
+                    "source": source,
+                    "column": column,
+                    "backbone": backbone,
+                    "split": split,
+                    "point": point,
+                    "lambda_out": lam,
+                    "pool_size": p.pool_size.mean(),
+                    "fraction": f,
+                    "acc": fmt_mean_std(*mean_std(ok.acc)) if len(ok) else None,
+                    "vanilla": fmt_mean_std(*mean_std(p.vanilla)),
+                    "paper": ref,
+                    "n": g.n,
+                    "gain_mean": g.mean,
+                    "gain_std": g.std,
+                    "gain_lo": g.lo,
+                    "gain_hi": g.hi,
+                    "mde": g.mde,
+                    "verdict": g.verdict if len(ok) else "not run (empty pool)",
+                }
+            )
     return pd.DataFrame(lines)
 
 def markdown_curves(records: Sequence[RunRecord]) -> str:
-    "Figs. 8/9 as markdown: per source table and backbone, accuracy and gain per share annotated (n, mean ± std, MDE, verdict)."
+    ("Figs. 8/9 as markdown: per source table and backbone, accuracy and gain per share annotated (n, mean ± std, MDE, "
+     "verdict).")
     df, cv = curve_frame(records), curve_verdicts(records)
     runs = [r for r in records if r.name == "fig8_9"]
     preset = one_preset(runs, "fig8_9")
     fig = record_experiment(runs[0])
     seeds = sorted(df.seed.unique())
     t = fig.finetune
-    lines = [f"# {fig.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", "",
-             f"**Ours**: the `{fig.row}` models of the tables' runs of the same preset and seed, fine-tuned {t.epochs} epochs (batch "
-             f"{t.batch_size}, lr {t.lr} divided by 10 after epochs {t.milestone_epochs()}, weight decay {t.weight_decay}, no augmentation) "
-             f"with copy-replace on the images whose frac_attn_out exceeds lambda_out" +
-             (f" (lambda_out chosen per model so that the pool holds {', '.join(f'{100 * f:g}%' for f in fig.fractions)} of the training images)"
-              if fig.fractions else "") + ", against vanilla fine-tuning with the same schedule; "
-             f"fine-tuning seeds {list(fig.finetune_seeds)} per model; accuracy on the split named below; mean ± std over the runs' seeds; "
-             "the gain is copy-replace minus vanilla of the same seed's model, judged against the paper's gain where it gives one.",
-             ("**The paper's** (on its datasets, not yours): gain over vanilla of about " if any(own_data(record_experiment(runs[0], t))
-                                                                                              for t in fig.sources)
-              else "**Paper**: gain over vanilla of about ") + "; ".join(f"{v['dataset']} {v['20%']} points with 20% of the images annotated and "
-             f"{v['almost all']} with almost all (ResNet-50 / ResNeXt-50 / EfficientNet-B3)" for v in PAPER_FIG8_9.values()) + ".", ""]
+    lines = [
+        f"# {fig.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})",
+        "",
+        f"**Ours**: the `{fig.row}` models of the tables' runs of the same preset and seed, fine-tuned {t.epochs} "
+        "epochs (batch "
+        f"{t.batch_size}, lr {t.lr} divided by 10 after epochs {t.milestone_epochs()}, weight decay "
+        f"{t.weight_decay}, no augmentation) "
+        f"with copy-replace on the images whose frac_attn_out exceeds lambda_out"
+        + (
+            " (lambda_out chosen per model so that the pool holds "
+            f"{', '.join(f'{100 * f:g}%' for f in fig.fractions)} of the training images)"
+            if fig.fractions
+            else ""
+        )
+        + ", against vanilla fine-tuning with the same schedule; "
+        f"fine-tuning seeds {list(fig.finetune_seeds)} per model; accuracy on the split named below; mean ± std "
+        "over the runs' seeds; "
+        "the gain is copy-replace minus vanilla of the same seed's model, judged against the paper's gain where "
+        "it gives one.",
+        (
+            "**The paper's** (on its datasets, not yours): gain over vanilla of about "
+            if any(own_data(record_experiment(runs[0], t)) for t in fig.sources)
+            else "**Paper**: gain over vanilla of about "
+        )
+        + "; ".join(
+            f"{v['dataset']} {v['20%']} points with 20% "
+            "of the images annotated and "
+            f"{v['almost all']} with almost all (ResNet-50 / ResNeXt-50 / EfficientNet-B3)"
+            for v in PAPER_FIG8_9.values()
+        )
+        + ".",
+        "",
+    ]
     if fig.overrides: lines[2:2] = [f"**{overrides_label(fig)}**", ""]
     for (source, column, backbone, split), d in cv.groupby(["source", "column", "backbone", "split"], sort=False):
         src = record_experiment(runs[0], source)
         lines += [f"## {fig8_9_label(source)['figure']} ({_data_name(src, source)}): `{backbone}` for {column}, "
                   f"accuracy on {_split_label(src, split)}", "",
-                  "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean [95% CI] (points) | n | "
+                  "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean "
+                  "[95% CI] (points) | n | "
                   "MDE (points) | paper gain | verdict |", "|" + " --- |" * 10]
         for _, p in d.iterrows():
-            lines.append(f"| {p.lambda_out} | {p.pool_size:.0f} | {p.fraction:.2f} | {p.acc or 'not run (empty pool)'} | {p.vanilla} | "
-                         f"{fmt_interval(p.gain_mean, p.gain_lo, p.gain_hi)} | {p.n} | {fmt_mean_std(p.mde)} | {fmt_mean_std(p.paper, digits=1, sign=True)} | {p.verdict} |")
+            lines.append(f"| {p.lambda_out} | {p.pool_size:.0f} | {p.fraction:.2f} | {p.acc or 'not run (empty pool)'} "
+                         f"| {p.vanilla} | "
+                         f"{fmt_interval(p.gain_mean, p.gain_lo, p.gain_hi)} | {p.n} | {fmt_mean_std(p.mde)} | "
+                         f"{fmt_mean_std(p.paper, digits=1, sign=True)} | {p.verdict} |")
         before = df[(df.source == source) & (df.column == column) & (df.backbone == backbone) & (df.split == split)]
-        lines += [f"| before fine-tuning | | | {fmt_mean_std(*mean_std(before.groupby('seed').before.first()))} | | | | | | |", "",
+        lines += [f"| before fine-tuning | | | {fmt_mean_std(*mean_std(before.groupby('seed').before.first()))} | | | "
+                  "| | | |", "",
                   f"Counted: {verdict_counts(list(d.verdict))}.", ""]
-    return "\n".join(lines + [VERDICT_RULE.replace("of the two on the same seed", "copy-replace minus vanilla on the same seed"), ""])
+    return "\n".join(lines + [VERDICT_RULE.replace("of the two on the same seed", "copy-replace minus vanilla on the "
+                                                                                  "same seed"), ""])
 
 def verdict_summary(records: Sequence[RunRecord]) -> list[str]:
-    "The verdicts of every table's orderings and Figs. 8/9's gains in `records`, counted (markdown lines; [] where there are none)."
+    ("The verdicts of every table's orderings and Figs. 8/9's gains in `records`, counted (markdown lines; [] where "
+     "there are none).")
     lines = []
     for name, paper in PAPER_TABLES.items():
         runs = [r for r in records if r.name == name]
         for metric in paper.metrics if runs else ():
             od = orderings(runs, name, metric)
-            if len(od): lines.append(f"- {record_experiment(runs[0]).title.split(':')[0]} ({paper.dataset}), {METRIC_NAMES[metric]}: "
+            if len(od): lines.append(f"- {record_experiment(runs[0]).title.split(':')[0]} ({paper.dataset}), "
+                                     f"{METRIC_NAMES[metric]}: "
                                      f"{verdict_counts(list(od.verdict))}")
     if any(r.name == "fig8_9" for r in records):
-        lines.append(f"- Figs. 8/9, copy-replace gain over vanilla: {verdict_counts(list(curve_verdicts(records).verdict))}")
+        lines.append("- Figs. 8/9, copy-replace gain over vanilla: "
+                     f"{verdict_counts(list(curve_verdicts(records).verdict))}")
     if not lines: return []
-    return ["## Verdicts, counted", "", "Over every ordering on the pages below; each page shows n, the mean and its 95% interval, the MDE and the verdict "
+    return ["## Verdicts, counted", "", "Over every ordering on the pages below; each page shows n, the mean and its "
+                                        "95% interval, the MDE and the verdict "
             f"per ordering. {VERDICT_RULE}", "", *lines, ""]
 
 def markdown_fig1(records: Sequence[RunRecord]) -> str:
@@ -311,8 +467,10 @@ def markdown_fig1(records: Sequence[RunRecord]) -> str:
     fig = record_experiment(runs[0])
     lines = [f"# {fig.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", "",
              *([f"**{overrides_label(fig)}**", ""] if fig.overrides else []),
-             "Each model's attention map on the headline test split: its resolution, and the share of its binarised (at 0.2) "
-             "attention outside the object box (`frac_attn_out`, lower is better localised). The pictures show the first seed.", ""]
+             "Each model's attention map on the headline test split: its resolution, and the share of its binarised "
+             "(at 0.2) "
+             "attention outside the object box (`frac_attn_out`, lower is better localised). The pictures show the "
+             "first seed.", ""]
     rows = [{"source": p["source"], "backbone": p["backbone"], "column": p["column"], "seed": r.seed, **v}
             for r in runs for p in r.metrics["panels"] for v in p["models"]]
     df = pd.DataFrame(rows)
@@ -321,7 +479,8 @@ def markdown_fig1(records: Sequence[RunRecord]) -> str:
         lines += [f"## {src.title.split(':')[0]} models ({_data_name(src, source)}): `{backbone}` for {column}", "",
                   "| model | map (h x w) | accuracy (%) | frac_attn_out |", "| --- | --- | --- | --- |"]
         for m, x in d.groupby("model", sort=False):
-            lines.append(f"| {m} | {x.map_size.iloc[0][0]} x {x.map_size.iloc[0][1]} | {fmt_mean_std(*mean_std(x.acc))} | "
+            lines.append(f"| {m} | {x.map_size.iloc[0][0]} x {x.map_size.iloc[0][1]} | "
+                         f"{fmt_mean_std(*mean_std(x.acc))} | "
                          f"{fmt_mean_std(*mean_std(x.frac_attn_out), digits=3)} |")
         lines.append("")
     return "\n".join(lines)

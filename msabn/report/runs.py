@@ -16,8 +16,7 @@ from scipy import stats
 from ..core import load_json, save_json
 from ..experiments.catalog import INFO, TEMPLATES
 from ..experiments.folders import fingerprint, run_folder, run_state, write_status
-from ..experiments.presets import (PRESETS, base_preset, get_experiment, resolve_name, preset_folder,
-                                       with_overrides)
+from ..experiments.presets import PRESETS, base_preset, get_experiment, preset_folder, resolve_name, with_overrides
 from ..train.metrics import mean_std
 
 # %% auto #0
@@ -51,7 +50,8 @@ class PaperTable:
         "The cell as the paper prints it ('68.71±0.202'), or None."
         if row not in self.values[metric]: return None
         cells = [c.strip() for c in self.values[metric][row].split("/")]
-        if len(cells) != len(self.columns): raise ValueError(f"{self.name} {row}: {len(cells)} cells for {len(self.columns)} columns")
+        if len(cells) != len(self.columns): raise ValueError(f"{self.name} {row}: {len(cells)} cells for "
+                                                             f"{len(self.columns)} columns")
         c = cells[self.columns.index(column)]
         return None if c == "-" else c
 
@@ -78,12 +78,16 @@ PAPER_TABLES = {
         "MSABN": "86.81±0.991 / 87.39±0.526 / 88.90±0.246",
         "MSABN+Puzzle": "88.25±1.492 / 88.32±1.184 / 89.92±0.189"}}),
 }
-# accuracy gain of copy-replace over vanilla fine-tuning, points, per backbone (ResNet-50 / ResNeXt-50 / EfficientNet-B3)
-PAPER_FIG8_9 = {"table4": {"figure": "Fig. 8", "dataset": "CUB-200-2011", "20%": "6 / 5 / 3", "almost all": "12.5 / 12.5 / 6"},
-                "table5": {"figure": "Fig. 9", "dataset": "Stanford Cars", "20%": "2 / 1.5 / 0.5", "almost all": "4.5 / 3.5 / 1.5"}}
+# accuracy gain of copy-replace over vanilla fine-tuning, points, per backbone (ResNet-50 / ResNeXt-50 /
+# EfficientNet-B3)
+PAPER_FIG8_9 = {
+    "table4": {"figure": "Fig. 8", "dataset": "CUB-200-2011", "20%": "6 / 5 / 3", "almost all": "12.5 / 12.5 / 6"},
+    "table5": {"figure": "Fig. 9", "dataset": "Stanford Cars", "20%": "2 / 1.5 / 0.5", "almost all": "4.5 / 3.5 / 1.5"},
+}
 
 def fig8_9_label(table: str) -> dict:
-    "The paper's figure and dataset for a copy-replace source table; another table (the smoke preset's Table 1) gets 'Figs. 8/9' and its own."
+    ("The paper's figure and dataset for a copy-replace source table; another table (the smoke preset's Table 1) gets "
+     "'Figs. 8/9' and its own.")
     return PAPER_FIG8_9.get(table) or {"figure": INFO["fig8_9"].short_title, "dataset": PAPER_TABLES[table].dataset}
 
 def paper_gain(table: str, column: str, at: str) -> float | None:
@@ -100,7 +104,8 @@ class RunRecord:
     seed: int
     folder: Path
     metrics: dict      # its metrics.json
-    overrides: Mapping[str, str] = field(default_factory=dict)   # the settings its run changed (msabn.experiments.overrides); {}: the preset's
+    # the settings its run changed (msabn.experiments.overrides); {}: the preset's
+    overrides: Mapping[str, str] = field(default_factory=dict)
 
 def record_experiment(rec: RunRecord, name: str | None = None):
     "The configuration a record was run with (or that of its source table `name`): its preset's, with its overrides."
@@ -113,12 +118,14 @@ def _run_overrides(folder: Path) -> dict:
         except (FileNotFoundError, ValueError, AttributeError, TypeError): continue
     return {}
 
-_NEEDS = {"fig1": ("panels",), "fig8_9": ("curves",)}   # what a metrics.json must hold to be reported (a table: "cells", "splits")
+# what a metrics.json must hold to be reported (a table: "cells", "splits")
+_NEEDS = {"fig1": ("panels",), "fig8_9": ("curves",)}
 
 def _read_run(folder: Path, name: str, fp: str) -> tuple[str, dict | None]:
     "A run folder's state in words a user can act on, and its metrics where it is complete and whole (else None)."
     state = run_state(folder, fp)   # an unreadable status.json is "damaged"
-    if state == "stale": return "stale (made with other settings or an older RESULTS_VERSION: its fingerprint is not today's)", None
+    if state == "stale": return ("stale (made with other settings or an older RESULTS_VERSION: its fingerprint is not "
+                                 "today's)"), None
     if state == "half-written" and (folder / "metrics.json").is_file():
         try: m = load_json(folder / "metrics.json")
         except ValueError: return "half-written (its metrics.json is damaged: not valid JSON)", None
@@ -131,7 +138,8 @@ def _read_run(folder: Path, name: str, fp: str) -> tuple[str, dict | None]:
 
 def collect_runs(
     runs_dir: str | Path = "runs",         # where msabn_run wrote the run folders
-    preset: str | None = None,             # only this preset or variant, e.g. "paper" or "paper+dry-1a2b3c4d" (None: every one found)
+    # only this preset or variant, e.g. "paper" or "paper+dry-1a2b3c4d" (None: every one found)
+    preset: str | None = None,
     names: Sequence[str] | None = None,    # only these experiments
     seeds: Sequence[int] | None = None,    # only these seeds
 ) -> tuple[list[RunRecord], list[str]]:    # the complete runs, and one line per run folder left out (and why)
@@ -146,10 +154,13 @@ def collect_runs(
         try: seed = int(folder.name[4:])
         except ValueError: continue
         if seeds is not None and seed not in seeds: continue
-        ov = _run_overrides(folder) if p != base_preset(p) else {}   # a variant's runs: the preset's experiment with their overrides
+        # a variant's runs: the preset's experiment with their overrides
+        ov = _run_overrides(folder) if p != base_preset(p) else {}
         try: exp = with_overrides(get_experiment(name, base_preset(p)), ov)
-        except ValueError as e: left_out.append(f"{p}/{name}/seed{seed}: its overrides cannot be applied ({e}), not reported"); continue
-        if preset_folder(exp) != p: left_out.append(f"{p}/{name}/seed{seed}: its overrides do not match its folder's name, not reported"); continue
+        except ValueError as e: left_out.append(f"{p}/{name}/seed{seed}: its overrides cannot be applied ({e}), not "
+                                                "reported"); continue
+        if preset_folder(exp) != p: left_out.append(f"{p}/{name}/seed{seed}: its overrides do not match its folder's "
+                                                    "name, not reported"); continue
         state, metrics = _read_run(folder, name, fingerprint(exp, seed))
         if metrics is None:
             left_out.append(f"{p}/{name}/seed{seed}: {state}, not reported"); continue
@@ -161,7 +172,8 @@ def one_preset(records: Sequence[RunRecord], what: str) -> str:
     if len(presets) > 1:
         by = {p: sorted(r.seed for r in records if r.preset == p) for p in presets}
         raise ValueError(f"refusing to mix presets in one table: {what} has runs of " +
-                         ", ".join(f"{p} (seeds {s})" for p, s in by.items()) + "; report one preset at a time (--preset)")
+                         ", ".join(f"{p} (seeds {s})" for p, s in by.items()) + "; report one preset at a time "
+                                                                                "(--preset)")
     if not presets: raise ValueError(f"no complete runs for {what}")
     return presets[0]
 
@@ -178,8 +190,18 @@ def table_frame(
         for c in m["cells"]:
             for split in m["splits"]:
                 for metric in ("acc", "balanced_acc"):
-                    lines.append({"row": c["row"], "column": c["column"], "backbone": c["backbone"], "in_paper": c.get("in_paper", True),
-                                  "split": split, "metric": metric, "seed": r.seed, "value": c[f"{metric}@{split}"]})
+                    lines.append(
+                        {
+                            "row": c["row"],
+                            "column": c["column"],
+                            "backbone": c["backbone"],
+                            "in_paper": c.get("in_paper", True),
+                            "split": split,
+                            "metric": metric,
+                            "seed": r.seed,
+                            "value": c[f"{metric}@{split}"],
+                        }
+                    )
     return pd.DataFrame(lines)
 
 # %% ../../nbs/api/report/00_runs.ipynb #2511a45c
@@ -190,16 +212,35 @@ def write_table_run(
     acc: Mapping[str, Sequence[float]],        # row -> accuracy (%) on test_iid per seed
     preset: str = "tiny",
 ) -> Path:                                     # the run folder
-    "A complete table run folder as msabn_run leaves it (status, metrics, attention picture), with the given accuracies."
+    ("A complete table run folder as msabn_run leaves it (status, metrics, attention picture), with the given "
+     "accuracies.")
     import matplotlib.pyplot as plt
     exp, folder = get_experiment(name, preset), run_folder(runs_dir, preset, name, seed)
     fp = fingerprint(exp, seed)
-    cells = [{"row": r.name, "column": c.paper, "backbone": c.backbone, "in_paper": r.in_paper,
-              **{f"{m}@{s}": acc[r.name][seed] - (10 if s == "test" else 0) for m in ("acc", "balanced_acc") for s in exp.data.eval_splits}}
-             for c, r in exp.cells()]
+    cells = [
+        {
+            "row": r.name,
+            "column": c.paper,
+            "backbone": c.backbone,
+            "in_paper": r.in_paper,
+            **{
+                f"{m}@{s}": acc[r.name][seed] - (10 if s == "test" else 0)
+                for m in ("acc", "balanced_acc")
+                for s in exp.data.eval_splits
+            },
+        }
+        for c, r in exp.cells()
+    ]
     folder.mkdir(parents=True)
-    save_json({"fingerprint": fp, "cells": cells, "splits": list(exp.data.eval_splits), "data": {"train": 32, "test": 8, "test_iid": 8}},
-              folder / "metrics.json")
+    save_json(
+        {
+            "fingerprint": fp,
+            "cells": cells,
+            "splits": list(exp.data.eval_splits),
+            "data": {"train": 32, "test": 8, "test_iid": 8},
+        },
+        folder / "metrics.json",
+    )
     plt.imsave(folder / "attention.png", [[0.0, 1.0], [1.0, 0.0]])
     write_status(folder, "complete", fp)
     return folder
@@ -211,7 +252,8 @@ POWER = 0.8    # ... and the MDE is the effect it finds with this probability (8
 def t_quantile(q: float, df: int) -> float:
     "The q-quantile of Student's t distribution with `df` degrees of freedom (scipy.stats.t)."
     if not 0 < q < 1: raise ValueError(f"t_quantile: q={q} is not a probability in (0, 1)")
-    if int(df) != df or df < 1: raise ValueError(f"t_quantile: df={df}; expected a whole number >= 1 (n - 1 for n >= 2 seeds)")
+    if int(df) != df or df < 1: raise ValueError(f"t_quantile: df={df}; expected a whole number >= 1 (n - 1 for n >= 2 "
+                                                 "seeds)")
     return float(stats.t.ppf(q, df))
 
 def mde(
@@ -222,7 +264,8 @@ def mde(
 ) -> float:                 # points; NaN for n < 2 (no spread, nothing detectable)
     "Minimum detectable effect of a mean paired difference: (t_{1-alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)."
     if n < 2: return math.nan
-    if not std >= 0: raise ValueError(f"mde: std={std} with n={n}; expected a finite std >= 0 (the sample std of n >= 2 differences)")
+    if not std >= 0: raise ValueError(f"mde: std={std} with n={n}; expected a finite std >= 0 (the sample std of n >= "
+                                      "2 differences)")
     return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n)
 
 # %% ../../nbs/api/report/00_runs.ipynb #a1c0ffe5
@@ -272,7 +315,11 @@ VERDICTS = ("the paper's sign", "the opposite sign", "smaller than", "undecided"
 def verdict_counts(verdicts: Sequence[str]) -> str:
     "One summary line: how many verdicts of each kind (the first four always, the others where there are any)."
     kinds = [next(k for k in VERDICTS if v.startswith(k)) for v in verdicts]
-    parts = [f"{kinds.count(k)} {k + (' X' if k == 'smaller than' else '')}" for k in VERDICTS if k in VERDICTS[:4] or k in kinds]
+    parts = [
+        f"{kinds.count(k)} {k + (' X' if k == 'smaller than' else '')}"
+        for k in VERDICTS
+        if k in VERDICTS[:4] or k in kinds
+    ]
     return f"{len(kinds)} ordering{'s' if len(kinds) != 1 else ''}: " + ", ".join(parts)
 
 def fmt_interval(mean: float, lo: float, hi: float) -> str:
@@ -280,13 +327,20 @@ def fmt_interval(mean: float, lo: float, hi: float) -> str:
     if mean is None or math.isnan(mean): return "-"
     return f"{mean:+.1f}" if math.isnan(lo) else f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
-VERDICT_RULE = (f"Verdicts: ours is the difference of the two on the same seed, over n seeds: its mean and 95% confidence interval "
-                f"(Student's t, paired by seed: mean ± t(0.975, n - 1) × std / √n). *the paper's sign*: the interval excludes 0 on "
-                f"the side of the paper's difference; *the opposite sign*: it excludes 0 on the other side; *smaller than X*: it "
-                f"covers 0 and lies within ±X (X at most {TARGET:g} points), so an effect of X or more either way is ruled out; "
-                f"*undecided*: it covers 0 and reaches beyond ±{TARGET:g} points. Where the paper gives no difference: *above 0* or "
-                f"*below 0* when the interval excludes 0. One seed has no interval and is not judged. The MDE, the effect this n "
-                f"finds with power {POWER:g} at a two-sided {ALPHA:g} (MDE = (t(1 - {ALPHA:g}/2, n - 1) + t({POWER:g}, n - 1)) × "
+VERDICT_RULE = ("Verdicts: ours is the difference of the two on the same seed, over n seeds: its mean and 95% "
+                "confidence interval "
+                "(Student's t, paired by seed: mean ± t(0.975, n - 1) × std / √n). *the paper's sign*: the interval "
+                "excludes 0 on "
+                "the side of the paper's difference; *the opposite sign*: it excludes 0 on the other side; *smaller "
+                "than X*: it "
+                f"covers 0 and lies within ±X (X at most {TARGET:g} points), so an effect of X or more either way is "
+                "ruled out; "
+                f"*undecided*: it covers 0 and reaches beyond ±{TARGET:g} points. Where the paper gives no difference: "
+                "*above 0* or "
+                "*below 0* when the interval excludes 0. One seed has no interval and is not judged. The MDE, the "
+                "effect this n "
+                f"finds with power {POWER:g} at a two-sided {ALPHA:g} (MDE = (t(1 - {ALPHA:g}/2, n - 1) + t({POWER:g}, "
+                "n - 1)) × "
                 f"std / √n), is shown to plan the next study.")
 
 # %% ../../nbs/api/report/00_runs.ipynb #60c20968
@@ -294,8 +348,20 @@ COMPARISONS = {  # (better, worse) as the paper claims, per table; our extra row
     "table1": (("ABN", "Base"), ("MSABN g·(1+A)", "ABN"), ("MSABN g·A", "ABN"), ("MSABN g·(1+A)", "MSABN g·A")),
     "table2": (("ABN", "Base"), ("MSABN", "ABN"), ("MSABN", "Base")),
     "table3": (("ABN", "Base"), ("MSABN", "ABN"), ("MSABN", "Base")),
-    "table4": (("ABN", "Base"), ("MSABN", "ABN"), ("MSABN", "Base"), ("MSABN+Puzzle", "MSABN"), ("MSABN (efficient)", "MSABN")),
-    "table5": (("ABN", "Base"), ("MSABN", "ABN"), ("MSABN", "Base"), ("MSABN+Puzzle", "MSABN"), ("MSABN (efficient)", "MSABN")),
+    "table4": (
+        ("ABN", "Base"),
+        ("MSABN", "ABN"),
+        ("MSABN", "Base"),
+        ("MSABN+Puzzle", "MSABN"),
+        ("MSABN (efficient)", "MSABN"),
+    ),
+    "table5": (
+        ("ABN", "Base"),
+        ("MSABN", "ABN"),
+        ("MSABN", "Base"),
+        ("MSABN+Puzzle", "MSABN"),
+        ("MSABN (efficient)", "MSABN"),
+    ),
 }
 
 def fmt_mean_std(m: float | None, s: float | None = None, digits: int = 2, sign: bool = False) -> str:
@@ -314,7 +380,8 @@ def orderings(
     records: Sequence[RunRecord],  # complete runs
     name: str,                     # which table
     metric: str = "acc",
-) -> pd.DataFrame:                 # one line per (pair, column, split): paper's difference, ours (n, mean ± std, MDE), verdict
+# one line per (pair, column, split): paper's difference, ours (n, mean ± std, MDE), verdict
+) -> pd.DataFrame:
     "The paper's pairwise orderings (e.g. MSABN > ABN) checked on our runs, paired by seed."
     df = table_frame(records, name)
     df = df[df.metric == metric]
@@ -325,11 +392,27 @@ def orderings(
             a = d[d.row == better].set_index(["split", "seed"])["value"]
             b = d[d.row == worse].set_index(["split", "seed"])["value"]
             if a.empty or b.empty: continue
-            pa, pb = paper.cell(metric, better, column) if better in paper.rows else None, paper.cell(metric, worse, column)
+            pa, pb = (
+                paper.cell(metric, better, column) if better in paper.rows else None,
+                paper.cell(metric, worse, column),
+            )
             pdiff = None if pa is None or pb is None else round(pa[0] - pb[0], 3)
             for split in dict.fromkeys(d.split):
                 p = paired(pdiff, (a.loc[split] - b.loc[split]).dropna().values)
-                lines.append({"pair": f"{better} vs {worse}", "column": column, "backbone": backbone, "split": split,
-                              "paper": pdiff, "ours_mean": p.mean, "ours_std": p.std, "ci_lo": p.lo, "ci_hi": p.hi, "n": p.n,
-                              "mde": p.mde, "verdict": p.verdict})
+                lines.append(
+                    {
+                        "pair": f"{better} vs {worse}",
+                        "column": column,
+                        "backbone": backbone,
+                        "split": split,
+                        "paper": pdiff,
+                        "ours_mean": p.mean,
+                        "ours_std": p.std,
+                        "ci_lo": p.lo,
+                        "ci_hi": p.hi,
+                        "n": p.n,
+                        "mde": p.mde,
+                        "verdict": p.verdict,
+                    }
+                )
     return pd.DataFrame(lines)

@@ -15,27 +15,38 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
+from msabn.report.pages import (
+    curve_figure,
+    markdown_curves,
+    markdown_fig1,
+    markdown_table,
+    own_data,
+    run_command,
+    table_figure,
+    verdict_summary,
+)
+
 from ..core import atomic_write, load_json, save_json
 from ..experiments.catalog import TABLES, TEMPLATES, TITLES_SHORT
 from ..experiments.presets import PRESETS, base_preset, get_experiment, overrides_label
 from ..experiments.runner import templates_dir
 from .cost import write_cost
-from .pages import (curve_figure, markdown_curves, markdown_fig1, markdown_table, own_data, run_command, table_figure,
-                                verdict_summary)
 from .runs import RunRecord, collect_runs, fig8_9_label, record_experiment
 
 # %% auto #0
 __all__ = ['MANIFEST', 'report_folder', 'write_report', 'write_index', 'main']
 
 # %% ../../nbs/api/report/03_write.ipynb #cef2ce4b
-MANIFEST = ".msabn_report.json"   # in every folder msabn_report writes: the files it made there (name -> hash) and what they report
+# in every folder msabn_report writes: the files it made there (name -> hash) and what they report
+MANIFEST = ".msabn_report.json"
 
 def report_folder(out_dir: str | Path, preset: str, seeds: Sequence[int]) -> Path:
     "paper_figures/<preset>_seeds-0-1-2"
     return Path(out_dir) / f"{preset}_seeds-{'-'.join(str(s) for s in sorted(seeds))}"
 
 def _owner(fname: str) -> str | None:
-    "The experiment a report file shows ('table4_cub.png' -> 'table4'), '' for the folder's own pages, None for a name it never writes."
+    ("The experiment a report file shows ('table4_cub.png' -> 'table4'), '' for the folder's own pages, None for a "
+     "name it never writes.")
     if fname in ("README.md", "results.json"): return ""
     for name, stem in TEMPLATES.items():
         if fname in (f"{stem}.md", f"{stem}.png", f"{stem}_attention.png"): return name
@@ -46,10 +57,12 @@ def _owner(fname: str) -> str | None:
 def _sha(path: Path) -> str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 def _earlier(folder: Path) -> dict:
-    "What an earlier report left in `folder`: its manifest or, for a report made before manifests, what file names and results.json say."
+    ("What an earlier report left in `folder`: its manifest or, for a report made before manifests, what file names "
+     "and results.json say.")
     if (folder / MANIFEST).is_file(): return load_json(folder / MANIFEST)
     if not folder.is_dir(): return {"preset": None, "seeds": None, "files": {}, "tables": {}}
-    files = {p.name: None for p in folder.iterdir() if p.is_file() and _owner(p.name) is not None}   # no hash: taken as unedited
+    # no hash: taken as unedited
+    files = {p.name: None for p in folder.iterdir() if p.is_file() and _owner(p.name) is not None}
     tables = {}
     for f in sorted(files):
         if _owner(f): tables.setdefault(_owner(f), {"files": [], "seeds": []})["files"].append(f)
@@ -70,7 +83,8 @@ def _link(src: Path, dst: Path):
         except OSError: shutil.copy2(src, dst)
 
 def _aside_name(name: str, taken: Path) -> str:
-    "A free name beside the report's own for a file it must not overwrite: 'table4_cub.md' -> 'table4_cub.edited.md' (-2, -3 ...)."
+    ("A free name beside the report's own for a file it must not overwrite: 'table4_cub.md' -> 'table4_cub.edited.md' "
+     "(-2, -3 ...).")
     stem, suffix = os.path.splitext(name)
     for k in range(1, 1000):
         new = f"{stem}.edited{'' if k == 1 else f'-{k}'}{suffix}"
@@ -84,7 +98,8 @@ def _carry_over(
     keep: set[str],      # tables whose earlier files stay as they were (not updated)
     log: Callable[[str], None],
 ) -> list[str]:          # one line per file kept under another name
-    "Link into the new report what it must not lose: files it did not make, the kept tables' files, made files edited since."
+    ("Link into the new report what it must not lose: files it did not make, the kept tables' files, made files edited "
+     "since.")
     moved = []
     for p in sorted(folder.iterdir()) if folder.is_dir() else []:
         if p.name == MANIFEST: continue
@@ -96,11 +111,15 @@ def _carry_over(
         _link(p, tmp / name)
         if name != p.name:
             moved.append(f"{p.name} -> {name}")
-            log(f"[kept] {folder.name}/{p.name} as {name}: " + ("edited since msabn_report made it" if edited else "not made by msabn_report"))
+            log(
+                f"[kept] {folder.name}/{p.name} as {name}: "
+                + ("edited since msabn_report made it" if edited else "not made by msabn_report")
+            )
     return moved
 
 def _recover(folder: Path, log: Callable[[str], None]):
-    "Undo what a killed report left beside `folder`: its unfinished new folder (removed) and, killed mid-swap, the old report (put back)."
+    ("Undo what a killed report left beside `folder`: its unfinished new folder (removed) and, killed mid-swap, the "
+     "old report (put back).")
     for p in folder.parent.glob(f".{folder.name}.new-*"):
         shutil.rmtree(p); log(f"[report] removed {p.name}: the unfinished folder of a report that was killed")
     old = folder.with_name(f".{folder.name}.old")
@@ -109,7 +128,8 @@ def _recover(folder: Path, log: Callable[[str], None]):
         old.rename(folder); log(f"[report] put {folder.name} back: a report was killed while swapping it in")
 
 def _swap(tmp: Path, folder: Path):
-    "Put the finished new report in place of the old one: two renames (_recover undoes a kill between them), then the old one goes."
+    ("Put the finished new report in place of the old one: two renames (_recover undoes a kill between them), then the "
+     "old one goes.")
     if not folder.exists(): tmp.rename(folder); return
     old = folder.with_name(f".{folder.name}.old")
     folder.rename(old)
@@ -121,7 +141,9 @@ def _demote(md: str) -> str:
     "Every markdown heading one level down (a page's sections inside the index page)."
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", md, flags=re.M)
 
-def _table_pages(folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]) -> tuple[list[str], list[str]]:
+def _table_pages(
+    folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]
+) -> tuple[list[str], list[str]]:
     "One table's page, bar chart and first seed's attention maps: (files written, lines of the index page)."
     stem, md = TEMPLATES[name], markdown_table(records, name, seeds)
     (folder / f"{stem}.md").write_text(md)
@@ -129,32 +151,45 @@ def _table_pages(folder: Path, records: Sequence[RunRecord], runs: Sequence[RunR
     index = [_demote(md), f"![{stem}]({stem}.png)", ""]
     pic = runs[0].folder / "attention.png"
     if not pic.is_file():
-        return [f"{stem}.md", f"{stem}.png"], index + [f"Attention maps: none (`attention.png` is missing from the run folder of seed {runs[0].seed}).", ""]
+        return [f"{stem}.md", f"{stem}.png"], index + ["Attention maps: none (`attention.png` is missing from the run "
+                                                       f"folder of seed {runs[0].seed}).", ""]
     shutil.copyfile(pic, folder / f"{stem}_attention.png")
     return ([f"{stem}.md", f"{stem}.png", f"{stem}_attention.png"],
             index + [f"Attention maps (seed {runs[0].seed}):", "", f"![{stem} attention]({stem}_attention.png)", ""])
 
-def _fig1_pages(folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]) -> tuple[list[str], list[str]]:
+def _fig1_pages(
+    folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]
+) -> tuple[list[str], list[str]]:
     "Fig. 1's page and the first seed's attention grids."
     stem, md, pics = TEMPLATES[name], markdown_fig1(records), []
     for p in runs[0].metrics["panels"]:
         dst = f"fig1_attention_{p['source']}.png"
-        if (runs[0].folder / p["picture"]).is_file(): shutil.copyfile(runs[0].folder / p["picture"], folder / dst); pics.append(dst)
-        else: md += f"\n(`{p['picture']}` is missing from the run folder of seed {runs[0].seed}.)\n"
+        if (runs[0].folder / p["picture"]).is_file():
+            shutil.copyfile(runs[0].folder / p["picture"], folder / dst)
+            pics.append(dst)
+        else:
+            md += f"\n(`{p['picture']}` is missing from the run folder of seed {runs[0].seed}.)\n"
     md += "\n" + "\n".join(f"![{p}]({p})" for p in pics) + "\n"
     (folder / f"{stem}.md").write_text(md)
     return [f"{stem}.md", *pics], [_demote(md), ""]
 
-def _curve_pages(folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]) -> tuple[list[str], list[str]]:
+def _curve_pages(
+    folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]
+) -> tuple[list[str], list[str]]:
     "Figs. 8/9's page and one figure per source table."
     stem, md, files = TEMPLATES[name], markdown_curves(records), []
-    for source in dict.fromkeys(c["source"] for r in runs for c in r.metrics["curves"]):   # fig8 (Table 4), fig9, figs8_9 (smoke: Table 1)
+    # fig8 (Table 4), fig9, figs8_9 (smoke: Table 1)
+    for source in dict.fromkeys(c["source"] for r in runs for c in r.metrics["curves"]):
         dst = f"{fig8_9_label(source)['figure'].replace('. ', '').replace('/', '_').lower()}_copy_replace.png"
-        curve_figure(records, source).savefig(folder / dst, dpi=72, bbox_inches="tight"); md += f"\n![{dst}]({dst})\n"; files.append(dst)
+        curve_figure(records, source).savefig(folder / dst, dpi=72, bbox_inches="tight")
+        md += f"\n![{dst}]({dst})\n"
+        files.append(dst)
     (folder / f"{stem}.md").write_text(md)
     return [f"{stem}.md", *files], [_demote(md), ""]
 
-def _write_pages(folder: Path, records: Sequence[RunRecord], seeds: Sequence[int], log: Callable[[str], None]) -> tuple[dict, list[str]]:
+def _write_pages(
+    folder: Path, records: Sequence[RunRecord], seeds: Sequence[int], log: Callable[[str], None]
+) -> tuple[dict, list[str]]:
     "Every experiment's pages and figures into `folder`: ({experiment: {files, seeds}}, lines of the index page)."
     tables, index = {}, []
     for name in TEMPLATES:
@@ -164,36 +199,46 @@ def _write_pages(folder: Path, records: Sequence[RunRecord], seeds: Sequence[int
         files, lines = pages(folder, records, runs, name, seeds)
         tables[name] = {"files": files, "seeds": [r.seed for r in runs]}
         index += lines
-        log(f"[report] {name}: seeds {[r.seed for r in runs]} -> {folder.name.split('.new-')[0].lstrip('.')}/{TEMPLATES[name]}.md")
+        log(f"[report] {name}: seeds {[r.seed for r in runs]} -> "
+            f"{folder.name.split('.new-')[0].lstrip('.')}/{TEMPLATES[name]}.md")
     return tables, verdict_summary(records) + index   # the count first, by the pages' own rule
 
 # %% ../../nbs/api/report/03_write.ipynb #87e29e2d
 def _not_updated(earlier: dict, records: Sequence[RunRecord], left_out: Sequence[str]) -> dict[str, str]:
-    "The tables an earlier report showed that today's complete runs no longer cover, and why: their earlier files are kept as they were."
+    ("The tables an earlier report showed that today's complete runs no longer cover, and why: their earlier files are "
+     "kept as they were.")
     out = {}
     for name, t in earlier["tables"].items():
         now = {r.seed for r in records if r.name == name}
         lost = sorted(set(t["seeds"]) - now)
         if now and not lost: continue
         why = [l.split(": ", 1)[1] for l in left_out if l.split(": ")[0].split("/")[1] == name]
-        out[name] = (("no complete runs now" if not now else f"seed(s) {', '.join(map(str, lost))} reported before are not complete now") +
+        out[name] = (("no complete runs now" if not now else f"seed(s) {', '.join(map(str, lost))} reported before are "
+                                                             "not complete now") +
                      (f" ({'; '.join(why)})" if why else " (their run folders are gone)"))
     return out
 
-def _check_same_report(folder: Path, earlier: dict, preset: str, seeds: Sequence[int], log: Callable[[str], None]) -> dict:
-    "Refuse to write over another preset's or seed set's report in `folder`; an empty earlier record where none of its files are left."
-    if earlier["preset"] is None or (earlier["preset"], sorted(earlier["seeds"] or [])) == (preset, list(seeds)): return earlier
+def _check_same_report(
+    folder: Path, earlier: dict, preset: str, seeds: Sequence[int], log: Callable[[str], None]
+) -> dict:
+    ("Refuse to write over another preset's or seed set's report in `folder`; an empty earlier record where none of "
+     "its files are left.")
+    if earlier["preset"] is None or (earlier["preset"], sorted(earlier["seeds"] or [])) == (preset, list(seeds)):
+        return earlier
     theirs = sorted(f for f in earlier["files"] if (folder / f).exists())
     if theirs:
-        raise FileExistsError(f"{folder} holds a report of preset {earlier['preset']!r}, seeds {earlier['seeds']}, not of preset {preset!r}, "
+        raise FileExistsError(f"{folder} holds a report of preset {earlier['preset']!r}, seeds {earlier['seeds']}, not "
+                              f"of preset {preset!r}, "
                               f"seeds {list(seeds)}: writing there would overwrite its files ({', '.join(theirs)}). "
                               f"Nothing was changed; move that folder away, or write elsewhere with --out")
-    log(f"[report] {folder.name} was made for preset {earlier['preset']}, seeds {earlier['seeds']}, but holds none of its files now: "
+    log(f"[report] {folder.name} was made for preset {earlier['preset']}, seeds {earlier['seeds']}, but holds none of "
+        "its files now: "
         f"writing the preset {preset}, seeds {list(seeds)} report there (the files in it are kept)")
     return {"preset": None, "seeds": None, "files": {}, "tables": {}}
 
 def _folder_settings(preset_dir: Path) -> tuple[list[str], dict] | None:
-    "The experiments and the settings (overrides) that made a modified run's folder, read from its runs' config.json; None if none."
+    ("The experiments and the settings (overrides) that made a modified run's folder, read from its runs' config.json; "
+     "None if none.")
     names, ov = [], None
     for cfg in sorted(preset_dir.glob("*/seed*/config.json")):
         try: rec = load_json(cfg)
@@ -203,49 +248,72 @@ def _folder_settings(preset_dir: Path) -> tuple[list[str], dict] | None:
     return (names, ov) if ov is not None else None
 
 def _no_runs(runs_dir: Path, preset: str, seeds: Sequence[int]) -> str:
-    "Why there is nothing to report, with what there is and the commands that make it (commands msabn_run takes as they are)."
+    ("Why there is nothing to report, with what there is and the commands that make it (commands msabn_run takes as "
+     "they are).")
     made = _folder_settings(runs_dir / preset) if "+" in preset else None
     if made: cmd = f"`{run_command(made[0], preset, seeds, made[1])}`"
-    elif "+" in preset: cmd = (f"the `msabn_run ... --preset {base_preset(preset)}` command with the --set settings that named {preset} "
+    elif "+" in preset: cmd = (f"the `msabn_run ... --preset {base_preset(preset)}` command with the --set settings "
+                               f"that named {preset} "
                                "(none of its runs is left to read them from)")
     else: cmd = f"`{run_command(list(TEMPLATES), preset, seeds)}`"
     runs = "" if Path(runs_dir) == Path("runs") else f" --runs-dir {runs_dir}"
-    if not runs_dir.is_dir(): return f"no complete runs of preset {preset!r} and seeds {seeds}: {runs_dir} does not exist: run {cmd} first"
+    if not runs_dir.is_dir(): return (f"no complete runs of preset {preset!r} and seeds {seeds}: {runs_dir} does not "
+                                      f"exist: run {cmd} first")
     have = sorted({(r.preset, r.seed) for r in collect_runs(runs_dir)[0]})
     there = "; ".join(f"preset {p}, seed {s}" for p, s in have) or "none"
-    hint = "" if not have else f", or report what is there (`msabn_report --preset {have[0][0]} --seeds {have[0][1]}{runs}`)"
-    return f"no complete runs of preset {preset!r} and seeds {seeds} in {runs_dir} (complete runs there: {there}): run {cmd} first{hint}"
+    hint = "" if not have else (f", or report what is there (`msabn_report --preset {have[0][0]} --seeds "
+                                f"{have[0][1]}{runs}`)")
+    return (f"no complete runs of preset {preset!r} and seeds {seeds} in {runs_dir} (complete runs there: {there}): "
+            f"run {cmd} first{hint}")
 
 def _out_folder(out_dir: str | Path) -> Path:
     "The output folder, made if missing; a clear error where it is a file."
     out = Path(out_dir)
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"--out {out} is a file, not a folder: give a folder (made if missing)")
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"--out {out} is a file, not a folder: give a "
+                                                                   "folder (made if missing)")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 # %% ../../nbs/api/report/03_write.ipynb #b30f18fe
-def _index_page(preset: str, seeds: Sequence[int], left_out: Sequence[str], stale: dict, earlier: dict, index: list[str],
-                label: str | None = None, records: Sequence[RunRecord] = ()) -> str:
-    "The report folder's README.md: how it was made (and, for modified runs, what was changed), what was left out or not updated, then every page."
+def _index_page(
+    preset: str,
+    seeds: Sequence[int],
+    left_out: Sequence[str],
+    stale: dict,
+    earlier: dict,
+    index: list[str],
+    label: str | None = None,
+    records: Sequence[RunRecord] = (),
+) -> str:
+    ("The report folder's README.md: how it was made (and, for modified runs, what was changed), what was left out or "
+     "not updated, then every page.")
     s = " ".join(map(str, seeds))
     names = [r.name for r in records] or list(TEMPLATES)
     own = sorted({o for r in records for o in [own_data(record_experiment(r))] if o})
     run = run_command(names, preset, seeds, dict(records[0].overrides) if records else {})
-    data = (f" Every number here is on your data ({', '.join(f'`{o}`' for o in own)}): each page says whose data it is, and the "
+    data = (f" Every number here is on your data ({', '.join(f'`{o}`' for o in own)}): each page says whose data it "
+            "is, and the "
             "paper's numbers appear only as the paper's, on their own lines." if own else
-            " Every number here is on the embedded synthetic data (labelled as such in each table): comparable with the paper's "
+            " Every number here is on the embedded synthetic data (labelled as such in each table): comparable with "
+            "the paper's "
             "in ordering only." if base_preset(preset) != "paper" else "")
     lines = [f"# Results: preset `{preset}`, seeds {', '.join(map(str, seeds))}", "",
              f"Made by `msabn_report --preset {preset} --seeds {s}` from the complete runs of `{run}`." + data, ""]
-    if label: lines[2:2] = [f"**{label}**" + (": these pages check that the pipeline runs end to end; their numbers are not results and "
+    if label: lines[2:2] = [f"**{label}**" + (": these pages check that the pipeline runs end to end; their numbers "
+                                              "are not results and "
                                               "never belong beside the paper's." if label.startswith("DRY RUN") else
                                               "; never mixed with the unmodified runs of the preset."), ""]
     if left_out: lines += ["Run folders left out (not complete): " + "; ".join(left_out), ""]
     for name, why in stale.items():
         files = earlier["tables"][name]["files"]
-        lines += [f"**Not updated: {name}** ({why}). Its pages are the earlier report's, of seeds "
-                  f"{', '.join(map(str, earlier['tables'][name]['seeds']))}, kept as they were: " + ", ".join(f"[{f}]({f})" for f in files) +
-                  f". `msabn_run {name} --preset {preset} --seeds {s}` and `msabn_report` update them; deleting them drops them.", ""]
+        lines += [
+            f"**Not updated: {name}** ({why}). Its pages are the earlier report's, of seeds "
+            f"{', '.join(map(str, earlier['tables'][name]['seeds']))}, kept as they were: "
+            + ", ".join(f"[{f}]({f})" for f in files)
+            + f". `msabn_run {name} --preset {preset} --seeds {s}` and `msabn_report` update them; deleting them "
+            "drops them.",
+            "",
+        ]
     return "\n".join(lines + index)
 
 def write_report(
@@ -255,19 +323,26 @@ def write_report(
     seeds: Sequence[int] | None = None,       # which seeds (default: the preset's)
     log: Callable[[str], None] = print,
 ) -> Path:                                    # the report's folder
-    "Collect the complete runs of one preset and seed set into tables and figures beside the paper's; swap them in only when complete."
+    ("Collect the complete runs of one preset and seed set into tables and figures beside the paper's; swap them in "
+     "only when complete.")
     if base_preset(preset) not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}, or a modified run's folder name under runs/ ('paper+1a2b3c4d')")
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}, or a modified run's folder name under "
+                         "runs/ ('paper+1a2b3c4d')")
     seeds = sorted(set(seeds if seeds is not None else get_experiment("table1", base_preset(preset)).seeds))
     folder = report_folder(_out_folder(out_dir), preset, seeds)
     _recover(folder, log)
     records, left_out = collect_runs(runs_dir, preset, seeds=seeds)
     for l in left_out: log(f"[left out] {l}")
-    if not records: raise FileNotFoundError(_no_runs(Path(runs_dir), preset, seeds) + (f"; {folder} is left as it was" if folder.exists() else ""))
+    if not records:
+        raise FileNotFoundError(
+            _no_runs(Path(runs_dir), preset, seeds) + (f"; {folder} is left as it was" if folder.exists() else "")
+        )
     earlier = _check_same_report(folder, _earlier(folder), preset, seeds, log)
-    stale = {n: why for n, why in _not_updated(earlier, records, left_out).items()   # unless a user deleted its files: dropped
+    # unless a user deleted its files: dropped
+    stale = {n: why for n, why in _not_updated(earlier, records, left_out).items()
              if any((folder / f).exists() for f in earlier["tables"][n]["files"])}
-    for name, why in stale.items(): log(f"[not updated] {name}: reported before, {why}; its earlier files are kept as they were")
+    for name, why in stale.items(): log(f"[not updated] {name}: reported before, {why}; its earlier files are kept as "
+                                        "they were")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
         tables, index = _write_pages(tmp, [r for r in records if r.name not in stale], seeds, log)
@@ -276,9 +351,14 @@ def write_report(
         (tmp / "README.md").write_text(_index_page(preset, seeds, left_out, stale, earlier, index, label, records))
         runs = [{"experiment": r.name, "seed": r.seed, **{k: v for k, v in r.metrics.items() if k != "fingerprint"}}
                 for r in sorted(records, key=lambda r: (list(TEMPLATES).index(r.name), r.seed)) if r.name not in stale]
-        save_json({"preset": preset, "seeds": seeds, "runs": runs, **({"not_updated": stale} if stale else {})}, tmp / "results.json")
+        save_json(
+            {"preset": preset, "seeds": seeds, "runs": runs, **({"not_updated": stale} if stale else {})},
+            tmp / "results.json",
+        )
         kept = {f for n in stale for f in earlier["tables"][n]["files"]}
-        made = {p.name: _sha(p) for p in tmp.iterdir()} | {f: earlier["files"].get(f) for f in kept if (folder / f).exists()}
+        made = {p.name: _sha(p) for p in tmp.iterdir()} | {
+            f: earlier["files"].get(f) for f in kept if (folder / f).exists()
+        }
         _carry_over(folder, tmp, earlier, set(stale), log)
         save_json({"preset": preset, "seeds": seeds, "files": made, "tables": tables}, tmp / MANIFEST)
         _swap(tmp, folder)
@@ -288,10 +368,12 @@ def write_report(
     return folder
 
 # %% ../../nbs/api/report/03_write.ipynb #839c97e5
-_TOP = {"README.md": "# paper_figures", "cost_to_reproduce.md": "# Cost to reproduce", "cost_to_reproduce.json": "{"}   # how each begins
+# how each begins
+_TOP = {"README.md": "# paper_figures", "cost_to_reproduce.md": "# Cost to reproduce", "cost_to_reproduce.json": "{"}
 
 def _may_rewrite(out: Path, name: str, log: Callable[[str], None]) -> bool:
-    "Before one of msabn_report's own files at the top of `out` is rewritten: keep an edited one aside; False where it is not msabn_report's."
+    ("Before one of msabn_report's own files at the top of `out` is rewritten: keep an edited one aside; False where "
+     "it is not msabn_report's.")
     path = out / name
     if not path.is_file(): return True
     rec = load_json(out / MANIFEST).get("files", {}).get(name) if (out / MANIFEST).is_file() else None
@@ -312,15 +394,21 @@ def _record(out: Path, names: Sequence[str]):
 def _describe_file(name: str) -> str:
     stem = Path(name).stem
     for k, t in TEMPLATES.items():
-        if stem == t: return f"{_short_title(k)}: ours beside the paper's" + (" (bar chart)" if name.endswith(".png") else "")
-        if stem == f"{t}_attention": return f"{_short_title(k)}: attention maps of every model on the same test images (first seed)"
+        if stem == t:
+            return f"{_short_title(k)}: ours beside the paper's" + (" (bar chart)" if name.endswith(".png") else "")
+        if stem == f"{t}_attention": return (f"{_short_title(k)}: attention maps of every model on the same test "
+                                             "images (first seed)")
     if stem.startswith("fig1_attention_"): return f"Fig. 1: attention maps of the {stem.split('_')[-1]} models"
     if stem.endswith("_copy_replace"):
-        fig = stem[:-len("_copy_replace")].replace("figs", "Figs. ").replace("fig", "Fig. ").replace("_", "/")  # fig8 -> Fig. 8, figs8_9 -> Figs. 8/9
+        # fig8 -> Fig. 8, figs8_9 -> Figs. 8/9
+        fig = stem[:-len("_copy_replace")].replace("figs", "Figs. ").replace("fig", "Fig. ").replace("_", "/")
         return f"{fig}: copy-replace gain against the fraction annotated"
-    if ".edited" in name: return f"a copy of {re.sub(r'[.]edited(-[0-9]+)?', '', name)} with your edits (kept aside, not overwritten)"
-    return {"README": "every table and figure of this folder on one page", "results": "every number collected, as JSON"}.get(
-        stem, "not made by msabn_report (kept as it was)")
+    if ".edited" in name: return (f"a copy of {re.sub(r'[.]edited(-[0-9]+)?', '', name)} with your edits (kept aside, "
+                                  "not overwritten)")
+    return {
+        "README": "every table and figure of this folder on one page",
+        "results": "every number collected, as JSON",
+    }.get(stem, "not made by msabn_report (kept as it was)")
 
 def _short_title(name: str) -> str:
     "An experiment's short title ('Table 4 (CUB)'): the one place that reads TITLES_SHORT."
@@ -329,25 +417,39 @@ def _short_title(name: str) -> str:
 def write_index(
     out_dir: str | Path = "paper_figures",   # the folder msabn_report writes
     log: Callable[[str], None] = print,
-) -> Path | None:                           # its README.md (None where that file is not msabn_report's index: left as it is)
+# its README.md (None where that file is not msabn_report's index: left as it is)
+) -> Path | None:
     "paper_figures/README.md: every artifact and the command that makes it."
     out = Path(out_dir)
     if not _may_rewrite(out, "README.md", log): return None
     lines = ["# paper_figures", "",
-             "What the experiments produce: our numbers beside the paper's, figures, and the cost to reproduce. Every file below is "
-             "made by the command next to it, run from the repository root after `pip install -e .`. Run folders themselves "
+             "What the experiments produce: our numbers beside the paper's, figures, and the cost to reproduce. Every "
+             "file below is "
+             "made by the command next to it, run from the repository root after `pip install -e .`. Run folders "
+             "themselves "
              "(`runs/`) are not committed.", ""]
     shown = lambda f: not f.name.startswith(".")   # not the manifests, nor a report still being written
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and "_seeds-" in p.name and shown(p)):
         preset, seeds = folder.name.split("_seeds-")
         seeds = seeds.replace("-", " ")
         names = [n for n, t in TEMPLATES.items() if (folder / f"{t}.md").exists()]   # what this folder reports
-        try: ov = dict(load_json(folder / "results.json")["runs"][0].get("overrides") or {})   # a modified run's settings
+        # a modified run's settings
+        try: ov = dict(load_json(folder / "results.json")["runs"][0].get("overrides") or {})
         except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError): ov = {}
-        lines += [f"## `{folder.name}/`: preset `{preset}`, seeds {seeds}", "",
-                  f"Made by: `{run_command(names, preset, seeds.split(), ov)} && msabn_report --preset {preset} --seeds {seeds}`" +
-                  (" (a modified run: its README names what was changed; never mixed with the preset's own runs)" if "+" in preset else ""), "",
-                  "| file | what |", "| --- | --- |"]
+        lines += [
+            f"## `{folder.name}/`: preset `{preset}`, seeds {seeds}",
+            "",
+            f"Made by: `{run_command(names, preset, seeds.split(), ov)} && msabn_report --preset {preset} "
+            f"--seeds {seeds}`"
+            + (
+                " (a modified run: its README names what was changed; never mixed with the preset's own runs)"
+                if "+" in preset
+                else ""
+            ),
+            "",
+            "| file | what |",
+            "| --- | --- |",
+        ]
         stale = load_json(folder / MANIFEST).get("tables", {}) if (folder / MANIFEST).is_file() else {}
         stale = {f for t in stale.values() if t.get("not_updated") for f in t["files"]}
         for f in sorted(filter(shown, folder.iterdir())):
@@ -357,16 +459,30 @@ def write_index(
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and "_seeds-" not in p.name and shown(p)):
         # the CPU experiments beside the tables: one benchmark script writes one folder, with a page of its own
         script = f"benchmarks/{folder.name}.py"
-        made = f"`python {script}`" if (templates_dir().parents[1] / script).exists() else "a script no longer in this checkout"
+        made = (
+            f"`python {script}`"
+            if (templates_dir().parents[1] / script).exists()
+            else "a script no longer in this checkout"
+        )
         page = next((p.name for p in (folder / "README.md", folder / "results.md") if p.exists()), None)
-        files = ", ".join(f"[{p.name}]({folder.name}/{p.name})" for p in sorted(filter(shown, folder.iterdir())) if p.is_file())
-        lines += [f"## `{folder.name}/`", "", f"Made by: {made}" + (f"; its page: [{page}]({folder.name}/{page})" if page else "") + ".",
-                  "", f"Files: {files}", ""]
+        files = ", ".join(
+            f"[{p.name}]({folder.name}/{p.name})" for p in sorted(filter(shown, folder.iterdir())) if p.is_file()
+        )
+        lines += [
+            f"## `{folder.name}/`",
+            "",
+            f"Made by: {made}" + (f"; its page: [{page}]({folder.name}/{page})" if page else "") + ".",
+            "",
+            f"Files: {files}",
+            "",
+        ]
     for f in sorted(p for p in out.iterdir() if p.is_file() and p.name != "README.md" and shown(p)):
         what = {"cost_to_reproduce.md": "estimated GPU-hours per paper table (`msabn_report --cost`)",
                 "cost_to_reproduce.json": "the same, as JSON (`msabn_report --cost`)",
-                "gpu_throughput.json": "GPU training throughput per model type (`python benchmarks/gpu_train.py`, on a GPU)",
-                "smoke_timing.md": "the measured wall time of the README's main command (written by hand from a measurement)"}.get(f.name, "")
+                "gpu_throughput.json": "GPU training throughput per model type (`python benchmarks/gpu_train.py`, on a "
+                                       "GPU)",
+                "smoke_timing.md": "the measured wall time of the README's main command (written by hand from a "
+                                   "measurement)"}.get(f.name, "")
         lines.append(f"- [{f.name}]({f.name}): {what}")
     with atomic_write(out / "README.md") as fh: fh.write("\n".join(lines) + "\n")
     _record(out, ["README.md"])
@@ -374,16 +490,21 @@ def write_index(
 
 def main(argv: Sequence[str] | None = None) -> int:
     "The `msabn_report` console command."
-    ap = argparse.ArgumentParser(prog="msabn_report", description="Collect run folders into paper_figures/: ours beside the paper's.")
-    ap.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)}, or a modified run's folder under runs/ (e.g. paper+dry-1a2b3c4d)")
+    ap = argparse.ArgumentParser(prog="msabn_report", description="Collect run folders into paper_figures/: ours "
+                                                                  "beside the paper's.")
+    ap.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)}, or a modified run's folder under "
+                                                      "runs/ (e.g. paper+dry-1a2b3c4d)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="which seeds (default: the preset's)")
     ap.add_argument("--runs-dir", default="runs"); ap.add_argument("--out", default="paper_figures")
-    ap.add_argument("--cost", action="store_true", help="also recompute the cost-to-reproduce table (FLOP counting, about a minute)")
+    ap.add_argument("--cost", action="store_true", help="also recompute the cost-to-reproduce table (FLOP counting, "
+                                                        "about a minute)")
     a = ap.parse_args(argv)
     try:
         folder = write_report(a.runs_dir, a.out, a.preset, a.seeds)
         names = ("cost_to_reproduce.md", "cost_to_reproduce.json")
-        if a.cost and all([_may_rewrite(Path(a.out), n, print) for n in names]): write_cost(a.out, a.runs_dir); _record(Path(a.out), names)
+        if a.cost and all([_may_rewrite(Path(a.out), n, print) for n in names]):
+            write_cost(a.out, a.runs_dir)
+            _record(Path(a.out), names)
         index = write_index(a.out)
     except (ValueError, OSError) as e:   # OSError: no runs, a file in the way, a folder that cannot be written
         print(f"msabn_report: {e}", file=sys.stderr)

@@ -6,10 +6,10 @@
 __all__ = []
 
 # %% ../../nbs/api/train/index.ipynb #dc125a31
+from .checkpoints import *
+from .engine import *
 from .losses import *
 from .metrics import *
 from .recipe import *
 from .sampling import *
-from .checkpoints import *
-from .engine import *
 from .speed import *

@@ -104,17 +104,24 @@ def resume_changes(
     trained: int,  # epochs the checkpoint has completed
 ) -> dict:         # the changes that may go ahead: field -> (old, new)
     "Refuse resuming under a changed recipe (listing each change); return the changes that are safe."
-    changed = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new)) if _plain(saved.get(k)) != _plain(new.get(k))}
+    changed = {
+        k: (saved.get(k), new.get(k))
+        for k in sorted(set(saved) | set(new))
+        if _plain(saved.get(k)) != _plain(new.get(k))
+    }
     if "epochs" in changed and new["epochs"] < trained:
-        raise ConfigChangedError(f"the checkpoint has already trained {trained} epochs, more than epochs={new['epochs']}: a shorter "
-                                 f"run cannot be resumed from it. Resume with epochs >= {trained}, or train the shorter run in "
+        raise ConfigChangedError(f"the checkpoint has already trained {trained} epochs, more than "
+                                 f"epochs={new['epochs']}: a shorter "
+                                 f"run cannot be resumed from it. Resume with epochs >= {trained}, or train the "
+                                 "shorter run in "
                                  "another out_dir (or with overwrite=True, which keeps this run aside)")
     grows = lambda k, v: k == "epochs" and v[1] > v[0]
     refused = {k: v for k, v in changed.items() if k not in RESUME_SAFE and not grows(k, v)}
     if refused:
         raise ConfigChangedError("cannot resume: the recipe differs from the checkpoint's (" +
                                  "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items()) +
-                                 "). The optimizer and scheduler state belong to the old recipe: resume with the old values, "
+                                 "). The optimizer and scheduler state belong to the old recipe: resume with the old "
+                                 "values, "
                                  "or start again with overwrite=True (the old run is kept aside) or in another out_dir")
     return {k: v for k, v in changed.items() if k not in refused}
 
@@ -155,18 +162,21 @@ def keep_aside(
 
 def _lock(out: Path) -> FileLock:
     path = out / LOCK_NAME
-    def same_file(fd: int):  # the run that held the lock may have removed its file meanwhile: then this lock guards nothing
+    # the run that held the lock may have removed its file meanwhile: then this lock guards nothing
+    def same_file(fd: int):
         try: here = os.stat(path).st_ino
         except FileNotFoundError: here = None
         if os.fstat(fd).st_ino != here: raise _Stale()
     try: return FileLock(path, timeout=0, on_acquired=same_file)
-    except TypeError: return FileLock(path, timeout=0)  # a filelock without on_acquired: claim_out_dir's coarser check remains
+    # a filelock without on_acquired: claim_out_dir's coarser check remains
+    except TypeError: return FileLock(path, timeout=0)
 
 def _remove_stale_temporaries(out: Path, rank: int):
     "Remove the temporary files a run killed while writing left behind (safe: the folder's lock is held)."
     for p in sorted(out.glob(".*.tmp")):
         if any(p.name.startswith(f".{n}.") for n in RUN_FILES + ("config.json",)):
-            p.unlink(missing_ok=True); say(f"removed {p.name}, left in {out.name}/ by a write that was killed midway", rank)
+            p.unlink(missing_ok=True)
+            say(f"removed {p.name}, left in {out.name}/ by a write that was killed midway", rank)
 
 def _refuse(out: Path, resume: bool, overwrite: bool):
     found = [n for n in RUN_FILES if (out / n).exists()]
@@ -187,8 +197,10 @@ def claim_out_dir(
     overwrite: bool = False,     # the run starts again: what out_dir holds is moved aside first
     rank: int = 0,               # under torchrun only rank 0 locks and moves; the others only check
 ) -> Iterator[Path | None]:      # out_dir as a Path, held for the duration
-    "Hold out_dir for one run: refuse it when in use, or when it holds another run's results unless resume or overwrite."
-    if resume and overwrite: raise ValueError("resume=True continues the run in out_dir, overwrite=True starts it again: pass one of them")
+    ("Hold out_dir for one run: refuse it when in use, or when it holds another run's results unless resume or "
+     "overwrite.")
+    if resume and overwrite: raise ValueError("resume=True continues the run in out_dir, overwrite=True starts it "
+                                              "again: pass one of them")
     if out_dir is None: yield None; return
     out = Path(out_dir)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"out_dir {out} is a file, not a folder")
@@ -199,10 +211,13 @@ def claim_out_dir(
         out.mkdir(parents=True, exist_ok=True); lock.acquire()
         if not (out / LOCK_NAME).exists(): lock.release(); raise _Stale()   # locked a file its holder had just removed
     except (Timeout, _Stale):
-        raise RunInUseError(f"{out} is in use: another fit is writing there (it holds {out / LOCK_NAME}); wait for it to "
+        raise RunInUseError(f"{out} is in use: another fit is writing there (it holds {out / LOCK_NAME}); wait for it "
+                            "to "
                             "end, or choose another out_dir") from None
     except PermissionError as e:
-        raise PermissionError(e.errno, f"cannot write to out_dir {out} ({e.strerror}): choose a folder you can write to") from e
+        raise PermissionError(
+            e.errno, f"cannot write to out_dir {out} ({e.strerror}): choose a folder you can write to"
+        ) from e
     try:
         _remove_stale_temporaries(out, rank)
         if overwrite and any(p.name != LOCK_NAME for p in out.iterdir()):

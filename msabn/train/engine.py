@@ -21,12 +21,22 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from msabn.train.checkpoints import (
+    CheckpointError,
+    claim_out_dir,
+    load_checkpoint,
+    model_signature,
+    resume_changes,
+    rng_states,
+    say,
+    set_rng_states,
+    write_checkpoint,
+)
+
 from ..core import atomic_write, get_device, provenance, save_json, set_seed
 from ..data.items import collate
 from ..data.memory import MemoryImages, memory_batches
 from ..models.puzzle import puzzle_loss
-from .checkpoints import (CheckpointError, claim_out_dir, load_checkpoint, model_signature,
-                                     resume_changes, rng_states, say, set_rng_states, write_checkpoint)
 from .losses import class_weights, puzzle_alpha, total_loss
 from .metrics import ConfusionMatrix
 from .recipe import TrainConfig
@@ -45,11 +55,28 @@ class TrainStep(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0):
         out = self.model(x)
-        l_re = puzzle_loss(self.model, x, labels, out, grid=self.cfg.puzzle_grid, mode=self.cfg.puzzle_mode) if self.cfg.puzzle else None
+        l_re = (
+            puzzle_loss(self.model, x, labels, out, grid=self.cfg.puzzle_grid, mode=self.cfg.puzzle_mode)
+            if self.cfg.puzzle
+            else None
+        )
         return out, total_loss(out, labels, weight=self.weight, l_re=l_re, alpha=alpha)
 
 # %% ../../nbs/api/train/05_engine.ipynb #e75b98bf
-_HISTORY_FIELDS = ["epoch", "split", "loss", "cls", "attn", "re", "acc", "balanced_acc", "lr", "seconds", "images_per_s", "n"]
+_HISTORY_FIELDS = [
+    "epoch",
+    "split",
+    "loss",
+    "cls",
+    "attn",
+    "re",
+    "acc",
+    "balanced_acc",
+    "lr",
+    "seconds",
+    "images_per_s",
+    "n",
+]
 _VALID_SPLITS = ("valid", "val", "validation")
 
 def _rank_world() -> tuple[int, int]:
@@ -64,7 +91,8 @@ def _loader(data, batches: EpochBatches, num_workers: int, device: torch.device)
                       pin_memory=device.type == "cuda")
 
 def _batches(data, batches: EpochBatches, cfg: TrainConfig, device: torch.device, train: bool = False):
-    "Where a loop's batches come from, chosen here alone: a decoded `MemoryImages` from its tensors, batch-wise; any other dataset through a DataLoader."
+    ("Where a loop's batches come from, chosen here alone: a decoded `MemoryImages` from its tensors, batch-wise; any "
+     "other dataset through a DataLoader.")
     if isinstance(data, SeededSamples) and isinstance(data.dataset, MemoryImages): data = data.dataset
     if isinstance(data, MemoryImages): return memory_batches(data, batches, train=train, device=device)
     return _loader(data, batches, cfg.num_workers, device)
@@ -78,13 +106,15 @@ def _write_history(rows: list[dict], path: Path):
 
 def _run_device(device) -> torch.device:
     dev = get_device(device)
-    if dev.type == "cuda" and dist.is_available() and dist.is_initialized(): dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "cuda" and dist.is_available() and dist.is_initialized():
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 def _num_classes(model: nn.Module, data) -> int:
     m = model.module if hasattr(model, "module") else model
     k = (getattr(m, "config", None) or {}).get("num_classes") or getattr(data, "num_classes", None)
-    if k is None: raise ValueError("cannot tell the number of classes: give the model or the dataset a num_classes attribute")
+    if k is None: raise ValueError("cannot tell the number of classes: give the model or the dataset a num_classes "
+                                   "attribute")
     return int(k)
 
 class _EpochSums:
@@ -122,7 +152,8 @@ class _EpochSums:
 def evaluate(
     model: nn.Module,                   # any msabn model
     data: Dataset,                      # samples as dicts (msabn.data.datasets)
-    cfg: TrainConfig,                   # batch (eval_batch_size or batch_size), device, num_workers, amp, channels_last, progress
+    # batch (eval_batch_size or batch_size), device, num_workers, amp, channels_last, progress
+    cfg: TrainConfig,
     weight: torch.Tensor | None = None, # class weights, for a loss comparable with training's
 ) -> dict:                              # {"loss", "cls", "attn", "acc", "balanced_acc", "n"}
     "Loss terms and accuracy of `model` on `data` (summed over every process under torchrun)."
@@ -137,7 +168,9 @@ def evaluate(
     num_classes = _num_classes(model, data)
     run = _EpochSums(num_classes, device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for i, batch in enumerate(tqdm(_batches(data, batches, cfg, device), desc="eval", leave=False, disable=not cfg.progress or rank > 0)):
+    for i, batch in enumerate(
+        tqdm(_batches(data, batches, cfg, device), desc="eval", leave=False, disable=not cfg.progress or rank > 0)
+    ):
         if cfg.limit_eval_batches is not None and i >= cfg.limit_eval_batches: break   # a dry run
         check_labels(batch["label"], num_classes, "evaluate")
         x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
@@ -163,15 +196,24 @@ class _TrainingRun:
         self.weight = self._class_weight()
         step: nn.Module = TrainStep(self.model, cfg, self.weight).to(self.device)
         if self.world > 1:
-            step = nn.parallel.DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            step = nn.parallel.DistributedDataParallel(
+                step, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.step_fn = torch.compile(step) if cfg.compile else step
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=cfg.milestone_epochs(), gamma=cfg.lr_gamma)
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(
+            self.opt, milestones=cfg.milestone_epochs(), gamma=cfg.lr_gamma
+        )
         self.history, self.best, self.partial, self.resumed = [], None, None, None
-        self.start_epoch = self.start_step = self.epoch = self.done = 0  # done: steps of this epoch whose update is complete
+        # done: steps of this epoch whose update is complete
+        self.start_epoch = self.start_step = self.epoch = self.done = 0
         self.running, self.pending, self.pending_eval = None, None, False
         self.samples = SeededSamples(train_data, cfg.seed)
-        self.batches = EpochBatches(len(train_data), cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank, world_size=self.world)
+        self.batches = EpochBatches(
+            len(train_data), cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank, world_size=self.world
+        )
         self.meta = model_signature(self.model)
         self.timing = {"data_s": 0.0, "model_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0, "total_s": 0.0}
 
@@ -186,29 +228,46 @@ def _resume(run: _TrainingRun):
     "Continue from out/checkpoint.pt if there is one: weights, optimizer, schedule, generators, history, position."
     path = run.out / "checkpoint.pt"
     if not path.exists():   # an ordinary first run of resume=True
-        return say(f"first run in {run.out.name}/ (no checkpoint to resume from yet): training from the start", run.rank)
+        return say(
+            f"first run in {run.out.name}/ (no checkpoint to resume from yet): training from the start", run.rank
+        )
     try: ck = load_checkpoint(path, run.model)
     except CheckpointError as e:
-        raise CheckpointError(f"{e}; resume with the model it was made for, or start again with overwrite=True (the old run "
+        raise CheckpointError(f"{e}; resume with the model it was made for, or start again with overwrite=True (the "
+                              "old run "
                               "is kept aside) or in another out_dir") from e
     changes = resume_changes(ck.get("config") or asdict(run.cfg), asdict(run.cfg), ck["epoch"])
-    run.model.load_state_dict(ck["model"]); run.opt.load_state_dict(ck["optimizer"]); run.sched.load_state_dict(ck["scheduler"])
+    run.model.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["optimizer"])
+    run.sched.load_state_dict(ck["scheduler"])
     run.history, run.best, run.pending_eval = ck["history"], ck.get("best"), ck.get("pending_eval", False)
     run.start_epoch, run.start_step, run.partial = ck["epoch"], ck["step"], ck.get("partial")
     rngs = ck["rng"]
     if len(rngs) != run.world:
-        say(f"{path.name} was written by {len(rngs)} process(es), this run has {run.world}: it resumes, but not bit for bit", run.rank)
+        say(f"{path.name} was written by {len(rngs)} process(es), this run has {run.world}: it resumes, but not bit "
+            "for bit", run.rank)
     set_rng_states(rngs[run.rank % len(rngs)])
-    where = f"epoch {run.start_epoch + 1}, step {run.start_step}" if run.start_step else f"the end of epoch {run.start_epoch}"
+    where = f"epoch {run.start_epoch + 1}, step {run.start_step}" if run.start_step else ("the end of epoch "
+                                                                                          f"{run.start_epoch}")
     say(f"resuming from {path.name} at {where}", run.rank)
     if "epochs" in changes:
         old = changes["epochs"][0]
-        say(f"epochs {old} -> {run.cfg.epochs}: training continues to epoch {run.cfg.epochs} under the {old}-epoch run's "
-             f"learning-rate schedule (drops after epochs {sorted(run.sched.milestones)}; a fresh {run.cfg.epochs}-epoch run "
+        say(f"epochs {old} -> {run.cfg.epochs}: training continues to epoch {run.cfg.epochs} under the {old}-epoch "
+            "run's "
+             f"learning-rate schedule (drops after epochs {sorted(run.sched.milestones)}; a fresh "
+             f"{run.cfg.epochs}-epoch run "
              f"would drop after {run.cfg.milestone_epochs()})", run.rank)
     if others := {k: v for k, v in changes.items() if k != "epochs"}:
-        say("changed on resume, without effect on the result: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in others.items()), run.rank)
-    run.resumed = {"epoch": run.start_epoch, "step": run.start_step, "changes": {k: list(v) for k, v in changes.items()}}
+        say(
+            "changed on resume, without effect on the result: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in others.items()),
+            run.rank,
+        )
+    run.resumed = {
+        "epoch": run.start_epoch,
+        "step": run.start_step,
+        "changes": {k: list(v) for k, v in changes.items()},
+    }
 
 # %% ../../nbs/api/train/05_engine.ipynb #0b4b6a33
 def _begin(run: _TrainingRun, extra_config: dict | None):
@@ -266,7 +325,8 @@ def _check_finite(run: _TrainingRun, loss: torch.Tensor, x: torch.Tensor, batch:
     ckpt = run.out / "checkpoint.pt" if run.out else None
     last = f"{ckpt.name} (end of epoch {run.epoch})" if ckpt and ckpt.exists() else "none"
     bad = (~torch.isfinite(x).flatten(1).all(1)).cpu()
-    why = (f"; the images of dataset indices {torch.as_tensor(batch['index'])[bad].tolist()[:10]} contain NaN or infinite "
+    why = (f"; the images of dataset indices {torch.as_tensor(batch['index'])[bad].tolist()[:10]} contain NaN or "
+           "infinite "
            "values: check the data and its transform" if bad.any() else "")
     raise NonFiniteLossError(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step {step + 1}: "
                              f"stopping; the last good checkpoint is kept: {last}{why}")
@@ -281,7 +341,8 @@ def _wrap_up(run: _TrainingRun, epoch: int):
     "Evaluate when due, checkpoint, write the history and say how the epoch went."
     cfg, run.epoch = run.cfg, epoch
     run.pending = "eval"
-    if run.valid_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs): _evaluate_epoch(run, epoch)
+    if run.valid_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        _evaluate_epoch(run, epoch)
     run.pending = "save"
     t0 = time.perf_counter()
     _checkpoint(run, epoch + 1, 0, None)
@@ -289,18 +350,28 @@ def _wrap_up(run: _TrainingRun, epoch: int):
     run.timing["checkpoint_s"] += time.perf_counter() - t0
     run.pending = None
     h = run.history[-1]
-    if cfg.progress: say(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {h[k]:.4g}" for k in ("loss", "acc") if k in h) + f" ({h['split']})", run.rank)
+    if cfg.progress:
+        say(
+            f"epoch {epoch + 1}/{cfg.epochs}: "
+            + ", ".join(f"{k} {h[k]:.4g}" for k in ("loss", "acc") if k in h)
+            + f" ({h['split']})",
+            run.rank,
+        )
 
 def _evaluate_epoch(run: _TrainingRun, epoch: int):
     "Evaluate on valid_data; keep the best epoch's weights if asked."
     t0 = time.perf_counter()
     v = evaluate(run.model, run.valid_data, run.cfg, run.weight)
     dt = time.perf_counter() - t0; run.timing["eval_s"] += dt
-    run.history.append({"epoch": epoch + 1, "split": getattr(run.valid_data, "split", None) or "valid", "seconds": dt, **v})
+    run.history.append(
+        {"epoch": epoch + 1, "split": getattr(run.valid_data, "split", None) or "valid", "seconds": dt, **v}
+    )
     if run.cfg.keep_best and (run.best is None or v["acc"] > run.best["acc"]):
         run.best = {"epoch": epoch + 1, "acc": v["acc"]}
         if run.rank == 0 and run.out:
-            write_checkpoint({"signature": run.meta, "model": run.model.state_dict(), "best": run.best}, run.out / "best.pt")
+            write_checkpoint(
+                {"signature": run.meta, "model": run.model.state_dict(), "best": run.best}, run.out / "best.pt"
+            )
 
 def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | None, pending_eval: bool = False):
     "Save everything needed to continue (every process's generators gathered to rank 0, which writes)."
@@ -310,25 +381,41 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
         rngs = [None] * run.world
         dist.all_gather_object(rngs, rng_states())
     if run.rank == 0:
-        write_checkpoint({"signature": run.meta, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
-                          "scheduler": run.sched.state_dict(), "epoch": epoch, "step": step,
-                          "partial": running.state() if running else None, "history": run.history, "best": run.best,
-                          "rng": rngs, "config": asdict(run.cfg), "pending_eval": pending_eval}, run.out / "checkpoint.pt")
+        write_checkpoint(
+            {
+                "signature": run.meta,
+                "model": run.model.state_dict(),
+                "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "partial": running.state() if running else None,
+                "history": run.history,
+                "best": run.best,
+                "rng": rngs,
+                "config": asdict(run.cfg),
+                "pending_eval": pending_eval,
+            },
+            run.out / "checkpoint.pt",
+        )
 
 def _interrupted(run: _TrainingRun):
     "Ctrl-C: save where the run stands, in the middle of an epoch or between its training and its checkpoint."
     if not run.out: return
     if run.running is not None:
         _checkpoint(run, run.epoch, run.done, run.running)
-        say(f"interrupted in epoch {run.epoch + 1} after step {run.done}: checkpoint saved to checkpoint.pt; continue with resume=True", run.rank)
+        say(f"interrupted in epoch {run.epoch + 1} after step {run.done}: checkpoint saved to checkpoint.pt; continue "
+            "with resume=True", run.rank)
     elif run.pending:
         _checkpoint(run, run.epoch + 1, 0, None, pending_eval=run.pending == "eval")
-        say(f"interrupted at the end of epoch {run.epoch + 1}: checkpoint saved to checkpoint.pt; continue with resume=True", run.rank)
+        say(f"interrupted at the end of epoch {run.epoch + 1}: checkpoint saved to checkpoint.pt; continue with "
+            "resume=True", run.rank)
 
 def _finish(run: _TrainingRun) -> dict:
     "Write the history and metrics.json (also after a resume with nothing left to train); return the metrics."
     run.timing["total_s"] = time.perf_counter() - run.t_run
-    final = {r["split"]: {k: v for k, v in r.items() if k not in ("epoch", "split")} for r in run.history}  # last row per split
+    # last row per split
+    final = {r["split"]: {k: v for k, v in r.items() if k not in ("epoch", "split")} for r in run.history}
     metrics = {"final": final, "epochs": run.cfg.epochs, "best": run.best, "timing": run.timing}
     if run.rank == 0 and run.out:
         _write_history(run.history, run.out / "history.csv")
@@ -340,11 +427,13 @@ def _check_fit(model, train_data, valid_data, cfg, out_dir, resume: bool, world:
     if not isinstance(cfg, TrainConfig): raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if cfg.keep_best and getattr(valid_data, "split", None) not in _VALID_SPLITS:
         raise ValueError(f"keep_best selects an epoch on valid_data, which must be a validation split "
-                         f"(split in {_VALID_SPLITS}), not {getattr(valid_data, 'split', None)!r}: selecting on the test split reports an optimistic number")
+                         f"(split in {_VALID_SPLITS}), not {getattr(valid_data, 'split', None)!r}: selecting on the "
+                         "test split reports an optimistic number")
     if resume and out_dir is None: raise ValueError("resume=True needs the out_dir that holds checkpoint.pt")
     k = _num_classes(model, train_data)
     check_data(train_data, k, cfg.batch_size, world, "train_data")
-    if valid_data is not None: check_data(valid_data, k, cfg.eval_batch_size or cfg.batch_size, world, "valid_data", train=False)
+    if valid_data is not None:
+        check_data(valid_data, k, cfg.eval_batch_size or cfg.batch_size, world, "valid_data", train=False)
 
 def fit(
     model: nn.Module,                      # an msabn model (create_model), already initialised
@@ -355,7 +444,8 @@ def fit(
     resume: bool = False,                  # continue from out_dir/checkpoint.pt if it exists
     extra_config: dict | None = None,      # more to record in config.json (e.g. the experiment's preset)
     on_step: Callable[[int, int], None] | None = None,  # called after each step with (epoch, step)
-    overwrite: bool = False,               # start again in an out_dir holding a run (moved to <out_dir>.old-<UTC time>/)
+    # start again in an out_dir holding a run (moved to <out_dir>.old-<UTC time>/)
+    overwrite: bool = False,
 ) -> dict:                                 # the final metrics (also metrics.json)
     "Train with SGD and step decay; checkpoint every epoch and on Ctrl-C; resume exactly; run under torchrun."
     rank, world = _rank_world()

@@ -19,7 +19,8 @@ def class_weights(
 ) -> torch.Tensor:                          # K weights, mean 1 over classes when all are present
     "Inverse-frequency class weights N / (K·n_c) for a weighted cross-entropy."
     counts = torch.as_tensor(counts, dtype=torch.float32)
-    if counts.ndim != 1 or len(counts) == 0: raise ValueError(f"counts must be a non-empty 1-d sequence, got shape {tuple(counts.shape)}")
+    if counts.ndim != 1 or len(counts) == 0: raise ValueError("counts must be a non-empty 1-d sequence, got shape "
+                                                              f"{tuple(counts.shape)}")
     if (counts < 0).any(): raise ValueError(f"class counts must be >= 0, got {counts.tolist()}")
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
@@ -39,7 +40,8 @@ def total_loss(
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
     if weight is not None and weight.shape != (logits.shape[1],):
-        raise ValueError(f"class weights must have shape ({logits.shape[1]},) (one per class), got {tuple(weight.shape)}")
+        raise ValueError(f"class weights must have shape ({logits.shape[1]},) (one per class), got "
+                         f"{tuple(weight.shape)}")
     w = None if weight is None else weight.to(logits.device, torch.float32)
     terms = {"cls": F.cross_entropy(logits.float(), labels, weight=w)}
     if out.attn_logits is not None: terms["attn"] = F.cross_entropy(out.attn_logits.float(), labels, weight=w)

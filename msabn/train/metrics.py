@@ -25,10 +25,12 @@ class ConfusionMatrix:
     def update(self, preds: torch.Tensor, labels: torch.Tensor) -> "ConfusionMatrix":
         "Add a batch of predicted and true class indices."
         preds, labels = preds.flatten().long(), labels.flatten().long()
-        if preds.shape != labels.shape: raise ValueError(f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} differ in size")
+        if preds.shape != labels.shape: raise ValueError(f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} "
+                                                         "differ in size")
         K = self.num_classes
         for name, v in (("labels", labels), ("preds", preds)):
-            if len(v) and (v.min() < 0 or v.max() >= K): raise ValueError(f"{name} must lie in [0, {K}), got values in [{v.min().item()}, {v.max().item()}]")
+            if len(v) and (v.min() < 0 or v.max() >= K): raise ValueError(f"{name} must lie in [0, {K}), got values in "
+                                                                          f"[{v.min().item()}, {v.max().item()}]")
         idx = labels.to(self.counts.device) * K + preds.to(self.counts.device)
         self.counts += torch.bincount(idx, minlength=K * K).view(K, K)
         return self

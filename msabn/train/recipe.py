@@ -20,23 +20,38 @@ def _at_least(lo): return lambda v: _is_int(v) and v >= lo
 _WHOLE, _BOOL = "a whole number", "True or False"
 
 _CHECKS = {  # field: (test, what is expected)
-    "epochs": (_at_least(1), f"{_WHOLE} >= 1"), "batch_size": (_at_least(1), f"{_WHOLE} >= 1"),
+    "epochs": (_at_least(1), f"{_WHOLE} >= 1"),
+    "batch_size": (_at_least(1), f"{_WHOLE} >= 1"),
     "lr": (lambda v: _is_num(v) and v > 0, "a finite number > 0"),
     "momentum": (lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (lambda v: _is_num(v) and v >= 0, "a finite number >= 0"),
-    "milestones": (lambda v: isinstance(v, (tuple, list)) and all(_is_num(m) and 0 < m < 1 for m in v) and list(v) == sorted(set(v)),
-                   "increasing fractions of the run in (0, 1), e.g. (0.5, 0.75)"),
-    "lr_gamma": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]: the factor the lr is multiplied by at each milestone"),
-    "puzzle": (_is_bool, _BOOL), "alpha_ramp": (_is_bool, _BOOL), "class_weighted": (_is_bool, _BOOL),
-    "puzzle_grid": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(g) and g >= 1 for g in v),
-                    "(rows, cols): two whole numbers >= 1"),
+    "milestones": (
+        lambda v: (
+            isinstance(v, (tuple, list)) and all(_is_num(m) and 0 < m < 1 for m in v) and list(v) == sorted(set(v))
+        ),
+        "increasing fractions of the run in (0, 1), e.g. (0.5, 0.75)",
+    ),
+    "lr_gamma": (
+        lambda v: _is_num(v) and 0 < v <= 1,
+        "a number in (0, 1]: the factor the lr is multiplied by at each milestone",
+    ),
+    "puzzle": (_is_bool, _BOOL),
+    "alpha_ramp": (_is_bool, _BOOL),
+    "class_weighted": (_is_bool, _BOOL),
+    "puzzle_grid": (
+        lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(g) and g >= 1 for g in v),
+        "(rows, cols): two whole numbers >= 1",
+    ),
     "puzzle_mode": (lambda v: v in ("target", "masking", "all"), "'target', 'masking' or 'all'"),
     "alpha": (lambda v: _is_num(v) and v >= 0, "a finite number >= 0"),
     "num_workers": (_at_least(0), f"{_WHOLE} >= 0"),
     "device": (lambda v: isinstance(v, str) and v != "", "a device name: 'auto', 'cpu', 'cuda', 'cuda:1', ..."),
     "amp": (lambda v: v in ("auto", "bf16", "off"), "'auto', 'bf16' or 'off'"),
-    "channels_last": (_is_bool, _BOOL), "compile": (_is_bool, _BOOL), "deterministic": (_is_bool, _BOOL),
-    "keep_best": (_is_bool, _BOOL), "progress": (_is_bool, _BOOL),
+    "channels_last": (_is_bool, _BOOL),
+    "compile": (_is_bool, _BOOL),
+    "deterministic": (_is_bool, _BOOL),
+    "keep_best": (_is_bool, _BOOL),
+    "progress": (_is_bool, _BOOL),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, f"{_WHOLE} in [0, 2**32)"),
     "eval_every": (_at_least(1), f"{_WHOLE} >= 1"),
     "eval_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), f"None (batch_size) or {_WHOLE} >= 1"),
@@ -81,7 +96,8 @@ class TrainConfig:
         for name in ("milestones", "puzzle_grid"):  # a list (e.g. read back from JSON) is kept as a tuple
             if isinstance(getattr(self, name), list): object.__setattr__(self, name, tuple(getattr(self, name)))
         for name, (ok, expected) in _CHECKS.items():
-            if not ok(getattr(self, name)): raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+            if not ok(getattr(self, name)): raise ValueError(f"TrainConfig.{name} must be {expected}, got "
+                                                             f"{getattr(self, name)!r}")
 
     def milestone_epochs(self) -> list[int]:
         "The epochs after which the learning rate drops (e.g. 150 and 225 of 300)."
@@ -89,4 +105,5 @@ class TrainConfig:
 
     def summary(self) -> str:
         "The recipe in one line: epochs, batch, lr, milestones and weight decay."
-        return f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr}, milestones {self.milestones}, wd {self.weight_decay}"
+        return (f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr}, milestones {self.milestones}, wd "
+                f"{self.weight_decay}")

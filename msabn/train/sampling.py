@@ -18,7 +18,8 @@ class EpochBatches(Sampler):
     "Batches of indices in an order fixed by (seed, epoch); resumable mid-epoch; one share per process."
     def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, train: bool = True):
-        if batch_size % world_size: raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes {world_size}")
+        if batch_size % world_size: raise ValueError(f"batch_size {batch_size} must be divisible by the number of "
+                                                     f"processes {world_size}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size, self.train = rank, world_size, train
         self.epoch, self.start = 0, 0
@@ -70,7 +71,8 @@ def check_labels(labels: torch.Tensor, num_classes: int, where: str):
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"{where}: label {int(labels[i])} (item {i}) is not a class of the model, which has {num_classes} classes "
+        raise ValueError(f"{where}: label {int(labels[i])} (item {i}) is not a class of the model, which has "
+                         f"{num_classes} classes "
                          f"(labels 0..{num_classes - 1}); the data's labels go up to {int(labels.max())}: a model for "
                          f"{int(labels.max()) + 1} classes, or data with the model's classes, is needed")
 
@@ -82,11 +84,13 @@ def check_data(
     name: str = "train_data",  # what to call the data in the message
     train: bool = True,     # False: evaluation data (any non-empty size will do)
 ):
-    "Refuse data that cannot train (or be evaluated): empty, not one training step, or labels beyond the model's classes."
+    ("Refuse data that cannot train (or be evaluated): empty, not one training step, or labels beyond the model's "
+     "classes.")
     n = len(data)
     if n == 0: raise ValueError(f"{name} is empty (0 images): nothing to {'train on' if train else 'evaluate'}")
     if train and len(EpochBatches(n, batch_size, world_size=world)) == 0:
-        raise ValueError(f"{name} has {n} image(s): not one training step at batch_size {batch_size} (a last batch of fewer "
+        raise ValueError(f"{name} has {n} image(s): not one training step at batch_size {batch_size} (a last batch of "
+                         "fewer "
                          f"than {max(2, world)} images is dropped: BatchNorm cannot train on one image per process); "
                          f"give it at least {max(2, world)} images")
     t = dataset_targets(data)

@@ -18,7 +18,8 @@ __all__ = ['machine_figure', 'machine_figure_line']
 
 # %% ../../nbs/api/train/06_speed.ipynb #e9b7ecd3
 def machine_figure(steps: int = 4, batch: int = 128) -> float:
-    "img/s of the bare Base ResNet-20 train step at 32 px (batch 128 by default), as `fit` runs it on the CPU: the figure beside every time."
+    ("img/s of the bare Base ResNet-20 train step at 32 px (batch 128 by default), as `fit` runs it on the CPU: the "
+     "figure beside every time.")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = create_model("base", "resnet20", 10).to(memory_format=torch.channels_last)

@@ -7,12 +7,10 @@ import argparse
 
 import torch
 
-from msabn.data import decode
 from msabn.core import set_seed
-from msabn.data import get_dataset
+from msabn.data import decode, eval_transform, get_dataset, train_transform
 from msabn.models import create_model
 from msabn.train import TrainConfig, distributed, fit
-from msabn.data import eval_transform, train_transform
 
 ap = argparse.ArgumentParser()
 ap.add_argument("root"); ap.add_argument("out")
