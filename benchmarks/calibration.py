@@ -17,7 +17,7 @@ makes, decodes and trains them (same backbone, recipe, sizes and seeds), it trai
   class-deciding details are learnable at the network's input size.
 (the probe and the oracle need the splits decoded in memory: Tables 1, 4 and 5; Tables 2 and 3, whose recipes
 augment image by image, train Base and Base (other init) from the files, as their smoke tables do)
-and prints one line per model and split (mean ± std over seeds), the targets of issue 11 beside them, and the
+and prints one line per model and split (mean ± std over seeds), the calibration's targets beside them, and the
 machine figure (bare Base ResNet-20 step at 32 px, batch 128). No ABN/MSABN model is trained here.
 Writes --out/README.md (the table), results.json and records.jsonl (one line per run, as it finishes: a rerun
 skips the runs recorded there, so an interrupted calibration continues).

@@ -278,7 +278,7 @@ def test_bad_other_input_is_named(data_root, tmp_path):
     with pytest.raises(ValueError, match=r"diagset has no split 'dev'"): get_dataset("diagset", d, "dev")
 
 
-# --- issue 14: faults that used to be silent or unclear ---------------------------------------------------
+# --- faults that used to be silent or unclear ------------------------------------------------------------
 def _ramp16() -> np.ndarray:
     return np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (32, 1))  # 32 x 64, 0..65535, mean 32767.5
 

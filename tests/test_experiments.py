@@ -260,7 +260,7 @@ def test_unknown_table_lists_the_valid_ones(tmp_path, capsys):
     assert "unknown table or figure 'table6'" in err and ", ".join(TEMPLATES) in err, err
 
 
-# --- the paper preset is SPEC section 2 ---------------------------------------------------------------------
+# --- the paper preset is the paper's settings ----------------------------------------------------------------
 def _ops(recipe: str, size: int) -> dict:
     "The training pipeline's operations by class name (RandomApply unwrapped), with their key settings."
     out = {}
@@ -269,7 +269,7 @@ def _ops(recipe: str, size: int) -> dict:
             out[type(op).__name__] = op
     return out
 
-SPEC = {  # SPEC section 2, typed from its table
+PAPER_SETTINGS = {  # the paper's settings, typed from its text and tables
     "table1": dict(
         dataset="cifar100",
         size=32,
@@ -333,9 +333,9 @@ BACKBONES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SPEC))
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
 def test_paper_preset_matches_spec(name):
-    want, exp = SPEC[name], get_experiment(name, "paper")
+    want, exp = PAPER_SETTINGS[name], get_experiment(name, "paper")
     assert exp.data.dataset == want["dataset"] and exp.data.size == want["size"] and exp.data.synthetic is None
     assert [r.name for r in exp.rows] == want["rows"] and exp.seeds == want["seeds"]
     assert [c.paper for c in exp.columns] == list(want["batch"])
@@ -371,7 +371,8 @@ def test_paper_preset_matches_spec(name):
 
 
 def test_paper_augmentations_match_spec():
-    ops = {n: _ops(get_experiment(n, "paper").data.recipe, get_experiment(n, "paper").data.size) for n in SPEC}
+    data = {n: get_experiment(n, "paper").data for n in PAPER_SETTINGS}
+    ops = {n: _ops(d.recipe, d.size) for n, d in data.items()}
     # Table 1: random crop (pad 4) + h-flip
     assert {"RandomCrop", "RandomHorizontalFlip"} <= set(ops["table1"]) and ops["table1"]["RandomCrop"].padding == [
         4,
@@ -434,7 +435,7 @@ def test_paper_figure_presets_match_spec():
 
 
 def test_smoke_keeps_every_table_s_rows_and_recipe():
-    for name in SPEC:
+    for name in PAPER_SETTINGS:
         paper, smoke = get_experiment(name, "paper"), get_experiment(name, "smoke")
         assert [r.name for r in smoke.rows] == [r.name for r in paper.rows]
         assert {c.paper for c in smoke.columns} <= {c.paper for c in paper.columns}
@@ -477,7 +478,7 @@ def test_figure_runs_are_redone_when_a_source_table_changes(monkeypatch):
     assert after["table1"] == before["table1"]
 
 
-# --- the runner's reliability (issue 14): every test below fails on the code before it ------------------------------
+# --- the runner's reliability: each fault below once went unsaid or lost work ---------------------------------------
 RUNNER = sys.modules[run_experiments.__module__]        # where run_experiments looks up execute_template
 FOLDERS = sys.modules[write_status.__module__]          # where status.json is written
 
@@ -779,7 +780,7 @@ def test_a_run_made_from_python_counts_as_complete(tmp_path, monkeypatch):
     assert [r.name for r in recs] == ["table1"]
 
 
-# --- progress a person can watch (issue 11) --------------------------------------------------------------------
+# --- progress a person can watch --------------------------------------------------------------------
 def _in_process_with(overrides_seen=None):
     ("An execute_template that runs the template's work in this process (real training, its progress file included), "
      "overrides too.")

@@ -66,7 +66,7 @@ def test_efficient_msabn_flops_within_one_and_a_half_abn(backbone):
 
 
 def test_paper_literal_msabn_stage_cost_on_resnet50():
-    # the figures: ResNet-50 4.1 GMACs; the branch's stride-1 layer4 ~46.9 GMACs at 56x56, ~2.9 at 14x14
+    # the expected figures: ResNet-50 4.1 GMACs; the branch's stride-1 layer4 ~46.9 GMACs at 56x56, ~2.9 at 14x14
     with torch.device("meta"): abn, lit = create_model("abn", "resnet50", 1000), create_model("msabn", "resnet50", 1000)
     for m, side, want in [(abn, 14, 2.9), (lit, 56, 46.9)]:
         stage_macs = count_macs(m.attention.stage, (1, 1024, side, side)) / 1e9

@@ -61,7 +61,7 @@ def _left_behind(out: Path) -> list[str]:
     return [p.name for p in out.iterdir() if ".new-" in p.name or p.name.endswith(".old")]
 
 
-# --- issue 14: a new report never destroys the old one ------------------------------------------------------
+# --- a new report never destroys the old one ---------------------------------------------------------------
 def test_crash_mid_report_leaves_the_old_report_intact(tmp_path, monkeypatch):
     _runs(tmp_path)
     folder = write_report(tmp_path / "runs", tmp_path / "pf", "tiny", log=QUIET)

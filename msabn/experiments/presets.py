@@ -87,7 +87,7 @@ FIG8_9_FIGURES = dict(zip(INFO["fig8_9"].depends, ("Fig. 8", "Fig. 9"), strict=T
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #1adc8d15
 def paper_preset() -> dict:
-    "SPEC section 2's experiments, value for value (real data, the paper's backbones and schedules)."
+    "The paper's experiments, value for value (real data, the paper's backbones and schedules)."
     t2_cols = (Column(paper="ResNet-101", backbone="resnet101", batch_size=512),
                Column(paper="EfficientNet-B1", backbone="efficientnet_b1", batch_size=256))
     t4_cols = (Column(paper="ResNet-50", backbone="resnet50"), Column(paper="ResNeXt-50", backbone="resnext50_32x4d"),

@@ -308,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                "run folders.")
     ap.add_argument("names", nargs="+", metavar="TABLE", help=f"'all' or any of: {', '.join(TEMPLATES)}")
     ap.add_argument("--preset", default="smoke", choices=PRESETS, help="smoke: embedded data, CPU minutes; paper: "
-                                                                       "SPEC's settings, real data")
+                                                                       "the paper's settings, real data")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="repeats (default: the preset's)")
     ap.add_argument("--data-root", default=None, help="folder with one subfolder per dataset (required by --preset "
                                                       "paper; default data/)")
