@@ -291,7 +291,8 @@ class BoxEditor:
         try:
             if self.before is None:
                 self.stage = "scoring the model before fine-tuning"; self._say(self.stage + " ...")
-                self.before = score_attention(self.model, self.test_data, device=cfg.device)
+                self.before = score_attention(self.model, self.test_data, device=cfg.device,
+                                              normalize=self.scores.normalize)   # the pool's reading
             for k, (method, p, what) in enumerate(jobs):
                 self.stage = what
                 self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} "
@@ -308,6 +309,7 @@ class BoxEditor:
                     boxes=self.store.boxes if p else None,
                     label_policy=self.label_policy,
                     on_step=on_step,
+                    normalize=self.scores.normalize,
                 )
                 if method == "vanilla": self.vanilla = res
                 else: self.result = res
