@@ -85,23 +85,41 @@ def test_notebooks_have_no_execution_counts_or_stray_metadata():
             if c.cell_type == "code": assert c.execution_count is None, f"{f}: execution counts (run nbdev_clean)"
 
 
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
+# counted in logical lines (a statement, however many lines the formatter gives it, or a comment line), so that a
+# dict of the paper's settings written one key per line counts as the one statement it is
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 40
+
+
+def _logical_lines(text: str, first: int = 1, last: int | None = None) -> int:
+    "The statements and comment lines of text between lines first and last."
+    import io
+    import tokenize
+    rows = set()
+    for t in tokenize.generate_tokens(io.StringIO(text).readline):
+        if not first <= t.start[0] <= (last or t.start[0]): continue
+        if t.type == tokenize.NEWLINE or (t.type == tokenize.COMMENT and t.line.lstrip().startswith("#")):
+            rows.add(t.start[0])
+    return len(rows)
 
 
 def test_modules_and_functions_stay_small():
-    # a module reads top-down, a function fits on a screen (msabn/_modidx.py is nbdev's
-    # index)
+    # a module reads top-down, a function fits on a screen (msabn/_modidx.py is nbdev's index)
     import ast
     long = []
     for f in sorted((ROOT / "msabn").rglob("*.py")):
         if f.name == "_modidx.py": continue
         text = f.read_text(encoding="utf-8")
-        if len(text.splitlines()) > MAX_MODULE_LINES: long.append(f"{f.name}: {len(text.splitlines())} lines")
+        if (n := _logical_lines(text)) > MAX_MODULE_LINES: long.append(f"{f.name}: {n} logical lines")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES: long.append(f"{f.name}:{node.lineno} {node.name}: {n} lines")
-    assert not long, f"over {MAX_MODULE_LINES} lines per module / {MAX_FUNCTION_LINES} per function: {long}"
+                n = _logical_lines(text, node.lineno, node.end_lineno)
+                if n > MAX_FUNCTION_LINES: long.append(f"{f.name}:{node.lineno} {node.name}: {n} logical lines")
+    assert not long, f"over {MAX_MODULE_LINES} logical lines per module / {MAX_FUNCTION_LINES} per function: {long}"
+
+
+def test_the_size_rule_counts_statements_not_wrapped_lines():
+    wrapped = "def f():\n    x = {\n        'a': 1,\n        'b': 2,\n    }\n    # why\n    return x\n"
+    assert _logical_lines(wrapped) == 4   # def, the dict, the comment, return
 
 
 def test_ci_runs_the_linter():
