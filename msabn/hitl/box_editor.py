@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from torch.utils.data import Dataset
 
 from ..data.items import collate
@@ -52,10 +53,11 @@ def _check_store(store: BoxStore, n: int, size: Callable[[int], tuple[int, int]]
                              f"image {i} is "
                              f"{size(i)[1]}x{size(i)[0]} (width x height): it is a box file of other images")
 
-# %% ../../nbs/api/hitl/03_box_editor.ipynb #41de4035
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #6ef89f0d
 class BoxEditor:
     ("Draw or correct object boxes image by image in a chosen order; fine-tune with and without copy-replace (no "
      "screen: see BoxEditorWidget).")
+
     def __init__(self,
                  store: BoxStore,                       # where the boxes go
                  # the training images as fine-tuning sees them (the editor shows them raw)
@@ -99,7 +101,6 @@ class BoxEditor:
         for redraw in self._views: redraw(moved)
         return msg
 
-    # --- position -------------------------------------------------------------------------------
     def _next(self, start: int) -> int | None:
         "The first image of the order, from position `start`, with neither a box nor a skip."
         skipped = set(self.store.skipped)
@@ -107,259 +108,287 @@ class BoxEditor:
             if i not in self.store and i not in skipped: return i
         return None
 
-    def _advance(self):
-        pos = self.order.index(self.current) + 1 if self.current in self.order else 0
-        self.current, self._pending, self._drawing = self._next(pos), None, False
-
-    def show(self, index: int) -> str:
-        "Jump to an image of the order (e.g. to correct its box)."
-        i = check_index(index, len(self.raw), "show")
-        if i not in self.order: raise ValueError(f"image {i} is not in this editor's order (its {len(self.order)} "
-                                                 "images)")
-        self.current, self._pending, self._drawing = i, None, False
-        return self._say(f"image {i}{self._state(i)}", moved=True)
-
-    def previous(self) -> str:
-        "Back to the image before this one in the order (to see or correct its box)."
-        pos = self.order.index(self.current) if self.current in self.order else len(self.order)
-        if pos == 0: return self._say("this is the first image of the order")
-        self.current, self._pending, self._drawing = self.order[pos - 1], None, False
-        return self._say(f"back to image {self.current}{self._state(self.current)}", moved=True)
-
-    def _state(self, i: int) -> str:
-        "How an image stands, for the status line: '' (boxed), ' (skipped)' or ' (no box yet)'."
-        return "" if i in self.store else " (skipped)" if i in set(self.store.skipped) else " (no box yet)"
-
-    @property
-    def annotated(self) -> int: return sum(i in self.store for i in self.order)
-    @property
-    def counter(self) -> str: return f"annotated {self.annotated} / pool {len(self.order)}"
-
-    # --- what a view shows -------------------------------------------------------------------------
     def _at(self, index) -> int: return self.current if index is None else check_index(index, len(self.raw))
-
-    def image(self, index: int | None = None) -> np.ndarray:
-        "The raw image (H x W x 3, uint8): what the person draws on."
-        return np.ascontiguousarray(
-            self.raw[self._at(index)]["image"].as_subclass(torch.Tensor).permute(1, 2, 0).numpy()
-        )
 
     def image_size(self, index: int | None = None) -> tuple[int, int]:
         "The raw image's (height, width)."
         return tuple(int(v) for v in self.raw[self._at(index)]["image"].shape[-2:])
 
-    def attn_map(self, index: int | None = None) -> np.ndarray | None:
-        "The model's attention map on the image (h x w, float32), or None without scores."
-        return (
-            None if self.scores is None else self.scores.records.attn_map[self._row[self._at(index)]].astype(np.float32)
-        )
-
-    def display_scale(self, index: int | None = None) -> int:
-        "Display pixels per image pixel: `scale`, or about 256 px across."
-        return int(self.scale) if self.scale else max(1, round(256 / max(self.image_size(index))))
-
-    def info(self, index: int | None = None) -> dict:
-        "What the view says about an image: classes, prediction, confidence, frac_attn_out, box, counter."
-        i = self._at(index)
-        if i is None: return {"index": None, "counter": self.counter, "done": True}
-        name = lambda k: self.classes[k] if self.classes else str(k)
-        out = {"index": i, "label": name(int(self.raw.targets[i])) if hasattr(self.raw, "targets") else None,
-               "box": self.store.get(i), "counter": self.counter, "done": False}
-        if self.scores is not None:
-            r = self._row[i]
-            out.update(pred=name(int(self.scores.pred[r])), confidence=float(self.scores.confidence[r]),
-                       frac_attn_out=float(self.scores.frac_attn_out[r]))
-        return out
-
-    # --- display pixels <-> image pixels -----------------------------------------------------------
-    def to_image_box(self, bbox: Mapping, index: int | None = None) -> tuple[float, float, float, float]:
-        "A widget box {x, y, width, height} (display pixels) as (x0, y0, x1, y1) in image pixels."
-        s = self.display_scale(index)
-        try: x, y, w, h = (float(bbox[k]) for k in ("x", "y", "width", "height"))
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise ValueError(f"image {self._at(index)}: the widget sent {bbox!r}; expected a box {{x, y, width, "
-                             "height} "
-                             "of numbers in display pixels") from None
-        x0, x1, y0, y1 = min(x, x + w), max(x, x + w), min(y, y + h), max(y, y + h)
-        return tuple(round(v / s, 3) for v in (x0, y0, x1, y1))
-
-    def to_widget_box(self, box: Sequence[float], index: int | None = None) -> dict:
-        "(x0, y0, x1, y1) in image pixels as a widget box in display pixels."
-        s = self.display_scale(index)
-        x0, y0, x1, y1 = (float(v) * s for v in box)
-        return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "label": "object"}
-
-    # --- what the person does --------------------------------------------------------------------
-    def clamp(self, box: Sequence[float], index: int | None = None) -> tuple[float, float, float, float]:
-        "A box (x0, y0, x1, y1) in image pixels cut to the image."
-        h, w = self.image_size(index)
-        x0, y0, x1, y1 = (float(v) for v in box)
-        return min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)
-
-    def on_boxes(self, bboxes: Sequence[Mapping]) -> str:
-        ("The boxes on the current image changed: save the last one at once, cut to the image (or delete, if none); "
-         "refuse bad ones.")
-        i = self.current
-        if i is None: return self._say("every image of the pool has been seen")
-        was_drawing, self._drawing, self.clamped = self._drawing, False, False
-        try:
-            if not bboxes or (
-                was_drawing and i in self.store and [self.to_image_box(b) for b in bboxes] == [self.store.get(i)]
-            ):
-                self._pending = None
-                if was_drawing:   # the view took away the box of no size a click left: nothing was drawn
-                    return self._say(f"image {i}: a click is not a box: press at one corner of the object, drag to the "
-                                     "other, release")
-                return self._say(f"image {i}: box removed" if self.store.remove(i) else f"image {i}: no box")
-            drawn = self.to_image_box(bboxes[-1])
-            # the press that starts a drag (or a click): not a box yet
-            if drawn[0] == drawn[2] and drawn[1] == drawn[3]:
-                self._drawing, self._pending = True, (f"image {i}: no box yet: drag to the opposite corner of the "
-                                                      "object and release")
-                return self._say(self._pending)
-            box = self.clamp(drawn, i)
-            self.clamped = box != drawn
-            if self.clamped and (box[2] <= box[0] or box[3] <= box[1]):
-                raise ValueError(f"image {i}: box ({', '.join(f'{v:g}' for v in drawn)}) lies outside the image")
-            saved = self.store.set(i, box, self.image_size(i))
-        except BoxStoreError as e:     # not saved (another writer, an unwritable file): show what the file holds
-            self._pending = None
-            return self._say(str(e), error=True, moved=True)
-        except ValueError as e:
-            self._pending = f"{e}: not saved"
-            return self._say(self._pending + (" (drag to draw a box)" if "zero area" in str(e) else ""), error=True)
-        self._pending = None
-        note = f" (the last of {len(bboxes)} boxes: one box per image)" if len(bboxes) > 1 else ""
-        cut = " (cut to the image)" if self.clamped else ""
-        return self._say(f"image {i}: saved box ({', '.join(f'{v:g}' for v in saved)}){cut}{note}")
-
-    def submit(self) -> str:
-        "Done with this image: on to the next (refused while its box is missing or was refused)."
-        i = self.current
-        if i is None: return self._say("every image of the pool has been seen")
-        if self._pending: return self._say(self._pending, error=True)
-        if i not in self.store: return self._say(f"image {i}: draw a box around the object first (or Skip)", error=True)
-        self._advance()
-        return self._say(f"image {i} done; {self.counter}", moved=True)
-
-    def skip(self) -> str:
-        "Pass over this image (recorded) and go on to the next."
-        i = self.current
-        if i is None: return self._say("every image of the pool has been seen")
-        try: self.store.skip(i)
-        except BoxStoreError as e: return self._say(str(e), error=True, moved=True)
-        self._advance()
-        return self._say(f"image {i} skipped; {self.counter}", moved=True)
-
-    def simulate(self, n: int | None = None) -> int:
-        "The simulated annotator: draw the dataset's true box on the next `n` images (all if None) and submit."
-        done = 0
-        while self.current is not None and (n is None or done < n):
-            i = self.current
-            self.on_boxes([self.to_widget_box(self.raw.boxes[i].tolist(), i)])
-            self.submit(); done += 1
-        return done
-
-    # --- fine-tuning --------------------------------------------------------------------------------
-    def _steps_per_epoch(self) -> int:
-        return max(1, steps_per_epoch(len(self.data), self.cfg.batch_size, self.cfg.limit_train_batches))
-
-    def finetune_now(self, progress: Callable[[int, int], None] | None = None) -> FinetuneResult | None:
-        ("Fine-tune copies of the model on one schedule and seed, without (once) and with copy-replace on every boxed "
-         "image; score both.")
-        if self.model is None or self.test_data is None:
-            self._say("no model or test data was given to the editor: nothing to fine-tune", error=True); return None
-        try:                                     # with what another notebook on this project saved meanwhile
-            pool = self.store.reload().indices
-            _check_store(self.store, len(self.raw), self.image_size)
-        except (BoxStoreError, ValueError) as e:
-            self._say(f"{e}: nothing was fine-tuned", error=True); return None
-        if len(pool) < 2:
-            self._say(
-                "fine-tuning needs boxes on two images at least (copy-replace pastes the object of one boxed "
-                "image into "
-                f"another): {len(pool)} boxed so far; draw a box and press Submit on {2 - len(pool)} more",
-                error=True,
-            )
-            return None
-        # the view's bar instead of fit's (tqdm's bars switch off through the config)
-        cfg = replace(self.cfg, progress=False)
-        per_run = max(1, cfg.epochs * self._steps_per_epoch())
-        jobs = ([("vanilla", [], "vanilla fine-tuning (no boxes: the baseline)")] if self.vanilla is None else []) + \
-               [("copy_replace", pool, f"copy-replace fine-tuning on {len(pool)} boxed images")]
-        total, t0 = per_run * len(jobs), time.monotonic()
-        try:
-            if self.before is None:
-                self.stage = "scoring the model before fine-tuning"; self._say(self.stage + " ...")
-                self.before = score_attention(self.model, self.test_data, device=cfg.device,
-                                              normalize=self.scores.normalize)   # the pool's reading
-            for k, (method, p, what) in enumerate(jobs):
-                self.stage = what
-                self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} "
-                          "steps ...")
-                def on_step(epoch, step, k=k):
-                    if progress: progress(k * per_run + min(per_run, epoch * (per_run // cfg.epochs) + step + 1), total)
-                res = finetune(
-                    self.model,
-                    self.data,
-                    self.test_data,
-                    cfg,
-                    method,
-                    p,
-                    boxes=self.store.boxes if p else None,
-                    label_policy=self.label_policy,
-                    on_step=on_step,
-                    normalize=self.scores.normalize,
-                )
-                if method == "vanilla": self.vanilla = res
-                else: self.result = res
-        except EmptyPoolError as e:
-            self._say(str(e) + f" (boxes so far: {len(pool)})", error=True); return None
-        finally: self.stage = ""
-        b, v, a = self.before, self.vanilla, self.result
-        self._say(f"fine-tuned on one schedule and seed ({time.monotonic() - t0:.0f} s): test accuracy before "
-                  f"{b.acc:.1f}%, vanilla "
-                  f"{v.acc:.1f}%, copy-replace on {len(pool)} boxes {a.acc:.1f}%")
-        return self.result
-
-    def comparison(self) -> dict:
-        "Test accuracy (%) and mean frac_attn_out before fine-tuning, after vanilla and after copy-replace fine-tuning."
-        if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
-        return {
-            "before": {"acc": self.before.acc, "frac_attn_out": float(self.before.frac_attn_out.mean())},
-            "vanilla": {"acc": self.vanilla.acc, "frac_attn_out": self.vanilla.frac_attn_out},
-            "copy_replace": {
-                "acc": self.result.acc,
-                "frac_attn_out": self.result.frac_attn_out,
-                "boxes": self.result.pool_size,
-            },
-        }
-
-    def comparison_frame(self) -> pd.DataFrame:
-        "The comparison as a table: before, vanilla and copy-replace side by side (one schedule, one seed)."
-        c = self.comparison()
-        names = {"before": "before fine-tuning", "vanilla": "vanilla fine-tuning (no boxes)",
-                 "copy_replace": f"copy-replace ({c['copy_replace']['boxes']} boxes)"}
-        return pd.DataFrame(
-            {
-                "test accuracy (%)": [round(c[k]["acc"], 1) for k in names],
-                "mean frac_attn_out": [round(c[k]["frac_attn_out"], 3) for k in names],
-            },
-            index=list(names.values()),
-        )
-
-    def before_after(self, n: int = 4, size: float = 1.6):
-        ("Attention maps of the first `n` test images before fine-tuning, after vanilla and after copy-replace (a "
-         "figure).")
-        if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
-        b = collate([self.test_data[i] for i in range(n)])
-        runs = {"before": self.before, "vanilla": self.vanilla.scores, "copy-replace": self.result.scores}
-        maps = {k: torch.from_numpy(s.records.attn_map[:n].astype(np.float32))[:, None] for k, s in runs.items()}
-        preds = {k: torch.from_numpy(s.pred[:n]) for k, s in runs.items()}
-        return attention_grid(b["image"], maps, boxes=b["box"], labels=b["label"], preds=preds, classes=self.classes,
-                              stats=self.stats, threshold=0.2, size=size)
-
     def __repr__(self) -> str: return f"BoxEditor({self.counter}, current image {self.current})"
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #6be1948d
+@patch
+def _advance(self: BoxEditor):
+    pos = self.order.index(self.current) + 1 if self.current in self.order else 0
+    self.current, self._pending, self._drawing = self._next(pos), None, False
+
+@patch
+def show(self: BoxEditor, index: int) -> str:
+    "Jump to an image of the order (e.g. to correct its box)."
+    i = check_index(index, len(self.raw), "show")
+    if i not in self.order: raise ValueError(f"image {i} is not in this editor's order (its {len(self.order)} "
+                                             "images)")
+    self.current, self._pending, self._drawing = i, None, False
+    return self._say(f"image {i}{self._state(i)}", moved=True)
+
+@patch
+def previous(self: BoxEditor) -> str:
+    "Back to the image before this one in the order (to see or correct its box)."
+    pos = self.order.index(self.current) if self.current in self.order else len(self.order)
+    if pos == 0: return self._say("this is the first image of the order")
+    self.current, self._pending, self._drawing = self.order[pos - 1], None, False
+    return self._say(f"back to image {self.current}{self._state(self.current)}", moved=True)
+
+@patch
+def _state(self: BoxEditor, i: int) -> str:
+    "How an image stands, for the status line: '' (boxed), ' (skipped)' or ' (no box yet)'."
+    return "" if i in self.store else " (skipped)" if i in set(self.store.skipped) else " (no box yet)"
+
+@patch(as_prop=True)
+def annotated(self: BoxEditor) -> int:
+    "How many images of the order have a box."
+    return sum(i in self.store for i in self.order)
+
+@patch(as_prop=True)
+def counter(self: BoxEditor) -> str:
+    "The view's counter: boxed images of the pool."
+    return f"annotated {self.annotated} / pool {len(self.order)}"
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #fbc97f04
+@patch
+def image(self: BoxEditor, index: int | None = None) -> np.ndarray:
+    "The raw image (H x W x 3, uint8): what the person draws on."
+    return np.ascontiguousarray(
+        self.raw[self._at(index)]["image"].as_subclass(torch.Tensor).permute(1, 2, 0).numpy()
+    )
+
+@patch
+def attn_map(self: BoxEditor, index: int | None = None) -> np.ndarray | None:
+    "The model's attention map on the image (h x w, float32), or None without scores."
+    return (
+        None if self.scores is None else self.scores.records.attn_map[self._row[self._at(index)]].astype(np.float32)
+    )
+
+@patch
+def display_scale(self: BoxEditor, index: int | None = None) -> int:
+    "Display pixels per image pixel: `scale`, or about 256 px across."
+    return int(self.scale) if self.scale else max(1, round(256 / max(self.image_size(index))))
+
+@patch
+def info(self: BoxEditor, index: int | None = None) -> dict:
+    "What the view says about an image: classes, prediction, confidence, frac_attn_out, box, counter."
+    i = self._at(index)
+    if i is None: return {"index": None, "counter": self.counter, "done": True}
+    name = lambda k: self.classes[k] if self.classes else str(k)
+    out = {"index": i, "label": name(int(self.raw.targets[i])) if hasattr(self.raw, "targets") else None,
+           "box": self.store.get(i), "counter": self.counter, "done": False}
+    if self.scores is not None:
+        r = self._row[i]
+        out.update(pred=name(int(self.scores.pred[r])), confidence=float(self.scores.confidence[r]),
+                   frac_attn_out=float(self.scores.frac_attn_out[r]))
+    return out
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #07b9f1ee
+@patch
+def to_image_box(self: BoxEditor, bbox: Mapping, index: int | None = None) -> tuple[float, float, float, float]:
+    "A widget box {x, y, width, height} (display pixels) as (x0, y0, x1, y1) in image pixels."
+    s = self.display_scale(index)
+    try: x, y, w, h = (float(bbox[k]) for k in ("x", "y", "width", "height"))
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ValueError(f"image {self._at(index)}: the widget sent {bbox!r}; expected a box {{x, y, width, "
+                         "height} "
+                         "of numbers in display pixels") from None
+    x0, x1, y0, y1 = min(x, x + w), max(x, x + w), min(y, y + h), max(y, y + h)
+    return tuple(round(v / s, 3) for v in (x0, y0, x1, y1))
+
+@patch
+def to_widget_box(self: BoxEditor, box: Sequence[float], index: int | None = None) -> dict:
+    "(x0, y0, x1, y1) in image pixels as a widget box in display pixels."
+    s = self.display_scale(index)
+    x0, y0, x1, y1 = (float(v) * s for v in box)
+    return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "label": "object"}
+
+@patch
+def clamp(self: BoxEditor, box: Sequence[float], index: int | None = None) -> tuple[float, float, float, float]:
+    "A box (x0, y0, x1, y1) in image pixels cut to the image."
+    h, w = self.image_size(index)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #1a787746
+@patch
+def on_boxes(self: BoxEditor, bboxes: Sequence[Mapping]) -> str:
+    ("The boxes on the current image changed: save the last one at once, cut to the image (or delete, if none); "
+     "refuse bad ones.")
+    i = self.current
+    if i is None: return self._say("every image of the pool has been seen")
+    was_drawing, self._drawing, self.clamped = self._drawing, False, False
+    try:
+        if not bboxes or (
+            was_drawing and i in self.store and [self.to_image_box(b) for b in bboxes] == [self.store.get(i)]
+        ):
+            self._pending = None
+            if was_drawing:   # the view took away the box of no size a click left: nothing was drawn
+                return self._say(f"image {i}: a click is not a box: press at one corner of the object, drag to the "
+                                 "other, release")
+            return self._say(f"image {i}: box removed" if self.store.remove(i) else f"image {i}: no box")
+        drawn = self.to_image_box(bboxes[-1])
+        # the press that starts a drag (or a click): not a box yet
+        if drawn[0] == drawn[2] and drawn[1] == drawn[3]:
+            self._drawing, self._pending = True, (f"image {i}: no box yet: drag to the opposite corner of the "
+                                                  "object and release")
+            return self._say(self._pending)
+        box = self.clamp(drawn, i)
+        self.clamped = box != drawn
+        if self.clamped and (box[2] <= box[0] or box[3] <= box[1]):
+            raise ValueError(f"image {i}: box ({', '.join(f'{v:g}' for v in drawn)}) lies outside the image")
+        saved = self.store.set(i, box, self.image_size(i))
+    except BoxStoreError as e:     # not saved (another writer, an unwritable file): show what the file holds
+        self._pending = None
+        return self._say(str(e), error=True, moved=True)
+    except ValueError as e:
+        self._pending = f"{e}: not saved"
+        return self._say(self._pending + (" (drag to draw a box)" if "zero area" in str(e) else ""), error=True)
+    self._pending = None
+    note = f" (the last of {len(bboxes)} boxes: one box per image)" if len(bboxes) > 1 else ""
+    cut = " (cut to the image)" if self.clamped else ""
+    return self._say(f"image {i}: saved box ({', '.join(f'{v:g}' for v in saved)}){cut}{note}")
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #60ac7a63
+@patch
+def submit(self: BoxEditor) -> str:
+    "Done with this image: on to the next (refused while its box is missing or was refused)."
+    i = self.current
+    if i is None: return self._say("every image of the pool has been seen")
+    if self._pending: return self._say(self._pending, error=True)
+    if i not in self.store: return self._say(f"image {i}: draw a box around the object first (or Skip)", error=True)
+    self._advance()
+    return self._say(f"image {i} done; {self.counter}", moved=True)
+
+@patch
+def skip(self: BoxEditor) -> str:
+    "Pass over this image (recorded) and go on to the next."
+    i = self.current
+    if i is None: return self._say("every image of the pool has been seen")
+    try: self.store.skip(i)
+    except BoxStoreError as e: return self._say(str(e), error=True, moved=True)
+    self._advance()
+    return self._say(f"image {i} skipped; {self.counter}", moved=True)
+
+@patch
+def simulate(self: BoxEditor, n: int | None = None) -> int:
+    "The simulated annotator: draw the dataset's true box on the next `n` images (all if None) and submit."
+    done = 0
+    while self.current is not None and (n is None or done < n):
+        i = self.current
+        self.on_boxes([self.to_widget_box(self.raw.boxes[i].tolist(), i)])
+        self.submit(); done += 1
+    return done
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #44f805ac
+@patch
+def _steps_per_epoch(self: BoxEditor) -> int:
+    return max(1, steps_per_epoch(len(self.data), self.cfg.batch_size, self.cfg.limit_train_batches))
+
+@patch
+def finetune_now(self: BoxEditor, progress: Callable[[int, int], None] | None = None) -> FinetuneResult | None:
+    ("Fine-tune copies of the model on one schedule and seed, without (once) and with copy-replace on every boxed "
+     "image; score both.")
+    if self.model is None or self.test_data is None:
+        self._say("no model or test data was given to the editor: nothing to fine-tune", error=True); return None
+    try:                                     # with what another notebook on this project saved meanwhile
+        pool = self.store.reload().indices
+        _check_store(self.store, len(self.raw), self.image_size)
+    except (BoxStoreError, ValueError) as e:
+        self._say(f"{e}: nothing was fine-tuned", error=True); return None
+    if len(pool) < 2:
+        self._say(
+            "fine-tuning needs boxes on two images at least (copy-replace pastes the object of one boxed "
+            "image into "
+            f"another): {len(pool)} boxed so far; draw a box and press Submit on {2 - len(pool)} more",
+            error=True,
+        )
+        return None
+    # the view's bar instead of fit's (tqdm's bars switch off through the config)
+    cfg = replace(self.cfg, progress=False)
+    per_run = max(1, cfg.epochs * self._steps_per_epoch())
+    jobs = ([("vanilla", [], "vanilla fine-tuning (no boxes: the baseline)")] if self.vanilla is None else []) + \
+           [("copy_replace", pool, f"copy-replace fine-tuning on {len(pool)} boxed images")]
+    total, t0 = per_run * len(jobs), time.monotonic()
+    try:
+        if self.before is None:
+            self.stage = "scoring the model before fine-tuning"; self._say(self.stage + " ...")
+            self.before = score_attention(self.model, self.test_data, device=cfg.device,
+                                          normalize=self.scores.normalize)   # the pool's reading
+        for k, (method, p, what) in enumerate(jobs):
+            self.stage = what
+            self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} "
+                      "steps ...")
+            def on_step(epoch, step, k=k):
+                if progress: progress(k * per_run + min(per_run, epoch * (per_run // cfg.epochs) + step + 1), total)
+            res = finetune(
+                self.model,
+                self.data,
+                self.test_data,
+                cfg,
+                method,
+                p,
+                boxes=self.store.boxes if p else None,
+                label_policy=self.label_policy,
+                on_step=on_step,
+                normalize=self.scores.normalize,
+            )
+            if method == "vanilla": self.vanilla = res
+            else: self.result = res
+    except EmptyPoolError as e:
+        self._say(str(e) + f" (boxes so far: {len(pool)})", error=True); return None
+    finally: self.stage = ""
+    b, v, a = self.before, self.vanilla, self.result
+    self._say(f"fine-tuned on one schedule and seed ({time.monotonic() - t0:.0f} s): test accuracy before "
+              f"{b.acc:.1f}%, vanilla "
+              f"{v.acc:.1f}%, copy-replace on {len(pool)} boxes {a.acc:.1f}%")
+    return self.result
+
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #e020dc50
+@patch
+def comparison(self: BoxEditor) -> dict:
+    "Test accuracy (%) and mean frac_attn_out before fine-tuning, after vanilla and after copy-replace fine-tuning."
+    if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
+    return {
+        "before": {"acc": self.before.acc, "frac_attn_out": float(self.before.frac_attn_out.mean())},
+        "vanilla": {"acc": self.vanilla.acc, "frac_attn_out": self.vanilla.frac_attn_out},
+        "copy_replace": {
+            "acc": self.result.acc,
+            "frac_attn_out": self.result.frac_attn_out,
+            "boxes": self.result.pool_size,
+        },
+    }
+
+@patch
+def comparison_frame(self: BoxEditor) -> pd.DataFrame:
+    "The comparison as a table: before, vanilla and copy-replace side by side (one schedule, one seed)."
+    c = self.comparison()
+    names = {"before": "before fine-tuning", "vanilla": "vanilla fine-tuning (no boxes)",
+             "copy_replace": f"copy-replace ({c['copy_replace']['boxes']} boxes)"}
+    return pd.DataFrame(
+        {
+            "test accuracy (%)": [round(c[k]["acc"], 1) for k in names],
+            "mean frac_attn_out": [round(c[k]["frac_attn_out"], 3) for k in names],
+        },
+        index=list(names.values()),
+    )
+
+@patch
+def before_after(self: BoxEditor, n: int = 4, size: float = 1.6):
+    ("Attention maps of the first `n` test images before fine-tuning, after vanilla and after copy-replace (a "
+     "figure).")
+    if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
+    b = collate([self.test_data[i] for i in range(n)])
+    runs = {"before": self.before, "vanilla": self.vanilla.scores, "copy-replace": self.result.scores}
+    maps = {k: torch.from_numpy(s.records.attn_map[:n].astype(np.float32))[:, None] for k, s in runs.items()}
+    preds = {k: torch.from_numpy(s.pred[:n]) for k, s in runs.items()}
+    return attention_grid(b["image"], maps, boxes=b["box"], labels=b["label"], preds=preds, classes=self.classes,
+                          stats=self.stats, threshold=0.2, size=size)
 
 # %% ../../nbs/api/hitl/03_box_editor.ipynb #982e9ce0
 QUICK_FINETUNE = TrainConfig(epochs=1, batch_size=32, lr=0.01, momentum=0.9, weight_decay=1e-4, milestones=())

@@ -40,8 +40,9 @@ from ..train.metrics import mean_std
 __all__ = ['SHORT_SPLITS', 'METRIC_NAMES', 'own_data', 'run_command', 'markdown_table', 'table_figure', 'curve_frame',
            'curve_figure', 'curve_verdicts', 'markdown_curves', 'verdict_summary', 'markdown_fig1']
 
-# %% ../../nbs/api/report/01_pages.ipynb #886ca8c7
+# %% ../../nbs/api/report/01_pages.ipynb #6f749ac6
 SHORT_SPLITS = {"test": "test", "val": "validation", "test_iid": "test_iid"}
+
 METRIC_NAMES = {"acc": "accuracy (%)", "balanced_acc": "balanced accuracy (%)"}
 
 def _split_label(exp: TableExperiment, split: str) -> str:
@@ -55,6 +56,7 @@ def _split_note(exp: TableExperiment, splits: Sequence[str]) -> str:
             "paper's test sets); *test (shifted)* draws the habitat independently of the class, so only the object "
             "tells the class.")
 
+# %% ../../nbs/api/report/01_pages.ipynb #99149a76
 def own_data(exp) -> str | None:
     ("The name of the user's own dataset a run read (`--set data=...`, or a `--set dataset=...` other than its "
      "preset's); None for the preset's data.")
@@ -81,6 +83,7 @@ def run_command(
     return (f"msabn_run {' '.join(which) if len(which) < len(TEMPLATES) else 'all'} --preset {base} --seeds "
             f"{' '.join(map(str, seeds))}" + (" --data-root DATA" if base == "paper" else "") + sets)
 
+# %% ../../nbs/api/report/01_pages.ipynb #8c60013c
 def _data_line(exp: TableExperiment, metrics: Mapping) -> str:
     d = exp.data
     sizes = ", ".join(f"{k} {v}" for k, v in sorted(metrics.get("data", {}).items(), key=lambda kv: kv[0] != "train"))
@@ -134,6 +137,7 @@ def _table_intro(
                  f"as published ({how})." if own else f"**Paper**: {paper.dataset}, as published ({how}).")
     return lines
 
+# %% ../../nbs/api/report/01_pages.ipynb #6d5b575e
 def _ordering_lines(exp: TableExperiment, od: pd.DataFrame, mname: str) -> list[str]:
     "The orderings of one metric as a markdown table (n, mean ± std, MDE, verdict per pair), their count, and the rule."
     if od.empty: return []
@@ -153,6 +157,7 @@ def _paper_cell(paper, metric: str, row: str, column: str) -> str:
     t = paper.text(metric, row, column) if row in paper.rows else None
     return (t.replace("±", " ± ") if t else "-") if row in paper.rows else "not in the paper"
 
+# %% ../../nbs/api/report/01_pages.ipynb #a6e0f3f2
 def markdown_table(
     records: Sequence[RunRecord],           # complete runs (one preset)
     name: str,                              # "table1" ... "table5"
@@ -207,7 +212,7 @@ def markdown_table(
         lines += _ordering_lines(exp, orderings(runs, name, metric), mname)
     return "\n".join(lines)
 
-# %% ../../nbs/api/report/01_pages.ipynb #cb13f867
+# %% ../../nbs/api/report/01_pages.ipynb #72affedf
 def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.Figure:
     "Ours (bars, mean ± std over seeds, per split) beside the paper's (bars), per row, first metric."
     import seaborn as sns
@@ -253,6 +258,7 @@ def table_figure(records: Sequence[RunRecord], name: str) -> matplotlib.figure.F
     plt.close(fig)
     return fig
 
+# %% ../../nbs/api/report/01_pages.ipynb #02b70a71
 def _data_name(src, table: str) -> str:
     ("A source table's data in a heading: the user's own by its name, else what the data stand for (or the paper's "
      "dataset).")
@@ -292,6 +298,7 @@ def curve_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     else: df["point"] = df.get("lambda_out")  # the paper's fixed lambda grid: the same lambda_out on every seed
     return df
 
+# %% ../../nbs/api/report/01_pages.ipynb #880c4e76
 def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.Figure:
     ("Gain of copy-replace over vanilla fine-tuning against the fraction annotated (ours, mean ± std), and the paper's "
      "two points.")
@@ -338,6 +345,7 @@ def curve_figure(records: Sequence[RunRecord], table: str) -> matplotlib.figure.
     plt.close(fig)
     return fig
 
+# %% ../../nbs/api/report/01_pages.ipynb #c1bc9d83
 def curve_verdicts(records: Sequence[RunRecord]) -> pd.DataFrame:
     ("One line per Figs. 8/9 point: accuracies, and the gain over vanilla paired by seed (n, mean ± std, MDE) with its "
      "verdict.")
@@ -378,6 +386,7 @@ def curve_verdicts(records: Sequence[RunRecord]) -> pd.DataFrame:
             )
     return pd.DataFrame(lines)
 
+# %% ../../nbs/api/report/01_pages.ipynb #68e8a976
 def markdown_curves(records: Sequence[RunRecord]) -> str:
     ("Figs. 8/9 as markdown: per source table and backbone, accuracy and gain per share annotated (n, mean ± std, MDE, "
      "verdict).")
@@ -440,6 +449,7 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
     return "\n".join(lines + [VERDICT_RULE.replace("of the two on the same seed", "copy-replace minus vanilla on the "
                                                                                   "same seed"), ""])
 
+# %% ../../nbs/api/report/01_pages.ipynb #e738ea67
 def verdict_summary(records: Sequence[RunRecord]) -> list[str]:
     ("The verdicts of every table's orderings and Figs. 8/9's gains in `records`, counted (markdown lines; [] where "
      "there are none).")
@@ -459,6 +469,7 @@ def verdict_summary(records: Sequence[RunRecord]) -> list[str]:
                                         "95% interval, the MDE and the verdict "
             f"per ordering. {VERDICT_RULE}", "", *lines, ""]
 
+# %% ../../nbs/api/report/01_pages.ipynb #db749cb0
 def markdown_fig1(records: Sequence[RunRecord]) -> str:
     "Fig. 1: per source table, each model's map size, accuracy and frac_attn_out (mean ± std over seeds)."
     runs = [r for r in records if r.name == "fig1"]
