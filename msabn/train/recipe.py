@@ -105,5 +105,5 @@ class TrainConfig:
 
     def summary(self) -> str:
         "The recipe in one line: epochs, batch, lr, milestones and weight decay."
-        return (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, batch {self.batch_size}, lr {self.lr}, milestones {self.milestones}, wd "
-                f"{self.weight_decay}")
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return f"{epochs}, batch {self.batch_size}, lr {self.lr}, milestones {self.milestones}, wd {self.weight_decay}"
