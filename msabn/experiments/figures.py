@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 
 from .catalog import AttentionFigure, Column, CopyReplaceFigure
 from .presets import get_experiment
+from .overrides import parse_overrides
 from ..hitl.copy_replace import model_from_checkpoint, score_attention
 from ..data.items import collate
 from .data import ClassSubset, load_splits
@@ -200,9 +201,13 @@ def run_experiment(
     num_workers: int | None = None,  # DataLoader workers (default: the preset's)
     log: Callable[[str], None] = print,
     overrides: Mapping[str, Any] | None = None,  # settings changed from the preset's (msabn.experiments.overrides), e.g. {"epochs": 60}
+    batch: Sequence[str] | None = None,  # the experiments run with it (msabn_run's batch): an override may serve one of them
 ) -> dict:                           # the run's metrics.json
     "Run one experiment (table or figure) for one seed: what every template calls."
     exp = with_overrides(get_experiment(name, preset), overrides)
+    # refused as msabn_run refuses it: an override that changes none of the experiments run (papermill runs one alone)
+    from msabn.experiments.runner import check_used
+    check_used(parse_overrides(overrides), [get_experiment(n, preset) for n in (batch or [name])])
     kw = dict(seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=log)
     if exp.kind == "table": return run_table(exp, num_workers=num_workers, **kw)
     if exp.kind == "attention_figure": return run_attention_figure(exp, **kw)

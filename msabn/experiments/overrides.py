@@ -35,14 +35,26 @@ def _names(s: str) -> tuple[str, ...]:
     if not v: raise ValueError
     return v
 
+class _Twice(ValueError): "A value given twice in one list (the same cell trained twice, or a repeat counted twice)."
+
+def _once(v: tuple, same: Callable = lambda x: x) -> tuple:
+    "`v`, refusing a value given twice (`same` says which are the same: 'base' and 'Base' are one row)."
+    seen = {}
+    for x in v:
+        if same(x) in seen: raise _Twice(repr(x) if seen[same(x)] == x else f"{seen[same(x)]!r} and {x!r}")
+        seen[same(x)] = x
+    return v
+
+def _name_list(s: str) -> tuple[str, ...]: return _once(_names(s), str.casefold)
+
 def _shares(lo_open: bool) -> Callable[[str], tuple[float, ...]]:
     def parse(s: str) -> tuple[float, ...]:
         v = tuple(float(x) for x in _names(s))
         if not all((0 < x if lo_open else 0 <= x) and x <= 1 for x in v): raise ValueError
-        return v
+        return _once(v)
     return parse
 
-def _seeds(s: str) -> tuple[int, ...]: return tuple(_whole(0)(x) for x in _names(s))
+def _seeds(s: str) -> tuple[int, ...]: return _once(tuple(_whole(0)(x) for x in _names(s)))
 
 def _dataset(s: str) -> str:
     if s not in DATA_LAYOUTS: raise ValueError
@@ -83,8 +95,8 @@ OVERRIDES = (
     Override("batch_size", "the batch size of every cell (Table 2/3's per-backbone batches too) and of the fine-tuning", "a whole number >= 1", _T + _CR, _whole()),
     Override("lr", "the initial learning rate (training and fine-tuning)", "a number > 0", _T + _CR, _positive),
     Override("size", "the network's input side in pixels", "a whole number >= the backbone's total stride (32 for the paper's backbones)", _T, _whole()),
-    Override("backbones", "which columns are trained", "comma-separated backbones (e.g. resnet50) or column names of the tables; each table keeps those it has (at least one)", _T, _names),
-    Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)", _T, _names),
+    Override("backbones", "which columns are trained", "comma-separated backbones (e.g. resnet50) or column names of the tables; each table keeps those it has (at least one)", _T, _name_list),
+    Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)", _T, _name_list),
     Override("dataset", "which loader reads the data: the layout of the folder", f"one of {', '.join(DATA_LAYOUTS)}", _T, _dataset),
     Override("data", "the dataset's folder", "a folder, relative to --data-root or absolute", _T, _folder),
     Override("train_images", "own data: train on a class-balanced subset of N training images (each class's first N / K "
@@ -138,6 +150,9 @@ def _text(v: Any) -> str:
 
 def _canonical(key: str, value: Any) -> str:
     try: v = BY_KEY[key].parse(_text(value))
+    except _Twice as e:
+        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice (the same run would be counted twice); "
+                            f"expected {BY_KEY[key].expected}, each once") from None
     except (ValueError, TypeError):
         raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
     return _text(v) if isinstance(v, tuple) else str(v)
@@ -170,7 +185,10 @@ def parse_overrides(
         pairs = {}
         for s in overrides:
             if "=" not in str(s): raise OverrideError(f"override {s!r}: expected KEY=VALUE, e.g. epochs=60; valid keys: {', '.join(BY_KEY)}")
-            k, v = str(s).split("=", 1); pairs[k.strip()] = v.strip()
+            k, v = (x.strip() for x in str(s).split("=", 1))
+            if k in pairs and pairs[k] != v:
+                raise OverrideError(f"override {k} is given twice ({k}={pairs[k]} and {k}={v}): give one value")
+            pairs[k] = v
         overrides = pairs
     unknown = [k for k in overrides if k not in BY_KEY]
     if unknown: raise OverrideError(f"unknown override {', '.join(map(repr, unknown))}; valid keys: {', '.join(BY_KEY)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext, suppress
@@ -102,6 +103,7 @@ def execute_template(
     templates: Path | None = None,   # the templates' folder (default: templates_dir())
     threads: int | None = None,      # torch CPU threads in the kernel
     overrides: Mapping[str, Any] | None = None,  # settings changed from the preset's (msabn.experiments.overrides): the template's `overrides`
+    batch: Sequence[str] | None = None,  # the experiments run together (the template's `batch`; None: this one alone)
 ) -> Path:                           # the executed notebook
     "Run one template with papermill into its run folder."
     template = (templates or templates_dir()) / f"{TEMPLATES[name]}.ipynb"
@@ -110,6 +112,7 @@ def execute_template(
     out = folder / template.name
     params = dict(preset=preset, seed=int(seed), runs_dir=str(runs_dir), data_root=str(data_root), device=device,
                   num_workers=None if num_workers is None else int(num_workers), threads=threads, overrides=dict(overrides or {}) or None)
+    if batch: params["batch"] = list(batch)
     pm.execute_notebook(str(template), str(out), parameters=params, kernel_name="python3", cwd=str(folder),
                         progress_bar=False, log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
                         kernel_manager_class=_QuietShutdown)
@@ -147,6 +150,7 @@ class _Batch:
     log: Callable[[str], None]
     overrides: Mapping[str, str] = field(default_factory=dict)   # parse_overrides' (the same for every run of the batch)
     progress: bool = True   # draw each run's progress file while it works (msabn.experiments.progress)
+    names: tuple[str, ...] = ()   # the experiments of the batch (an override may serve only another of them)
 
 @contextmanager
 def _shown(b: _Batch, folder: Path, head: str) -> Iterator[None]:
@@ -175,7 +179,7 @@ def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
     try:
         with _shown(b, folder, f"[{at}] {name} {preset_folder(exp)} seed {seed}"):
             execute_template(name=name, preset=b.preset, seed=seed, runs_dir=b.runs_dir, data_root=b.data_root, device=b.device,
-                             num_workers=b.num_workers, templates=b.templates, threads=b.threads,
+                             num_workers=b.num_workers, templates=b.templates, threads=b.threads, batch=b.names,
                              **({"overrides": dict(b.overrides)} if b.overrides else {}))
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
     except Exception as e:
@@ -227,7 +231,8 @@ def run_experiments(
     check_templates(tdir, list(exps))
     if on_ready: on_ready()
     b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,
-               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov, progress=progress)
+               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov, progress=progress,
+               names=tuple(exps))
     report = []
     with _lock(b.runs_dir):
         for k, (name, seed) in enumerate(todo, 1):
@@ -347,9 +352,23 @@ def where_lines(
     return out
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #afba073b
+class _Terminated(Exception): "SIGTERM, raised where msabn_run is, so that it ends as Ctrl-C does: one line."
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    "While a batch runs, SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C instead of ending without a word."
+    def on_term(signum, frame): raise _Terminated()
+    try: old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError: old = None          # not the main thread: leave signals alone
+    try: yield
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+
 def main(argv: Sequence[str] | None = None) -> int:
     "The `msabn_run` console command."
     a = _parser().parse_args(argv)
+    for k in ("runs_dir", "data_root", "templates"):   # '--runs-dir=~/x': no shell expands a ~ after '='
+        if getattr(a, k) is not None: setattr(a, k, os.path.expanduser(getattr(a, k)))
     bad = check_args(a)
     for line in bad: print(f"msabn_run: {line}", file=sys.stderr)
     if bad: return 2
@@ -359,13 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{torch.get_num_threads()} threads; a slower machine takes longer: the README gives each time with the figure "
               "of the machine it was measured on)", flush=True)
     try:
-        rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
-                              device=a.device, num_workers=a.workers, templates=a.templates, force=a.force, threads=a.threads,
-                              overrides=cli_overrides(a), progress=not a.no_progress, on_ready=figure)
-    except KeyboardInterrupt:
-        print("msabn_run: interrupted; the run in progress is half-written: the same command redoes it, keeping its finished cells",
-              file=sys.stderr)
-        return 130
+        with _terminate_as_interrupt():
+            rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
+                                  device=a.device, num_workers=a.workers, templates=a.templates, force=a.force,
+                                  threads=a.threads, overrides=cli_overrides(a), progress=not a.no_progress, on_ready=figure)
+    except (KeyboardInterrupt, _Terminated) as e:
+        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"msabn_run: {how}; the run in progress is half-written: the same command redoes it, keeping its finished "
+              "cells", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     except (ValueError, RuntimeError, OSError) as e:
         print(f"msabn_run: {_error_line(e)}", file=sys.stderr)
         return 2

@@ -60,6 +60,15 @@ def _state(data: dict, i: int) -> tuple: return data["boxes"].get(str(i)), i in 
 def _count(n) -> bool: return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
 def _empty(meta: dict) -> dict: return {"format": STORE_FORMAT, "meta": dict(meta), "boxes": {}, "skipped": []}
 
+class _Twin(ValueError): "A key that appears twice in one JSON object."
+def _no_twins(pairs: list) -> dict:
+    "json's object_pairs_hook: a dict, refusing a repeated key (json.loads would keep the last one without a word)."
+    d = {}
+    for k, v in pairs:
+        if k in d: raise _Twin(k)
+        d[k] = v
+    return d
+
 # %% ../../nbs/api/hitl/02_annotate.ipynb #c91c7e04
 class _BoxFile:
     "Reading a box file, and refusing what cannot be read (the parts of BoxStore that do not write)."
@@ -74,8 +83,10 @@ class _BoxFile:
                              f"{hint}, or move the damaged file away to start a new one.")
 
     def _parse(self, text: str) -> dict:
-        try: data = json.loads(text)
+        try: data = json.loads(text, object_pairs_hook=_no_twins)
         except json.JSONDecodeError as e: raise self._corrupt(f"not valid JSON ({e})") from None
+        except _Twin as e: raise self._corrupt(f"the key {e.args[0]!r} appears twice in one object (e.g. after a hand "
+                                               "merge): keep the entry you want and delete the other") from None
         if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
             raise self._corrupt(f"format is not {STORE_FORMAT!r}")
         meta, boxes, skipped = data.get("meta", {}), data.get("boxes"), data.get("skipped", [])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -176,7 +177,9 @@ class CopyReplace(Dataset):
                  p: float = 1.0,                      # probability that a pool image is replaced when drawn
                  label_policy: str = "donor",         # "donor": the label follows the pasted object; "same_class":
                                                       # donors of the same class; "keep": the image keeps its label
-                 transform: Callable | None = None):  # the pipeline after copy-replace (default: the dataset's own)
+                 transform: Callable | None = None,   # the pipeline after copy-replace (default: the dataset's own)
+                 fill_from_dataset: bool = True):     # a pool image missing from `boxes` takes the dataset's box
+                                                      # (said, with a warning); False: refused (the person's only)
         if label_policy not in LABEL_POLICIES: raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
         if not 0.0 <= float(p) <= 1.0: raise ValueError(f"p is a probability in [0, 1], got {p!r}")
         own = getattr(dataset, "transform", None)
@@ -197,12 +200,24 @@ class CopyReplace(Dataset):
         if len(set(pool)) != len(pool): raise ValueError("the pool lists an image more than once")
         if len(pool) < 2: raise EmptyPoolError(f"the annotated pool holds one image ({pool[0]}): copy-replace pastes another pool image's object, so it needs at least two")
         self.pool, self._in_pool = sorted(pool), set(pool)  # a set: the draws do not depend on the order it was given in
+        if boxes is not None and not isinstance(boxes, Mapping):
+            raise TypeError(f"boxes is a mapping of image index -> (x0, y0, x1, y1) in raw pixels (e.g. BoxStore.boxes), "
+                            f"got a {type(boxes).__name__}")
         self.boxes = {int(k): tuple(float(v) for v in b) for k, b in (boxes or {}).items()}
         stray = sorted(set(self.boxes) - self._in_pool)
         if stray: raise ValueError(f"boxes given for image(s) {stray[:5]} that are not in the pool")
         own_boxes = getattr(dataset, "boxes", None)
         missing = [i for i in pool if i not in self.boxes and own_boxes is None]
         if missing: raise ValueError(f"pool image {missing[0]} has no box: give it in boxes= (the dataset has none of its own)")
+        # the dataset's true box standing in for a person's: counted, said where boxes were given, refused if asked
+        self.from_dataset = [i for i in self.pool if i not in self.boxes]
+        if boxes is not None and self.from_dataset:
+            some = ", ".join(map(str, self.from_dataset[:5])) + (" ..." if len(self.from_dataset) > 5 else "")
+            if not fill_from_dataset:
+                raise ValueError(f"{len(self.from_dataset)} pool image(s) have no person's box ({some}): give their boxes "
+                                 "in boxes=, or leave them out of the pool (fill_from_dataset=False refuses the dataset's)")
+            warnings.warn(f"{len(self.from_dataset)} pool image(s) had no person's box ({some}): used the dataset's box "
+                          "for them (fill_from_dataset=False refuses instead)", stacklevel=2)
         targets = getattr(dataset, "targets", None)
         self.targets = torch.as_tensor(targets) if targets is not None else torch.tensor([int(dataset[i]["label"]) for i in range(n)])
         by_class: dict[int, list[int]] = {}
@@ -310,6 +325,8 @@ def finetune(
     keep_model: bool = True,                 # keep the fine-tuned model in the result
     normalize: bool | None = None,           # frac_attn_out's reading on test_data (see score_attention)
     quiet: bool = False,                     # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
+    fill_from_dataset: bool = True,          # a pool image without a box in `boxes` takes the dataset's (with a warning);
+                                             # False: refused (the person's boxes only)
 ) -> FinetuneResult:
     "Fine-tune a copy of `model` with copy-replace on `pool` (or vanilla) and score it on `test_data`."
     if method not in FINETUNE_METHODS: raise ValueError(f"method must be one of {FINETUNE_METHODS}, got {method!r}")
@@ -320,11 +337,12 @@ def finetune(
         if not pool:
             raise EmptyPoolError("copy-replace fine-tuning was asked for, but the annotated pool is empty: there is nothing to "
                                  "paste. Draw boxes first (or lower lambda_out); for fine-tuning without copy-replace use method='vanilla'")
-        data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy)
+        data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy, fill_from_dataset=fill_from_dataset)
     else: data = train_data
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()
-    extra = {"finetune": {"method": method, "pool_size": len(pool), "p": p, "label_policy": label_policy}}
+    extra = {"finetune": {"method": method, "pool_size": len(pool), "p": p, "label_policy": label_policy,
+                          "boxes_from_dataset": len(getattr(data, "from_dataset", ()))}}
     if quiet: cfg = replace(cfg, progress=False)   # through the config: redirecting stdout leaves tqdm's bars (stderr, notebook widgets) on
     fit(tuned, data, None, cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)
     seconds = time.perf_counter() - t0
