@@ -146,3 +146,116 @@ def test_a_modified_runs_report_leaves_the_committed_index_alone(tmp_path, capsy
     assert index.read_text() == "# paper_figures\n\nthe committed index\n"
     assert "README.md left as it was: a modified run; --index lists it there" in capsys.readouterr().out
     assert report_main(args + ["--index"]) == 0 and preset in index.read_text()
+
+
+class _Tensors(torch.utils.data.Dataset):
+    "n random 3 x 32 x 32 images of dataset seed `seed`, labels from `labels` (default: cycling over two classes)."
+    def __init__(self, n=6, seed=0, labels=None):
+        self.x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        self.targets = list(labels) if labels is not None else [i % 2 for i in range(n)]
+    def __len__(self): return len(self.targets)
+    def __getitem__(self, i): return {"image": self.x[i], "label": self.targets[i], "index": i}
+
+
+def _fit(out, data, epochs=1, **kw):
+    from msabn.core import set_seed
+    from msabn.models import create_model
+    from msabn.train import TrainConfig, fit
+    set_seed(0)
+    cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.05, progress=False, device="cpu", deterministic=True)
+    return fit(create_model("base", "resnet20", 2), data, None, cfg, out_dir=out, **kw)
+
+
+def test_resuming_on_other_data_is_refused_naming_what_differs(tmp_path):
+    from msabn.train import ConfigChangedError
+    out = tmp_path / "run"
+    _fit(out, _Tensors(4))
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigChangedError, match=r"was trained on other data \(train 4 -> 6, labels '[0-9a-f]+' -> "):
+        _fit(out, _Tensors(6, seed=1, labels=[1, 1, 0, 0, 1, 0]), epochs=2, resume=True)
+    with pytest.raises(ConfigChangedError, match=r"other data \(labels"):   # as many images, other labels
+        _fit(out, _Tensors(4, labels=[1, 1, 0, 0]), epochs=2, resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert _fit(out, _Tensors(4), epochs=2, resume=True)["epochs"] == 2   # the same data resumes
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_and_never_written(tmp_path):
+    from msabn.train import CheckpointError, load_checkpoint, write_checkpoint
+    out = tmp_path / "run"
+    _fit(out, _Tensors(4))
+    ck = load_checkpoint(out / "checkpoint.pt")
+    good = (out / "checkpoint.pt").read_bytes()
+    ck["model"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in ck["model"].items()}
+    with pytest.raises(CheckpointError, match="not saved: the weights hold NaN or infinite values .* is kept as it was"):
+        write_checkpoint({k: v for k, v in ck.items() if k != "format"}, out / "checkpoint.pt")
+    assert (out / "checkpoint.pt").read_bytes() == good
+    torch.save(ck, out / "checkpoint.pt")                        # one written by other means
+    with pytest.raises(CheckpointError, match=r"NaN weights in .*checkpoint.pt: \d+ tensor\(s\)"):
+        load_checkpoint(out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="NaN weights in") as e:
+        _fit(out, _Tensors(4), epochs=2, resume=True)
+    assert "last good checkpoint" not in str(e.value) and "model it was made for" not in str(e.value)
+
+
+def test_a_linked_box_file_is_edited_where_it_points(tmp_path):
+    shared = tmp_path / "shared" / "boxes.json"
+    BoxStore(shared).set(1, (0, 0, 4, 4), (8, 8))
+    (tmp_path / "mine").mkdir(); link = tmp_path / "mine" / "boxes.json"
+    link.symlink_to(shared)
+    BoxStore(link).set(2, (1, 1, 5, 5), (8, 8))
+    assert link.is_symlink() and link.resolve() == shared.resolve()
+    assert BoxStore(shared).boxes == {1: (0, 0, 4, 4), 2: (1, 1, 5, 5)}
+    assert (shared.parent / "boxes.json.bak").is_file() and not (link.parent / "boxes.json.bak").exists()
+
+
+def test_float_cifar_pixels_are_read_as_pixels_or_refused(tmp_path):
+    import pickle
+    import numpy as np
+    from msabn.data import CIFAR100, DataError
+    from msabn.data.formats import write_cifar100_fixture
+    root = write_cifar100_fixture(tmp_path, n_train=4, n_test=2)
+    pk = root / "cifar-100-python" / "train"
+    entry = pickle.loads(pk.read_bytes())
+    want = CIFAR100(root, "train", verify=False).load_image(1)
+    entry["data"] = entry["data"].astype(np.float32)                 # re-saved as floats 0..255
+    pk.write_bytes(pickle.dumps(entry))
+    with pytest.warns(UserWarning, match="float32 whole numbers 0..255: read as uint8 pixels"):
+        ds = CIFAR100(root, "train", verify=False)
+    assert torch.equal(ds.load_image(1), want)                       # not 255x too bright
+    entry["data"] = entry["data"] / 255                              # floats 0..1
+    pk.write_bytes(pickle.dumps(entry))
+    with pytest.raises(DataError, match=r"train: 'data' holds float\d+ values from [0-9.]+ to 1; expected uint8 pixels 0..255"):
+        CIFAR100(root, "train", verify=False)
+
+
+def test_a_float_cars_class_is_refused_naming_the_file_and_value(tmp_path):
+    import numpy as np
+    import scipy.io
+    from msabn.data import DataError, StanfordCars
+    from msabn.data.formats import CARS_ANNOS, write_cars_fixture
+    base = write_cars_fixture(tmp_path, num_classes=3, n_train=1, n_test=1)
+    mat = base / CARS_ANNOS["train"]
+    annos = scipy.io.loadmat(mat)["annotations"]
+    rows = [{k: a[k] for k in annos.dtype.names} for a in annos.reshape(-1)]
+    rows[1]["class"] = np.array([[1.7]])
+    dt = [(k, "O") for k in annos.dtype.names]
+    scipy.io.savemat(mat, {"annotations": np.array([tuple(r[k] for k in annos.dtype.names) for r in rows], dt).reshape(1, -1)})
+    with pytest.raises(DataError, match=r"cars_train_annos.mat: annotation 2 \(00002.jpg\) has class 1.7, not a whole number"):
+        StanfordCars(tmp_path, "train")
+
+
+def test_a_fully_transparent_image_is_refused_and_transparency_goes_on_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from msabn.data import DataError, read_image
+    a = np.zeros((4, 4, 4), np.uint8); a[..., 0] = 200                # red, hidden by alpha 0
+    Image.fromarray(a, "RGBA").save(tmp_path / "clear.png")
+    with pytest.raises(DataError, match="clear.png: every pixel is fully transparent"):
+        read_image(tmp_path / "clear.png")
+    a[0, 0, 3] = 255                                                  # one visible pixel
+    Image.fromarray(a, "RGBA").save(tmp_path / "cut.png")
+    import msabn.data.items as items
+    items._SAID_ALPHA.clear()
+    with pytest.warns(UserWarning, match="transparent pixels composited on white"):
+        x = read_image(tmp_path / "cut.png")
+    assert x[:, 0, 0].tolist() == [200, 0, 0] and x[:, 1, 1].tolist() == [255, 255, 255]

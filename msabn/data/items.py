@@ -105,6 +105,22 @@ def _to_8bit(im: Image.Image, path: Path) -> Image.Image:
         a = a.astype(np.float64) * (255 / 65535)
     return Image.fromarray(np.rint(a).astype(np.uint8), "L")
 
+_SAID_ALPHA = []   # the first image composited on white (said once per process)
+
+def _flatten_alpha(im: Image.Image, path: Path) -> Image.Image:
+    "An image with an alpha channel as RGB: transparent pixels composited on white (said once); none visible: refused."
+    rgba = im.convert("RGBA")
+    a = np.asarray(rgba)[..., 3]
+    if a.max() == 0:
+        raise DataError(f"{path}: every pixel is fully transparent (alpha 0), so nothing of the image is visible; expected "
+                        "an image with visible pixels (export it again without transparency, or leave it out)")
+    if a.min() == 255: return rgba.convert("RGB")
+    if not _SAID_ALPHA:
+        _SAID_ALPHA.append(path)
+        warnings.warn(f"{path}: transparent pixels composited on white (every image with transparency is; said once)",
+                      stacklevel=3)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
 def read_image(
     path: str | Path,  # a JPEG/PNG/TIFF/... file
 ) -> tv_tensors.Image:  # RGB, uint8, 3 x H x W
@@ -114,7 +130,8 @@ def read_image(
     try:
         with Image.open(path) as im:
             if im.mode in _16BIT or im.mode in ("I", "F"): im = _to_8bit(im, path)
-            rgb = im.convert("RGB")
+            alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+            rgb = _flatten_alpha(im, path) if alpha else im.convert("RGB")
     except DataError: raise
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused ({e}); if the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS") from e

@@ -188,6 +188,7 @@ class BoxStore(_Writer):
                  read_only: bool = False,   # only read it (e.g. in a read-only folder): every edit is refused
                  timeout: float = 30):      # seconds to wait while another writer holds the lock
         self.path, self.read_only, self._want = Path(path), read_only, dict(meta or {})
+        if self.path.is_symlink(): self.path = self.path.resolve()   # a linked (shared) file: its edits go to the file itself
         self.backup, self.lock_path = (self.path.with_name(self.path.name + s) for s in (".bak", ".lock"))
         if "n_images" in self._want and not _count(self._want["n_images"]):
             raise ValueError(f"{self.path}: meta n_images must be a whole number > 0, got {self._want['n_images']!r}")

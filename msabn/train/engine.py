@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
@@ -25,7 +26,7 @@ from ..core import atomic_write, get_device, provenance, save_json, set_seed
 from ..data.items import collate
 from ..data.memory import MemoryImages, memory_batches
 from ..models.puzzle import puzzle_loss
-from .checkpoints import (CheckpointError, claim_out_dir, load_checkpoint, model_signature,
+from .checkpoints import (CheckpointError, ConfigChangedError, NonFiniteCheckpointError, claim_out_dir, load_checkpoint, model_signature,
                                      resume_changes, rng_states, say, set_rng_states, write_checkpoint)
 from .losses import class_weights, puzzle_alpha, total_loss
 from .metrics import ConfusionMatrix
@@ -33,7 +34,7 @@ from .recipe import TrainConfig
 from .sampling import EpochBatches, SeededSamples, check_data, check_labels, dataset_targets
 
 # %% auto #0
-__all__ = ['TrainStep', 'evaluate', 'NonFiniteLossError', 'fit', 'distributed']
+__all__ = ['TrainStep', 'evaluate', 'NonFiniteLossError', 'data_identity', 'fit', 'distributed']
 
 # %% ../../nbs/api/train/05_engine.ipynb #a2beb199
 class TrainStep(nn.Module):
@@ -151,11 +152,18 @@ def evaluate(
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite."
 
+def data_identity(train_data, valid_data=None) -> dict:
+    "What tells one run's data from another's, for resume to refuse other data: the sizes and a hash of the labels."
+    t = dataset_targets(train_data)
+    labels = None if t is None else hashlib.sha256(torch.as_tensor(t).to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+    return {"train": len(train_data), "valid": 0 if valid_data is None else len(valid_data), "labels": labels}
+
 class _TrainingRun:
     "One training run: its model, optimizer, schedule, history and position, and the steps of the loop."
     def __init__(self, model, train_data, valid_data, cfg: TrainConfig, out: Path | None):
         self.rank, self.world = _rank_world()
         self.cfg, self.out, self.train_data, self.valid_data = cfg, out, train_data, valid_data
+        self.data_id = data_identity(train_data, valid_data)
         self.device = _run_device(cfg.device)
         self.num_classes = _num_classes(model, train_data)
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -188,9 +196,16 @@ def _resume(run: _TrainingRun):
     if not path.exists():   # an ordinary first run of resume=True
         return say(f"first run in {run.out.name}/ (no checkpoint to resume from yet): training from the start", run.rank)
     try: ck = load_checkpoint(path, run.model)
+    except NonFiniteCheckpointError: raise
     except CheckpointError as e:
         raise CheckpointError(f"{e}; resume with the model it was made for, or start again with overwrite=True (the old run "
                               "is kept aside) or in another out_dir") from e
+    if ck.get("data") not in (None, run.data_id):
+        saved, now = ck["data"], run.data_id
+        diff = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k])
+        raise ConfigChangedError(f"{path} was trained on other data ({diff}; 'labels' is a hash of the training labels): "
+                                 "resume with the data it was made with, or start again with overwrite=True (the old run is "
+                                 "kept aside) or in another out_dir")
     changes = resume_changes(ck.get("config") or asdict(run.cfg), asdict(run.cfg), ck["epoch"])
     run.model.load_state_dict(ck["model"]); run.opt.load_state_dict(ck["optimizer"]); run.sched.load_state_dict(ck["scheduler"])
     run.history, run.best, run.pending_eval = ck["history"], ck.get("best"), ck.get("pending_eval", False)
@@ -313,7 +328,8 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
         write_checkpoint({"signature": run.meta, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
                           "scheduler": run.sched.state_dict(), "epoch": epoch, "step": step,
                           "partial": running.state() if running else None, "history": run.history, "best": run.best,
-                          "rng": rngs, "config": asdict(run.cfg), "pending_eval": pending_eval}, run.out / "checkpoint.pt")
+                          "rng": rngs, "config": asdict(run.cfg), "pending_eval": pending_eval, "data": run.data_id},
+                         run.out / "checkpoint.pt")
 
 def _interrupted(run: _TrainingRun):
     "Ctrl-C: save where the run stands, in the middle of an epoch or between its training and its checkpoint."
