@@ -259,3 +259,88 @@ def test_a_fully_transparent_image_is_refused_and_transparency_goes_on_white(tmp
     with pytest.warns(UserWarning, match="transparent pixels composited on white"):
         x = read_image(tmp_path / "cut.png")
     assert x[:, 0, 0].tolist() == [200, 0, 0] and x[:, 1, 1].tolist() == [255, 255, 255]
+
+
+# --- unclear, made clear ---------------------------------------------------------------------------------------------
+def test_a_full_disk_while_saving_a_checkpoint_says_so_and_keeps_the_previous(tmp_path, monkeypatch):
+    import errno
+    import msabn.core as core
+    from msabn.train import write_checkpoint
+    good = write_checkpoint({"model": {"w": torch.ones(2)}}, tmp_path / "checkpoint.pt").read_bytes()
+    real = core.os.fdopen
+    class Full:
+        def __init__(self, f): self.f, self.n = f, 0
+        def write(self, b):
+            self.n += 1
+            if self.n > 2: raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+        def __getattr__(self, k): return getattr(self.f, k)
+        def __enter__(self): return self
+        def __exit__(self, *a): return self.f.__exit__(*a)
+    monkeypatch.setattr(core.os, "fdopen", lambda *a, **k: Full(real(*a, **k)))
+    with pytest.raises(OSError, match=r"could not write checkpoint.pt in .*No space left on device.*the previous "
+                                      r"checkpoint.pt, if there was one, is intact") as e:
+        write_checkpoint({"model": {"w": torch.zeros(1000)}}, tmp_path / "checkpoint.pt")
+    assert e.value.errno == errno.ENOSPC
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_diverged_model_is_named_with_its_lr_and_not_saved(tmp_path):
+    from msabn.core import set_seed
+    from msabn.models import create_model
+    from msabn.train import NonFiniteLossError, TrainConfig, fit
+    out = tmp_path / "run"
+    _fit(out, _Tensors(2))
+    good = (out / "checkpoint.pt").read_bytes()
+    set_seed(0); model = create_model("base", "resnet20", 2)
+    def blow_up(epoch, step):                                        # the last step of epoch 2 leaves inf weights
+        for p in model.parameters(): p.data.fill_(float("inf"))
+    cfg = TrainConfig(epochs=2, batch_size=2, lr=0.05, progress=False, device="cpu", deterministic=True)
+    with pytest.raises(NonFiniteLossError, match=r"the model diverged: \d+ weight tensor\(s\) hold NaN or infinite "
+                                                 r"values after epoch 2 \(base resnet20, lr 0.05\).*last good "
+                                                 r"checkpoint is kept: checkpoint.pt"):
+        fit(model, _Tensors(2), None, cfg, out_dir=out, resume=True, on_step=blow_up)
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1   # no accuracy recorded beside a NaN loss
+
+
+def test_a_linked_report_folder_is_written_where_it_points(tmp_path):
+    _tables(tmp_path / "runs", ("table4",), (0,))
+    (tmp_path / "elsewhere").mkdir(); (tmp_path / "pf").mkdir()
+    (tmp_path / "pf" / "tiny_seeds-0").symlink_to(tmp_path / "elsewhere")
+    for _ in range(2):                                              # the second report used to fail in rmtree
+        write_report(tmp_path / "runs", tmp_path / "pf", "tiny", [0], log=QUIET)
+    assert (tmp_path / "pf" / "tiny_seeds-0").is_symlink() and (tmp_path / "elsewhere" / "table4_cub.md").is_file()
+
+
+def test_ctrl_c_and_sigterm_end_in_one_line(tmp_path, monkeypatch, capsys):
+    import signal
+    import msabn.report.write as write
+    _tables(tmp_path / "runs", ("table4",), (0,))
+    def interrupted(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(write, "write_report", interrupted)
+    assert report_main(["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "pf")]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "msabn_report: interrupted; the earlier report is left as it was (nothing half-written)"]
+    monkeypatch.setattr(runner, "run_experiments", lambda **kw: os.kill(os.getpid(), signal.SIGTERM))
+    assert runner.main(["table1", "--runs-dir", str(tmp_path / "r")]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "msabn_run: terminated (SIGTERM); the run in progress is half-written: the same command redoes it, keeping its "
+        "finished cells"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_late_or_vague_messages_are_early_and_say_what_to_do(tmp_path):
+    import numpy as np
+    from msabn.models import create_model
+    model = create_model("base", "resnet20", 2)
+    with pytest.raises(ValueError, match=r"looks like channels last \(B x H x W x C\): permute it"):
+        model(torch.zeros(2, 32, 32, 3))
+    store = BoxStore(tmp_path / "b.json", meta={"n_images": np.int64(5)})   # numpy ints: a plain JSON TypeError before
+    assert store.set(1, (0, 0, 4, 4), (8, 8)) and store.meta["n_images"] == 5
+    with pytest.raises(ValueError, match=r"b2.json: meta 'when' is a .* which a box file cannot hold"):
+        BoxStore(tmp_path / "b2.json", meta={"when": object()})
+    with pytest.raises(OverrideError, match=r"size='4096': expected .* <= 2048"):
+        parse_overrides(["size=4096"])
+    assert runner.main(["table1", "--seeds", str(2**32), "--runs-dir", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()

@@ -18,10 +18,10 @@ from ..data.datasets import DATA_LAYOUTS
 __all__ = ['OVERRIDES', 'BY_KEY', 'DRY_RUN_KEYS', 'Override', 'override_table', 'OverrideError', 'parse_overrides']
 
 # %% ../../nbs/api/experiments/01_overrides.ipynb #3f747583
-def _whole(lo: int = 1) -> Callable[[str], int]:
+def _whole(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     def parse(s: str) -> int:
         v = int(s)
-        if v < lo: raise ValueError
+        if v < lo or (hi is not None and v > hi): raise ValueError
         return v
     return parse
 
@@ -94,7 +94,8 @@ OVERRIDES = (
     Override("epochs", "training epochs of every cell (the milestones stay fractions of the run)", "a whole number >= 1", _T, _whole()),
     Override("batch_size", "the batch size of every cell (Table 2/3's per-backbone batches too) and of the fine-tuning", "a whole number >= 1", _T + _CR, _whole()),
     Override("lr", "the initial learning rate (training and fine-tuning)", "a number > 0", _T + _CR, _positive),
-    Override("size", "the network's input side in pixels", "a whole number >= the backbone's total stride (32 for the paper's backbones)", _T, _whole()),
+    Override("size", "the network's input side in pixels", "a whole number >= the backbone's total stride (32 for the paper's backbones) and <= 2048 (larger inputs need "
+             "gigabytes per batch)", _T, _whole(1, 2048)),
     Override("backbones", "which columns are trained", "comma-separated backbones (e.g. resnet50) or column names of the tables; each table keeps those it has (at least one)", _T, _name_list),
     Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)", _T, _name_list),
     Override("dataset", "which loader reads the data: the layout of the folder", f"one of {', '.join(DATA_LAYOUTS)}", _T, _dataset),

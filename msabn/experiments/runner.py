@@ -25,7 +25,7 @@ from .catalog import TEMPLATES
 from .presets import PRESETS, get_experiment, resolve_name, sources_of
 from ..core import get_device
 from .data import check_data
-from .overrides import BY_KEY, DRY_RUN_KEYS, parse_overrides
+from .overrides import BY_KEY, DRY_RUN_KEYS, OverrideError, parse_overrides
 from .presets import check_boxes, overrides_label, preset_folder, with_overrides
 from .progress import PROGRESS_FILE, ProgressView, watch
 from ..train.speed import machine_figure
@@ -201,7 +201,7 @@ def check_used(
     kinds = {e.kind for e in exps}
     unused = [k for k in overrides if not kinds & set(BY_KEY[k].kinds)]
     if unused:
-        raise ValueError(f"override {', '.join(unused)} changes none of {', '.join(e.name for e in exps)}: "
+        raise OverrideError(f"override {', '.join(unused)} changes none of {', '.join(e.name for e in exps)}: "
                          + "; ".join(f"{k} applies to {' and '.join(BY_KEY[k].kinds)} experiments" for k in unused))
 
 def run_experiments(
@@ -299,6 +299,8 @@ def _folder_problem(flag: str, value: str | None, expected: str, writable: bool 
 def check_args(a: argparse.Namespace) -> list[str]:
     "What is wrong with msabn_run's parsed arguments, one line each (empty: nothing), before anything runs."
     bad = [f"--seeds {s}: a seed is a whole number, 0 or more" for s in (a.seeds or ()) if s < 0]
+    bad += [f"--seeds {s}: a seed is below 2^32 = {2**32} (numpy's generators take no larger one)"
+            for s in (a.seeds or ()) if s >= 2**32]
     if a.workers is not None and a.workers < 0: bad.append(f"--workers {a.workers}: expected 0 (load in the main process) or more DataLoader workers")
     if a.threads is not None and a.threads < 1: bad.append(f"--threads {a.threads}: expected 1 or more torch CPU threads (or leave it out: torch's default)")
     bad.append(_device_problem(a.device))

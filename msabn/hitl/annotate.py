@@ -192,6 +192,13 @@ class BoxStore(_Writer):
         self.backup, self.lock_path = (self.path.with_name(self.path.name + s) for s in (".bak", ".lock"))
         if "n_images" in self._want and not _count(self._want["n_images"]):
             raise ValueError(f"{self.path}: meta n_images must be a whole number > 0, got {self._want['n_images']!r}")
+        self._want = {k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v   # numpy scalars
+                      for k, v in self._want.items()}
+        for k, v in self._want.items():
+            try: json.dumps(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{self.path}: meta {k!r} is a {type(v).__name__} ({v!r}), which a box file cannot hold; "
+                                 "expected text, numbers, lists or dicts of them") from None
         self._lock, self._mutex = FileLock(self.lock_path, timeout=timeout), threading.RLock()
         self._data, self._disk = _empty(self._want), None
         if not self.path.exists():

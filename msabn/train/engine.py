@@ -26,7 +26,7 @@ from ..core import atomic_write, get_device, provenance, save_json, set_seed
 from ..data.items import collate
 from ..data.memory import MemoryImages, memory_batches
 from ..models.puzzle import puzzle_loss
-from .checkpoints import (CheckpointError, ConfigChangedError, NonFiniteCheckpointError, claim_out_dir, load_checkpoint, model_signature,
+from .checkpoints import (CheckpointError, ConfigChangedError, NonFiniteCheckpointError, claim_out_dir, nonfinite_weights, load_checkpoint, model_signature,
                                      resume_changes, rng_states, say, set_rng_states, write_checkpoint)
 from .losses import class_weights, puzzle_alpha, total_loss
 from .metrics import ConfusionMatrix
@@ -324,6 +324,13 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
     if run.world > 1:
         rngs = [None] * run.world
         dist.all_gather_object(rngs, rng_states())
+    if run.rank == 0 and (bad := nonfinite_weights(run.model.state_dict())):
+        ckpt = run.out / "checkpoint.pt"
+        name = run.meta.get("arch") or run.meta.get("name") or type(run.model).__name__
+        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values after epoch "
+                                 f"{run.epoch + 1} ({name} {run.meta.get('backbone', '')}, lr {run.cfg.lr:g}): not saved, "
+                                 f"stopping; try a lower lr. The last good checkpoint is kept: "
+                                 f"{ckpt.name if ckpt.exists() else 'none'}")
     if run.rank == 0:
         write_checkpoint({"signature": run.meta, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
                           "scheduler": run.sched.state_dict(), "epoch": epoch, "step": step,
