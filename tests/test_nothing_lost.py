@@ -344,3 +344,77 @@ def test_late_or_vague_messages_are_early_and_say_what_to_do(tmp_path):
         parse_overrides(["size=4096"])
     assert runner.main(["table1", "--seeds", str(2**32), "--runs-dir", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()
+
+
+# --- the box store's journal: fast edits on large files, nothing lost --------------------------------------------------
+@pytest.fixture
+def journaled(monkeypatch):
+    "Every box file takes its edits in the journal (as files of over JOURNAL_FROM bytes do); folded every 5 edits."
+    import msabn.hitl.annotate as annotate
+    monkeypatch.setattr(annotate, "JOURNAL_FROM", 0)
+    monkeypatch.setattr(annotate, "COMPACT_EVERY", 5)
+
+
+def test_journal_edits_are_on_disk_seen_by_other_writers_and_folded(tmp_path, journaled):
+    path = tmp_path / "boxes.json"
+    a, b = BoxStore(path, meta={"n_images": 100}), BoxStore(path)
+    a.set(1, (0, 0, 4, 4), (8, 8)); a.skip(2)
+    assert json.loads(path.read_text())["boxes"] == {}                   # in the journal, not the box file yet ...
+    assert BoxStore(path).boxes == {1: (0, 0, 4, 4)} and BoxStore(path).skipped == [2]   # ... and read back from it
+    with pytest.raises(BoxStoreError, match="image 1 was changed by another writer"):
+        b.set(1, (1, 1, 2, 2), (8, 8))                                   # conflicts are still refused
+    b.set(3, (0, 0, 2, 2), (8, 8)); a.remove(1)
+    assert a.boxes == {3: (0, 0, 2, 2)} and b.reload().boxes == {3: (0, 0, 2, 2)}
+    a.set(4, (0, 0, 2, 2), (8, 8))                                       # the 5th journal line: folded into the file
+    assert path.with_name("boxes.json.journal").stat().st_size == 0
+    on_disk = json.loads(path.read_text())
+    assert on_disk["boxes"].keys() == {"3", "4"} and on_disk["skipped"] == [2]
+    assert json.loads(path.with_name("boxes.json.bak").read_text()) == on_disk   # .bak: the same whole state
+    b.set(5, (0, 0, 2, 2), (8, 8))                                       # b sees that the file was rewritten
+    with BoxStore(path) as c: assert c.indices == [3, 4, 5]
+    assert json.loads(path.read_text())["boxes"].keys() == {"3", "4", "5"}     # close() folds the journal
+
+
+def test_journal_torn_line_is_dropped_and_a_damaged_one_refused(tmp_path, journaled):
+    path = tmp_path / "boxes.json"; journal = path.with_name("boxes.json.journal")
+    s = BoxStore(path); s.set(1, (0, 0, 4, 4), (8, 8))
+    with open(journal, "ab") as f: f.write(b'{"image": 2, "entry": {"box": [0, ')   # a crash mid-append
+    t = BoxStore(path)
+    assert t.boxes == {1: (0, 0, 4, 4)}
+    t.set(3, (0, 0, 2, 2), (8, 8))                                       # the torn line is cut off, not glued to
+    assert BoxStore(path).indices == [1, 3]
+    with open(journal, "ab") as f: f.write(b'{"image": 2, "entry": {"box": [0, 0, 9, 9], "image_size": [8, 8]}, '
+                                           b'"skipped": false}\n')
+    before = journal.read_bytes()
+    with pytest.raises(BoxStoreError, match=r"boxes.json.journal line 3 is not an edit of this box file .*reaches "
+                                            r"outside.*move the journal away"):
+        BoxStore(path)
+    assert journal.read_bytes() == before
+
+
+def test_a_damaged_box_file_is_recovered_from_bak_and_the_journal(tmp_path, journaled):
+    path = tmp_path / "boxes.json"
+    s = BoxStore(path)
+    for i in range(7): s.set(i, (0, 0, 2, 2), (8, 8))                   # folded after 5; 2 in the journal
+    path.write_text(path.read_text()[:30])
+    with pytest.raises(BoxStoreError, match="the previous version is in boxes.json.bak"): BoxStore(path)
+    shutil.copyfile(path.with_name("boxes.json.bak"), path)             # what the message says to do
+    assert BoxStore(path).indices == list(range(7))                       # nothing lost
+
+
+def test_two_writers_on_a_journal_lose_no_acknowledged_box(tmp_path, journaled):
+    import threading
+    path = tmp_path / "boxes.json"; BoxStore(path)
+    done = {0: [], 1: []}
+    def writer(start):
+        s = BoxStore(path)
+        for k in range(40):
+            i = start + 2 * k
+            while True:
+                try: s.set(i, (0, 0, 1 + k % 7, 1 + k % 5), (8, 8)); break
+                except BoxStoreError: s = BoxStore(path)
+            done[start].append(i)
+    ts = [threading.Thread(target=writer, args=(j,)) for j in (0, 1)]
+    for t in ts: t.start()
+    for t in ts: t.join(120)
+    assert sorted(done[0] + done[1]) == list(range(80)) and BoxStore(path).indices == list(range(80))

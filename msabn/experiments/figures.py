@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .catalog import AttentionFigure, Column, CopyReplaceFigure
-from .presets import get_experiment
+from .presets import get_experiment, sources_of
 from .overrides import parse_overrides
 from ..hitl.copy_replace import model_from_checkpoint, score_attention
 from ..data.items import collate
@@ -207,7 +207,8 @@ def run_experiment(
     exp = with_overrides(get_experiment(name, preset), overrides)
     # refused as msabn_run refuses it: an override that changes none of the experiments run (papermill runs one alone)
     from msabn.experiments.runner import check_used
-    check_used(parse_overrides(overrides), [get_experiment(n, preset) for n in (batch or [name])])
+    names = list(batch or [name]); names += [s for n in names for s in sources_of(get_experiment(n, preset))]   # a figure's tables
+    check_used(parse_overrides(overrides), [get_experiment(n, preset) for n in dict.fromkeys(names)])
     kw = dict(seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=log)
     if exp.kind == "table": return run_table(exp, num_workers=num_workers, **kw)
     if exp.kind == "attention_figure": return run_attention_figure(exp, **kw)
