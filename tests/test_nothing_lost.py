@@ -418,3 +418,25 @@ def test_two_writers_on_a_journal_lose_no_acknowledged_box(tmp_path, journaled):
     for t in ts: t.start()
     for t in ts: t.join(120)
     assert sorted(done[0] + done[1]) == list(range(80)) and BoxStore(path).indices == list(range(80))
+
+
+def test_a_large_image_is_decoded_once_and_a_folder_named_like_an_image_is_said(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+    import msabn.data.items as items
+    from msabn.data import DataError, read_image
+    monkeypatch.setattr(items, "DECODED", items._Decoded(64, min_pixels=100))
+    Image.fromarray(np.full((20, 30, 3), 7, np.uint8)).save(tmp_path / "big.png")
+    decoded = []
+    real = items._decode
+    monkeypatch.setattr(items, "_decode", lambda p: decoded.append(p) or real(p))
+    a = read_image(tmp_path / "big.png"); a[:] = 0                     # a caller pasting into its copy ...
+    b = read_image(tmp_path / "big.png")
+    assert len(decoded) == 1 and int(b.min()) == 7                     # ... does not change what the next read gets
+    Image.fromarray(np.full((20, 30, 3), 9, np.uint8)).save(tmp_path / "big.png")
+    os.utime(tmp_path / "big.png", ns=(1, 1))
+    assert int(read_image(tmp_path / "big.png").min()) == 9 and len(decoded) == 2   # an edited file is read again
+    (tmp_path / "x.jpg").mkdir()
+    with pytest.raises(DataError, match="x.jpg: a folder, not an image file"): read_image(tmp_path / "x.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    with pytest.raises(FileNotFoundError, match="loop.jpg: a link to nothing"): read_image(tmp_path / "loop.jpg")
