@@ -126,9 +126,23 @@ def load_json(path: str | Path) -> Any:
     except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 # %% ../nbs/api/00_core.ipynb #b6e41d26
+class _Writes:
+    "A file that remembers the OSError of a failed write: torch.save reports it as 'unexpected pos', without it."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e; raise
+    def __getattr__(self, k): return getattr(self.f, k)
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    "`torch.save` to a temporary file, then rename over `path`."
-    with atomic_write(path, "wb") as f: torch.save(obj, f)
+    "`torch.save` to a temporary file, then rename over `path`; a full disk raises its own OSError (ENOSPC)."
+    with atomic_write(path, "wb") as f:
+        out = _Writes(f)
+        try: torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None: raise out.error from None   # the real reason: a full disk, an I/O error
+            raise
     return Path(path)
 
 # %% ../nbs/api/00_core.ipynb #d6f25924

@@ -87,7 +87,7 @@ def test_notebooks_have_no_execution_counts_or_stray_metadata():
 
 # counted in logical lines (a statement, however many lines the formatter gives it, or a comment line), so that a
 # dict of the paper's settings written one key per line counts as the one statement it is
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 40
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 40
 
 
 def _logical_lines(text: str, first: int = 1, last: int | None = None) -> int:

@@ -171,7 +171,11 @@ class StanfordCars(ImageFiles):
             raise DataError(f"{annos_path}: annotations lack the field(s) {missing}{hint}; expected {what}")
         files, targets, xyxy = [], [], []
         for j, a in enumerate(annos):
-            fname, c = str(a["fname"]), int(a["class"])
+            fname, c = str(a["fname"]), float(np.asarray(a["class"]).reshape(-1)[0])
+            if c != int(c):
+                raise DataError(f"{annos_path}: annotation {j + 1} ({fname}) has class {c:g}, not a whole number; "
+                                f"expected a class number 1..{len(classes)} (the classes of cars_meta.mat)")
+            c = int(c)
             if not 1 <= c <= len(classes):
                 raise DataError(f"{annos_path}: annotation {j + 1} ({fname}) has class {c}, out of range; "
                                 f"expected 1..{len(classes)} (the classes of cars_meta.mat)")
@@ -189,6 +193,19 @@ class _CIFAR100NoMD5(torchvision.datasets.CIFAR100):
     train_list = [["train", None]]
     test_list = [["test", None]]
     meta = {"filename": "meta", "key": "fine_label_names", "md5": None}
+
+def _pixels_uint8(data: np.ndarray, where: Path) -> np.ndarray:
+    ("CIFAR pixels as uint8: whole numbers 0..255 of another type converted (said); anything else refused, naming the "
+     "file.")
+    if data.dtype == np.uint8: return data
+    lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    whole = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
+    if not (whole and 0 <= lo and hi <= 255):
+        raise DataError(f"{where}: 'data' holds {data.dtype} values from {lo:g} to {hi:g}; expected uint8 pixels "
+                        "0..255 "
+                        "(as the official files; scale values 0..1 by 255 and store them as uint8)")
+    warnings.warn(f"{where}: 'data' holds {data.dtype} whole numbers 0..255: read as uint8 pixels", stacklevel=3)
+    return data.astype(np.uint8)
 
 class CIFAR100(ImageDataset):
     "CIFAR-100 (fine labels) from the official python pickles, read by torchvision; 32 x 32 images, no boxes."
@@ -221,7 +238,7 @@ class CIFAR100(ImageDataset):
         if len(tv.data) != len(tv.targets):
             raise DataError(f"{folder/split}: {len(tv.data)} images but {len(tv.targets)} fine_labels; expected one "
                             "label per row of 'data'")
-        self.data = tv.data  # N x 32 x 32 x 3 uint8
+        self.data = _pixels_uint8(tv.data, folder/split)  # N x 32 x 32 x 3 uint8
         self._file = folder/split
         super().__init__(tv.targets, tv.classes, None, transform, root, split)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import os
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,8 +22,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 # %% auto #0
-__all__ = ['ON_BAD', 'DataError', 'BoxWarning', 'make_box', 'collate', 'read_image', 'clip_box', 'ImageDataset', 'ImageFiles',
-           'read_table', 'unique_ids']
+__all__ = ['DECODED', 'ON_BAD', 'DataError', 'BoxWarning', 'make_box', 'collate', 'read_image', 'clip_box', 'ImageDataset',
+           'ImageFiles', 'read_table', 'unique_ids']
 
 # %% ../../nbs/api/data/00_items.ipynb #47f0b754
 class DataError(ValueError):
@@ -109,17 +111,63 @@ def _to_8bit(im: Image.Image, path: Path) -> Image.Image:
         a = a.astype(np.float64) * (255 / 65535)
     return Image.fromarray(np.rint(a).astype(np.uint8), "L")
 
+_SAID_ALPHA = []   # the first image composited on white (said once per process)
+
+def _flatten_alpha(im: Image.Image, path: Path) -> Image.Image:
+    "An image with an alpha channel as RGB: transparent pixels composited on white (said once); none visible: refused."
+    rgba = im.convert("RGBA")
+    a = np.asarray(rgba)[..., 3]
+    if a.max() == 0:
+        raise DataError(f"{path}: every pixel is fully transparent (alpha 0), so nothing of the image is visible; "
+                        "expected "
+                        "an image with visible pixels (export it again without transparency, or leave it out)")
+    if a.min() == 255: return rgba.convert("RGB")
+    if not _SAID_ALPHA:
+        _SAID_ALPHA.append(path)
+        warnings.warn(f"{path}: transparent pixels composited on white (every image with transparency is; said once)",
+                      stacklevel=3)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+class _Decoded:
+    "The decoded large images most recently read, up to a memory budget: a huge PNG is decoded once, not at every read."
+    def __init__(self, budget_mb: float, min_pixels: int = 4_000_000):
+        self.budget, self.min_pixels, self.items, self.used = int(budget_mb * 2**20), min_pixels, OrderedDict(), 0
+    def get(self, key) -> torch.Tensor | None:
+        x = self.items.get(key)
+        if x is not None: self.items.move_to_end(key)
+        return x
+    def put(self, key, x: torch.Tensor):
+        n = x.numel() * x.element_size()
+        if x[0].numel() < self.min_pixels or n > self.budget: return   # small images decode fast; too big: not kept
+        while self.used + n > self.budget:
+            old = self.items.popitem(last=False)[1]; self.used -= old.numel() * old.element_size()
+        self.items[key] = x; self.used += n
+
+DECODED = _Decoded(float(os.environ.get("MSABN_IMAGE_CACHE_MB", 1024)))   # per process; MSABN_IMAGE_CACHE_MB=0: none
+
 def read_image(
     path: str | Path,  # a JPEG/PNG/TIFF/... file
 ) -> tv_tensors.Image:  # RGB, uint8, 3 x H x W
     ("Decode an image file as 8-bit RGB (deeper images scaled, not clipped), naming the file when it is missing or "
      "unreadable.")
     path = Path(path)
+    if path.is_dir(): raise DataError(f"{path}: a folder, not an image file (a folder named like an image?)")
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{path}: a link to nothing (broken, or a loop of links); expected an image file")
     if not path.is_file(): raise FileNotFoundError(f"{path}: image file not found")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)   # an edited file is decoded again
+    if (hit := DECODED.get(key)) is not None: return tv_tensors.Image(hit.clone())   # a copy: callers may paste into it
+    x = _decode(path)
+    DECODED.put(key, x.as_subclass(torch.Tensor).clone())
+    return x
+
+def _decode(path: Path) -> tv_tensors.Image:
     try:
         with Image.open(path) as im:
             if im.mode in _16BIT or im.mode in ("I", "F"): im = _to_8bit(im, path)
-            rgb = im.convert("RGB")
+            alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+            rgb = _flatten_alpha(im, path) if alpha else im.convert("RGB")
     except DataError: raise
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused ({e}); if the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS") from e

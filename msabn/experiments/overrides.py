@@ -18,10 +18,10 @@ from ..data.datasets import DATA_LAYOUTS
 __all__ = ['OVERRIDES', 'BY_KEY', 'DRY_RUN_KEYS', 'Override', 'override_table', 'OverrideError', 'parse_overrides']
 
 # %% ../../nbs/api/experiments/01_overrides.ipynb #3f747583
-def _whole(lo: int = 1) -> Callable[[str], int]:
+def _whole(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     def parse(s: str) -> int:
         v = int(s)
-        if v < lo: raise ValueError
+        if v < lo or (hi is not None and v > hi): raise ValueError
         return v
     return parse
 
@@ -35,14 +35,26 @@ def _names(s: str) -> tuple[str, ...]:
     if not v: raise ValueError
     return v
 
+class _Twice(ValueError): "A value given twice in one list (the same cell trained twice, or a repeat counted twice)."
+
+def _once(v: tuple, same: Callable = lambda x: x) -> tuple:
+    "`v`, refusing a value given twice (`same` says which are the same: 'base' and 'Base' are one row)."
+    seen = {}
+    for x in v:
+        if same(x) in seen: raise _Twice(repr(x) if seen[same(x)] == x else f"{seen[same(x)]!r} and {x!r}")
+        seen[same(x)] = x
+    return v
+
+def _name_list(s: str) -> tuple[str, ...]: return _once(_names(s), str.casefold)
+
 def _shares(lo_open: bool) -> Callable[[str], tuple[float, ...]]:
     def parse(s: str) -> tuple[float, ...]:
         v = tuple(float(x) for x in _names(s))
         if not all((0 < x if lo_open else 0 <= x) and x <= 1 for x in v): raise ValueError
-        return v
+        return _once(v)
     return parse
 
-def _seeds(s: str) -> tuple[int, ...]: return tuple(_whole(0)(x) for x in _names(s))
+def _seeds(s: str) -> tuple[int, ...]: return _once(tuple(_whole(0)(x) for x in _names(s)))
 
 def _dataset(s: str) -> str:
     if s not in DATA_LAYOUTS: raise ValueError
@@ -97,9 +109,11 @@ OVERRIDES = (
     Override(
         "size",
         "the network's input side in pixels",
-        "a whole number >= the backbone's total stride (32 for the paper's backbones)",
+        "a whole number >= the backbone's total stride (32 for the "
+        "paper's backbones) and <= 2048 (larger inputs need "
+        "gigabytes per batch)",
         _T,
-        _whole(),
+        _whole(1, 2048),
     ),
     Override(
         "backbones",
@@ -107,14 +121,14 @@ OVERRIDES = (
         "comma-separated backbones (e.g. resnet50) or column names of "
         "the tables; each table keeps those it has (at least one)",
         _T,
-        _names,
+        _name_list,
     ),
     Override(
         "rows",
         "which models (rows) are trained",
         "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)",
         _T,
-        _names,
+        _name_list,
     ),
     Override(
         "dataset",
@@ -268,6 +282,10 @@ def _text(v: Any) -> str:
 
 def _canonical(key: str, value: Any) -> str:
     try: v = BY_KEY[key].parse(_text(value))
+    except _Twice as e:
+        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice (the same run would be counted "
+                            "twice); "
+                            f"expected {BY_KEY[key].expected}, each once") from None
     except (ValueError, TypeError):
         raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
     return _text(v) if isinstance(v, tuple) else str(v)
@@ -306,7 +324,10 @@ def parse_overrides(
         for s in overrides:
             if "=" not in str(s): raise OverrideError(f"override {s!r}: expected KEY=VALUE, e.g. epochs=60; valid "
                                                       f"keys: {', '.join(BY_KEY)}")
-            k, v = str(s).split("=", 1); pairs[k.strip()] = v.strip()
+            k, v = (x.strip() for x in str(s).split("=", 1))
+            if k in pairs and pairs[k] != v:
+                raise OverrideError(f"override {k} is given twice ({k}={pairs[k]} and {k}={v}): give one value")
+            pairs[k] = v
         overrides = pairs
     unknown = [k for k in overrides if k not in BY_KEY]
     if unknown:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext, suppress
@@ -36,7 +37,7 @@ from ..train.speed import machine_figure
 from .catalog import TEMPLATES
 from .data import check_data
 from .folders import experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state, write_status
-from .overrides import BY_KEY, DRY_RUN_KEYS, parse_overrides
+from .overrides import BY_KEY, DRY_RUN_KEYS, OverrideError, parse_overrides
 from .progress import PROGRESS_FILE, ProgressView, watch
 
 # %% auto #0
@@ -117,6 +118,7 @@ def execute_template(
     threads: int | None = None,      # torch CPU threads in the kernel
     # settings changed from the preset's (msabn.experiments.overrides): the template's `overrides`
     overrides: Mapping[str, Any] | None = None,
+    batch: Sequence[str] | None = None,  # the experiments run together (the template's `batch`; None: this one alone)
 ) -> Path:                           # the executed notebook
     "Run one template with papermill into its run folder."
     template = (templates or templates_dir()) / f"{TEMPLATES[name]}.ipynb"
@@ -133,6 +135,7 @@ def execute_template(
         threads=threads,
         overrides=dict(overrides or {}) or None,
     )
+    if batch: params["batch"] = list(batch)
     pm.execute_notebook(str(template), str(out), parameters=params, kernel_name="python3", cwd=str(folder),
                         progress_bar=False, log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
                         kernel_manager_class=_QuietShutdown)
@@ -172,6 +175,7 @@ class _Batch:
     # parse_overrides' (the same for every run of the batch)
     overrides: Mapping[str, str] = field(default_factory=dict)
     progress: bool = True   # draw each run's progress file while it works (msabn.experiments.progress)
+    names: tuple[str, ...] = ()   # the experiments of the batch (an override may serve only another of them)
 
 @contextmanager
 def _shown(b: _Batch, folder: Path, head: str) -> Iterator[None]:
@@ -210,6 +214,7 @@ def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
                 num_workers=b.num_workers,
                 templates=b.templates,
                 threads=b.threads,
+                batch=b.names,
                 **({"overrides": dict(b.overrides)} if b.overrides else {}),
             )
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
@@ -232,7 +237,7 @@ def check_used(
     kinds = {e.kind for e in exps}
     unused = [k for k in overrides if not kinds & set(BY_KEY[k].kinds)]
     if unused:
-        raise ValueError(f"override {', '.join(unused)} changes none of {', '.join(e.name for e in exps)}: "
+        raise OverrideError(f"override {', '.join(unused)} changes none of {', '.join(e.name for e in exps)}: "
                          + "; ".join(f"{k} applies to {' and '.join(BY_KEY[k].kinds)} experiments" for k in unused))
 
 def run_experiments(
@@ -277,6 +282,7 @@ def run_experiments(
         log=log,
         overrides=ov,
         progress=progress,
+        names=tuple(exps),
     )
     report = []
     with _lock(b.runs_dir):
@@ -373,6 +379,8 @@ def _folder_problem(flag: str, value: str | None, expected: str, writable: bool 
 def check_args(a: argparse.Namespace) -> list[str]:
     "What is wrong with msabn_run's parsed arguments, one line each (empty: nothing), before anything runs."
     bad = [f"--seeds {s}: a seed is a whole number, 0 or more" for s in (a.seeds or ()) if s < 0]
+    bad += [f"--seeds {s}: a seed is below 2^32 = {2**32} (numpy's generators take no larger one)"
+            for s in (a.seeds or ()) if s >= 2**32]
     if a.workers is not None and a.workers < 0: bad.append(f"--workers {a.workers}: expected 0 (load in the main "
                                                            "process) or more DataLoader workers")
     if a.threads is not None and a.threads < 1: bad.append(f"--threads {a.threads}: expected 1 or more torch CPU "
@@ -433,9 +441,23 @@ def where_lines(
     return out
 
 # %% ../../nbs/api/experiments/08_runner.ipynb #afba073b
+class _Terminated(Exception): "SIGTERM, raised where msabn_run is, so that it ends as Ctrl-C does: one line."
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    "While a batch runs, SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C instead of ending without a word."
+    def on_term(signum, frame): raise _Terminated()
+    try: old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError: old = None          # not the main thread: leave signals alone
+    try: yield
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+
 def main(argv: Sequence[str] | None = None) -> int:
     "The `msabn_run` console command."
     a = _parser().parse_args(argv)
+    for k in ("runs_dir", "data_root", "templates"):   # '--runs-dir=~/x': no shell expands a ~ after '='
+        if getattr(a, k) is not None: setattr(a, k, os.path.expanduser(getattr(a, k)))
     bad = check_args(a)
     for line in bad: print(f"msabn_run: {line}", file=sys.stderr)
     if bad: return 2
@@ -447,26 +469,28 @@ def main(argv: Sequence[str] | None = None) -> int:
               "figure "
               "of the machine it was measured on)", flush=True)
     try:
-        rep = run_experiments(
-            names=a.names,
-            preset=a.preset,
-            seeds=a.seeds,
-            data_root=a.data_root,
-            runs_dir=a.runs_dir,
-            device=a.device,
-            num_workers=a.workers,
-            templates=a.templates,
-            force=a.force,
-            threads=a.threads,
-            overrides=cli_overrides(a),
-            progress=not a.no_progress,
-            on_ready=figure,
-        )
-    except KeyboardInterrupt:
-        print("msabn_run: interrupted; the run in progress is half-written: the same command redoes it, keeping its "
-              "finished cells",
-              file=sys.stderr)
-        return 130
+        with _terminate_as_interrupt():
+            rep = run_experiments(
+                names=a.names,
+                preset=a.preset,
+                seeds=a.seeds,
+                data_root=a.data_root,
+                runs_dir=a.runs_dir,
+                device=a.device,
+                num_workers=a.workers,
+                templates=a.templates,
+                force=a.force,
+                threads=a.threads,
+                overrides=cli_overrides(a),
+                progress=not a.no_progress,
+                on_ready=figure,
+            )
+    except (KeyboardInterrupt, _Terminated) as e:
+        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"msabn_run: {how}; the run in progress is half-written: the same command redoes it, keeping its "
+              "finished "
+              "cells", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     except (ValueError, RuntimeError, OSError) as e:
         print(f"msabn_run: {_error_line(e)}", file=sys.stderr)
         return 2

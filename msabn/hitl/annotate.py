@@ -5,6 +5,7 @@
 # %% ../../nbs/api/hitl/02_annotate.ipynb #38e31652
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import json
@@ -12,7 +13,7 @@ import numbers
 import os
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from ..core import atomic_write
 from .copy_replace import check_box
 
 # %% auto #0
-__all__ = ['STORE_FORMAT', 'check_index', 'BoxStoreError', 'BoxStore']
+__all__ = ['STORE_FORMAT', 'JOURNAL_FROM', 'COMPACT_EVERY', 'check_index', 'BoxStoreError', 'BoxStore']
 
 # %% ../../nbs/api/hitl/02_annotate.ipynb #8b681df8
 def check_index(
@@ -60,6 +61,15 @@ def _state(data: dict, i: int) -> tuple: return data["boxes"].get(str(i)), i in 
 def _count(n) -> bool: return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
 def _empty(meta: dict) -> dict: return {"format": STORE_FORMAT, "meta": dict(meta), "boxes": {}, "skipped": []}
 
+class _Twin(ValueError): "A key that appears twice in one JSON object."
+def _no_twins(pairs: list) -> dict:
+    "json's object_pairs_hook: a dict, refusing a repeated key (json.loads would keep the last one without a word)."
+    d = {}
+    for k, v in pairs:
+        if k in d: raise _Twin(k)
+        d[k] = v
+    return d
+
 # %% ../../nbs/api/hitl/02_annotate.ipynb #c91c7e04
 class _BoxFile:
     "Reading a box file, and refusing what cannot be read (the parts of BoxStore that do not write)."
@@ -77,8 +87,10 @@ class _BoxFile:
                              f"{hint}, or move the damaged file away to start a new one.")
 
     def _parse(self, text: str) -> dict:
-        try: data = json.loads(text)
+        try: data = json.loads(text, object_pairs_hook=_no_twins)
         except json.JSONDecodeError as e: raise self._corrupt(f"not valid JSON ({e})") from None
+        except _Twin as e: raise self._corrupt(f"the key {e.args[0]!r} appears twice in one object (e.g. after a hand "
+                                               "merge): keep the entry you want and delete the other") from None
         if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
             raise self._corrupt(f"format is not {STORE_FORMAT!r}")
         meta, boxes, skipped = data.get("meta", {}), data.get("boxes"), data.get("skipped", [])
@@ -108,8 +120,23 @@ class _BoxFile:
                                                                    f"({err})") from None
 
 # %% ../../nbs/api/hitl/02_annotate.ipynb #435ca013
+JOURNAL_FROM = 128 * 1024   # bytes: from this size on, an edit is one line appended to the box file's journal
+COMPACT_EVERY = 10_000      # journal lines folded into the box file (and its .bak) at once
+
+def _has(skipped: list, i: int) -> bool:
+    j = bisect.bisect_left(skipped, i)
+    return j < len(skipped) and skipped[j] == i
+
+def _apply(data: dict, i: int, entry: dict | None, skipped: bool):
+    "Give image `i` this state in `data`: its box entry (None: no box) and whether it is skipped."
+    if entry is None: data["boxes"].pop(str(i), None)
+    else: data["boxes"][str(i)] = entry
+    if skipped and not _has(data["skipped"], i): bisect.insort(data["skipped"], i)
+    if not skipped and _has(data["skipped"], i): data["skipped"].remove(i)
+
 class _Writer(_BoxFile):
-    "Writing a box file: the writability check, the lock, taking in other writers' edits, the atomic write."
+    ("Writing a box file: the writability check, the lock, taking in other writers' edits, the atomic write, the "
+     "journal.")
     def _unwritable(self, e: OSError) -> BoxStoreError:
         return BoxStoreError(f"{self.path}: the box file cannot be written in {self.path.parent} ({type(e).__name__}: "
                              f"{e.strerror or e}); choose a writable folder for it, or open it with read_only=True to "
@@ -137,19 +164,66 @@ class _Writer(_BoxFile):
         try: yield
         finally: self._lock.release()
 
-    def _sync(self, index: int | None = None) -> str | None:
+    # --- reading: the box file, then its journal -------------------------------------------------------------
+    def _load(self):
+        "Read the box file and replay its journal: the whole state, and which version of the file it is."
+        try:
+            with open(self.path, "rb") as f:
+                st, raw = os.fstat(f.fileno()), f.read()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise self._corrupt(f"cannot be read ({type(e).__name__}: {e})") from e
+        self._data, self._disk = self._adopt(self._parse(text)), (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._jpos = self._jlines = 0
+        self._replay()
+
+    def _replay(self) -> bool:
+        ("Apply the journal's lines written since this store last read it; False where the journal was emptied "
+         "meanwhile.")
+        try:
+            with open(self.journal, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self._jpos: return False
+                f.seek(self._jpos); raw = f.read()
+        except FileNotFoundError: return self._jpos == 0
+        except OSError as e: raise self._corrupt(f"its journal {self.journal.name} cannot be read ({e})") from e
+        done = raw.rfind(b"\n") + 1      # a torn last line (a crash mid-append) was never acknowledged: not an edit
+        for k, line in enumerate(raw[:done].splitlines()):
+            _apply(self._data, *self._parse_line(line, self._jlines + k + 1))
+        self._jlines += raw[:done].count(b"\n"); self._jpos += done
+        return True
+
+    def _parse_line(self, line: bytes, number: int) -> tuple:
+        n = self._data["meta"].get("n_images")
+        try:
+            rec = json.loads(line, object_pairs_hook=_no_twins)
+            i, entry, skipped = check_index(rec["image"], n), rec["entry"], rec["skipped"]
+            if not isinstance(skipped, bool): raise TypeError(f"'skipped' is {skipped!r}, not true or false")
+            if entry is not None:
+                h, w = _image_size(entry["image_size"], f"image {i}")
+                entry = {**entry, "box": list(check_box(entry["box"], h, w, f"image {i}")), "image_size": [h, w]}
+            return i, entry, skipped
+        except (ValueError, KeyError, TypeError, IndexError, _Twin) as e:
+            raise BoxStoreError(f"{self.journal} line {number} is not an edit of this box file ({type(e).__name__}: "
+                                f"{e}). "
+                                "Both files were left untouched: the lines before it are edits made after "
+                                f"{self.path.name} "
+                                "was last written; move the journal away to continue from the box file alone") from None
+
+    def _sync(self, index: int | None = None):
         ("Take in what other writers saved since this store last read or wrote the file; refuse an edit of an image "
          "they changed.")
         if not self.path.exists():
-            if self._disk is None: return None
+            if self._disk is None: return
             raise BoxStoreError(f"{self.path} was deleted or moved away since it was opened; nothing was saved (so as "
                                 "not to "
                                 "bring back a file someone removed): open the store again to start a new one")
-        text = self._read_text()
-        if _sha(text) == self._disk: return text
-        seen, self._data, self._disk = self._data, self._adopt(self._parse(text)), _sha(text)
-        if index is not None and _state(seen, index) != _state(self._data, index):
-            (box, skip), (was, _) = _state(self._data, index), _state(seen, index)
+        seen = self._data
+        was_state = _state(seen, index) if index is not None else None
+        try: st = self.path.stat()
+        except OSError: st = None
+        if st is None or (st.st_ino, st.st_size, st.st_mtime_ns) != self._disk or not self._replay(): self._load()
+        if index is not None and was_state != _state(self._data, index):
+            (box, skip), (was, _) = _state(self._data, index), was_state
             now = f"box {box['box']}" if box else "no box"
             raise BoxStoreError(f"{self.path}: image {index} was changed by another writer since this store last saw "
                                 "it "
@@ -157,30 +231,80 @@ class _Writer(_BoxFile):
                                 "this edit was not "
                                 "saved, so as not to overwrite theirs unseen. The store now holds their version: "
                                 "repeat the edit to replace it")
-        return text
 
-    def _write(self, new: dict, old: str | None):
+    # --- writing: the whole file while it is small, else a line of the journal -----------------------------------
+    def _write(self, new: dict, old: str | None, backup: str | None = None):
+        "Write `new` as the box file (atomically), the version before it (`old`) as .bak first."
         text = json.dumps(new, indent=1, sort_keys=True) + "\n"
         try:
-            if old is not None:
-                with atomic_write(self.backup) as f: f.write(old)
+            if old is not None or backup is not None:
+                with atomic_write(self.backup) as f: f.write(old if backup is None else backup)
             with atomic_write(self.path) as f: f.write(text)
+            st = self.path.stat()
         except OSError as e:
             raise BoxStoreError(f"{self.path} could not be written ({type(e).__name__}: {e}); this edit was not saved, "
                                 "and the file holds the version before it") from e
-        self._data, self._disk = new, _sha(text)
+        self._data, self._disk = new, (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _commit(self, index: int | None, edit: Callable[[dict], bool]) -> bool:
-        "Apply `edit` to the newest version on disk and write it, under the lock: returned means on disk."
+    def _append(self, i: int, entry: dict | None, skipped: bool):
+        "One edit as one line at the end of the journal, on disk (fsync) when this returns."
+        line = (json.dumps({"image": i, "entry": entry, "skipped": skipped}, sort_keys=True) + "\n").encode()
+        try:
+            fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT, 0o666)
+            try:
+                if os.fstat(fd).st_size != self._jpos: os.ftruncate(fd, self._jpos)   # a torn line of a crashed writer
+                os.lseek(fd, self._jpos, os.SEEK_SET)
+                view = memoryview(line)
+                while view: view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally: os.close(fd)
+        except OSError as e:
+            with suppress(OSError): os.truncate(self.journal, self._jpos)   # no half line left behind
+            raise BoxStoreError(f"{self.journal} could not be written ({type(e).__name__}: {e}); this edit was not "
+                                "saved, "
+                                "and the files hold the version before it") from e
+        _apply(self._data, i, entry, skipped)
+        self._jpos += len(line); self._jlines += 1
+
+    def _compact(self):
+        ("Fold the journal into the box file: the whole state written to .bak and the box file, then the journal "
+         "emptied.")
+        text = json.dumps(self._data, indent=1, sort_keys=True) + "\n"
+        self._write(self._data, None, backup=text)   # .bak: the same state, so a damaged box file can be replaced by it
+        try: os.truncate(self.journal, 0)
+        except FileNotFoundError: pass
+        except OSError as e:
+            raise BoxStoreError(f"{self.journal} could not be emptied ({e}); nothing was lost (its lines are in "
+                                f"{self.path.name} too, and replaying them changes nothing)") from e
+        self._jpos = self._jlines = 0
+
+    def _commit(self, index: int, edit: Callable[[dict | None, bool], tuple | None]) -> bool:
+        "Apply `edit` (image state -> new state, None: no change) to the newest version on disk, under the lock."
         if self.read_only:
             raise BoxStoreError(f"{self.path} was opened with read_only=True: nothing can be saved (open it without "
                                 "read_only to edit)")
         with self._mutex, self._locked():
-            old = self._sync(index)
-            new = copy.deepcopy(self._data)
-            if not edit(new): return False
-            self._write(new, old)
+            self._sync(index)
+            new = edit(*_state(self._data, index))
+            if new is None: return False
+            if self._jlines == 0 and self._disk[1] < JOURNAL_FROM:   # small: the whole file, the version before as .bak
+                data = copy.deepcopy(self._data); _apply(data, index, *new)
+                self._write(data, self.path.read_text(encoding="utf-8"))
+            else:
+                self._append(index, *new)
+                if self._jlines >= COMPACT_EVERY: self._compact()
             return True
+
+    def compact(self):
+        "Fold the journal into the box file now (every COMPACT_EVERY edits it is done anyway; close() does it too)."
+        if self.read_only: return
+        with self._mutex, self._locked():
+            self._sync()
+            if self._jlines or self.journal.exists() and self.journal.stat().st_size: self._compact()
+
+    def close(self): self.compact()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 # %% ../../nbs/api/hitl/02_annotate.ipynb #49010780
 class BoxStore(_Writer):
@@ -194,21 +318,34 @@ class BoxStore(_Writer):
                  read_only: bool = False,   # only read it (e.g. in a read-only folder): every edit is refused
                  timeout: float = 30):      # seconds to wait while another writer holds the lock
         self.path, self.read_only, self._want = Path(path), read_only, dict(meta or {})
-        self.backup, self.lock_path = (self.path.with_name(self.path.name + s) for s in (".bak", ".lock"))
+        # a linked (shared) file: its edits go to the file itself
+        if self.path.is_symlink(): self.path = self.path.resolve()
+        self.backup, self.lock_path, self.journal = (
+            self.path.with_name(self.path.name + s) for s in (".bak", ".lock", ".journal")
+        )
         if "n_images" in self._want and not _count(self._want["n_images"]):
             raise ValueError(f"{self.path}: meta n_images must be a whole number > 0, got {self._want['n_images']!r}")
+        self._want = {k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v   # numpy scalars
+                      for k, v in self._want.items()}
+        for k, v in self._want.items():
+            try: json.dumps(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{self.path}: meta {k!r} is a {type(v).__name__} ({v!r}), which a box file cannot "
+                                 "hold; "
+                                 "expected text, numbers, lists or dicts of them") from None
         self._lock, self._mutex = FileLock(self.lock_path, timeout=timeout), threading.RLock()
-        self._data, self._disk = _empty(self._want), None
+        self._data, self._disk, self._jpos, self._jlines = _empty(self._want), None, 0, 0
         if not self.path.exists():
             if not create or read_only:
                 raise FileNotFoundError(f"{self.path}: no such box file (create=True, without read_only, makes a new "
                                         "one)")
             self._check_writable()
-            self._commit(None, lambda d: True)
+            with self._mutex, self._locked():
+                if self.path.exists(): self._load()       # made meanwhile by another writer
+                else: self._write(self._data, None)
             return
         if not read_only: self._check_writable()
-        text = self._read_text()
-        self._data, self._disk = self._adopt(self._parse(text)), _sha(text)
+        self._load()
 
     def _adopt(self, data: dict) -> dict:
         "Refuse a file of other images (its meta disagrees with this store's); add this store's meta to it."
@@ -232,25 +369,18 @@ class BoxStore(_Writer):
         i = self._index(index)
         h, w = _image_size(image_size, f"image {i}")
         b = check_box([round(v, 3) for v in check_box(box, h, w, f"image {i}")], h, w, f"image {i} (saved to 0.001 px)")
-        def edit(d):
-            d["boxes"][str(i)] = {"box": list(b), "image_size": [h, w], "time": _now()}
-            if i in d["skipped"]: d["skipped"].remove(i)
-            return True
-        self._commit(i, edit)
+        self._commit(i, lambda entry, skipped: ({"box": list(b), "image_size": [h, w], "time": _now()}, False))
         return self.get(i)
 
     def remove(self, index: int) -> bool:
         "Delete an image's box; False if it had none."
         i = self._index(index)
-        return self._commit(i, lambda d: d["boxes"].pop(str(i), None) is not None)
+        return self._commit(i, lambda entry, skipped: None if entry is None else (None, skipped))
 
     def skip(self, index: int):
         "Record that the person passed over an image (its box, if any, stays)."
         i = self._index(index)
-        def edit(d):
-            if i in d["skipped"]: return False
-            d["skipped"] = sorted(d["skipped"] + [i]); return True
-        self._commit(i, edit)
+        self._commit(i, lambda entry, skipped: None if skipped else (entry, True))
 
     def reload(self) -> BoxStore:
         "Take in what other writers saved meanwhile (every edit does this first, under the lock)."

@@ -17,12 +17,20 @@ import torch.nn as nn
 from fastcore.basics import patch
 from torch.utils.data import Dataset
 
+from msabn.hitl.copy_replace import (
+    PAPER_FINETUNE,
+    AttentionScores,
+    EmptyPoolError,
+    FinetuneResult,
+    finetune,
+    score_attention,
+)
+
 from ..data.items import collate
 from ..explain.viz import attention_grid
 from ..train.recipe import TrainConfig
 from ..train.sampling import steps_per_epoch
 from .annotate import BoxStore, BoxStoreError, check_index
-from .copy_replace import PAPER_FINETUNE, AttentionScores, EmptyPoolError, FinetuneResult, finetune, score_attention
 
 # %% auto #0
 __all__ = ['QUICK_FINETUNE', 'BoxEditor']

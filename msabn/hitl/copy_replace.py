@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -174,6 +175,34 @@ def check_box(
                          f"expected 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}")
     return x0, y0, x1, y1
 
+def _check_pool(pool: Sequence[int], n: int) -> list[int]:
+    "The pool as sorted indices; refused when empty, of one image, out of range or listing an image twice."
+    pool = [int(i) for i in pool]
+    if not pool:
+        raise EmptyPoolError("the annotated pool is empty: copy-replace needs annotated images (boxes) to draw from; "
+                             "draw boxes first or lower lambda_out")
+    bad = [i for i in pool if not 0 <= i < n]
+    if bad: raise IndexError(f"pool index {bad[0]} out of range for a dataset of {n} images")
+    if len(set(pool)) != len(pool): raise ValueError("the pool lists an image more than once")
+    if len(pool) < 2: raise EmptyPoolError(f"the annotated pool holds one image ({pool[0]}): copy-replace pastes "
+                                           "another pool image's object, so it needs at least two")
+    return sorted(pool)
+
+def _dataset_boxes(pool: list[int], boxes: Mapping[int, tuple], has_own: bool, given: bool, fill: bool) -> list[int]:
+    "The pool images whose box is the dataset's true one standing in for a person's: counted, said, or refused."
+    missing = [i for i in pool if i not in boxes and not has_own]
+    if missing: raise ValueError(f"pool image {missing[0]} has no box: give it in boxes= (the dataset has none of "
+                                 "its own)")
+    used = [i for i in pool if i not in boxes]
+    if given and used:
+        some = ", ".join(map(str, used[:5])) + (" ..." if len(used) > 5 else "")
+        if not fill:
+            raise ValueError(f"{len(used)} pool image(s) have no person's box ({some}): give their boxes in boxes=, "
+                             "or leave them out of the pool (fill_from_dataset=False refuses the dataset's)")
+        warnings.warn(f"{len(used)} pool image(s) had no person's box ({some}): used the dataset's box for them "
+                      "(fill_from_dataset=False refuses instead)", stacklevel=3)
+    return used
+
 class CopyReplace(Dataset):
     "Replace an annotated image's object box with another annotated image's object (paper, section 3.3)."
     def __init__(self,
@@ -185,7 +214,9 @@ class CopyReplace(Dataset):
                  p: float = 1.0,                      # probability that a pool image is replaced when drawn
                  label_policy: str = "donor",         # "donor": the label follows the pasted object; "same_class":
                                                       # donors of the same class; "keep": the image keeps its label
-                 transform: Callable | None = None):  # the pipeline after copy-replace (default: the dataset's own)
+                 transform: Callable | None = None,   # the pipeline after copy-replace (default: the dataset's own)
+                 fill_from_dataset: bool = True):     # a pool image missing from `boxes` takes the dataset's box
+                                                      # (said, with a warning); False: refused (the person's only)
         if label_policy not in LABEL_POLICIES: raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got "
                                                                 f"{label_policy!r}")
         if not 0.0 <= float(p) <= 1.0: raise ValueError(f"p is a probability in [0, 1], got {p!r}")
@@ -193,36 +224,26 @@ class CopyReplace(Dataset):
         if own is not None:
             if not hasattr(dataset, "with_transform"):
                 raise ValueError(f"{type(dataset).__name__} applies a transform but has no with_transform(None): "
-                                 "copy-replace must "
-                                 "see raw images; give the raw dataset and pass the pipeline as transform=")
+                                 "copy-replace must see raw images; give the raw dataset and pass the pipeline as "
+                                 "transform=")
             dataset = dataset.with_transform(None)
         self.dataset, self.transform = dataset, transform if transform is not None else own
         self.p, self.label_policy = float(p), label_policy
-        n = len(dataset)
-        pool = [int(i) for i in pool]
-        if not pool:
-            raise EmptyPoolError("the annotated pool is empty: copy-replace needs annotated images (boxes) to draw "
-                                 "from; "
-                                 "draw boxes first or lower lambda_out")
-        bad = [i for i in pool if not 0 <= i < n]
-        if bad: raise IndexError(f"pool index {bad[0]} out of range for a dataset of {n} images")
-        if len(set(pool)) != len(pool): raise ValueError("the pool lists an image more than once")
-        if len(pool) < 2: raise EmptyPoolError(f"the annotated pool holds one image ({pool[0]}): copy-replace pastes "
-                                               "another pool image's object, so it needs at least two")
-        # a set: the draws do not depend on the order it was given in
-        self.pool, self._in_pool = sorted(pool), set(pool)
+        # sorted: the draws do not depend on the order it was given in
+        self.pool = _check_pool(pool, len(dataset)); self._in_pool = set(self.pool)
+        if boxes is not None and not isinstance(boxes, Mapping):
+            raise TypeError("boxes is a mapping of image index -> (x0, y0, x1, y1) in raw pixels (e.g. "
+                            f"BoxStore.boxes), got a {type(boxes).__name__}")
         self.boxes = {int(k): tuple(float(v) for v in b) for k, b in (boxes or {}).items()}
         stray = sorted(set(self.boxes) - self._in_pool)
         if stray: raise ValueError(f"boxes given for image(s) {stray[:5]} that are not in the pool")
-        own_boxes = getattr(dataset, "boxes", None)
-        missing = [i for i in pool if i not in self.boxes and own_boxes is None]
-        if missing: raise ValueError(f"pool image {missing[0]} has no box: give it in boxes= (the dataset has none of "
-                                     "its own)")
+        self.from_dataset = _dataset_boxes(self.pool, self.boxes, getattr(dataset, "boxes", None) is not None,
+                                           boxes is not None, fill_from_dataset)
         targets = getattr(dataset, "targets", None)
         self.targets = (
             torch.as_tensor(targets)
             if targets is not None
-            else torch.tensor([int(dataset[i]["label"]) for i in range(n)])
+            else torch.tensor([int(dataset[i]["label"]) for i in range(len(dataset))])
         )
         by_class: dict[int, list[int]] = {}
         for i in self.pool: by_class.setdefault(int(self.targets[i]), []).append(i)
@@ -336,6 +357,9 @@ def finetune(
     normalize: bool | None = None,           # frac_attn_out's reading on test_data (see score_attention)
     # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
     quiet: bool = False,
+    # a pool image without a box in `boxes` takes the dataset's (with a warning);
+    fill_from_dataset: bool = True,
+                                             # False: refused (the person's boxes only)
 ) -> FinetuneResult:
     "Fine-tune a copy of `model` with copy-replace on `pool` (or vanilla) and score it on `test_data`."
     if method not in FINETUNE_METHODS: raise ValueError(f"method must be one of {FINETUNE_METHODS}, got {method!r}")
@@ -349,11 +373,14 @@ def finetune(
                                  "nothing to "
                                  "paste. Draw boxes first (or lower lambda_out); for fine-tuning without copy-replace "
                                  "use method='vanilla'")
-        data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy)
+        data = CopyReplace(
+            train_data, pool, boxes=boxes, p=p, label_policy=label_policy, fill_from_dataset=fill_from_dataset
+        )
     else: data = train_data
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()
-    extra = {"finetune": {"method": method, "pool_size": len(pool), "p": p, "label_policy": label_policy}}
+    extra = {"finetune": {"method": method, "pool_size": len(pool), "p": p, "label_policy": label_policy,
+                          "boxes_from_dataset": len(getattr(data, "from_dataset", ()))}}
     # through the config: redirecting stdout leaves tqdm's bars (stderr, notebook widgets) on
     if quiet: cfg = replace(cfg, progress=False)
     fit(tuned, data, None, cfg, out_dir=out_dir, extra_config=extra, on_step=on_step)

@@ -18,9 +18,17 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from msabn.hitl.copy_replace import (
+    PAPER_FINETUNE,
+    AttentionScores,
+    finetune,
+    model_from_checkpoint,
+    normalizes,
+    score_attention,
+)
+
 from ..core import load_json, provenance, save_json
 from ..train.recipe import TrainConfig
-from .copy_replace import PAPER_FINETUNE, AttentionScores, finetune, model_from_checkpoint, normalizes, score_attention
 
 # %% auto #0
 __all__ = ['PAPER_LAMBDAS', 'ORDERINGS', 'annotated_pool', 'lambda_for_fraction', 'order_images', 'finetune_pools',

@@ -187,9 +187,8 @@ def _curve_pages(
     (folder / f"{stem}.md").write_text(md)
     return [f"{stem}.md", *files], [_demote(md), ""]
 
-def _write_pages(
-    folder: Path, records: Sequence[RunRecord], seeds: Sequence[int], log: Callable[[str], None]
-) -> tuple[dict, list[str]]:
+def _write_pages(folder: Path, records: Sequence[RunRecord], seeds: Sequence[int], log: Callable[[str], None],
+                 kept: Sequence[RunRecord] = ()) -> tuple[dict, list[str]]:
     "Every experiment's pages and figures into `folder`: ({experiment: {files, seeds}}, lines of the index page)."
     tables, index = {}, []
     for name in TEMPLATES:
@@ -201,7 +200,8 @@ def _write_pages(
         index += lines
         log(f"[report] {name}: seeds {[r.seed for r in runs]} -> "
             f"{folder.name.split('.new-')[0].lstrip('.')}/{TEMPLATES[name]}.md")
-    return tables, verdict_summary(records) + index   # the count first, by the pages' own rule
+    # the count first, by the pages' own rule; the tables kept as they were are counted from their earlier numbers
+    return tables, verdict_summary([*records, *kept]) + index
 
 # %% ../../nbs/api/report/03_write.ipynb #87e29e2d
 def _not_updated(earlier: dict, records: Sequence[RunRecord], left_out: Sequence[str]) -> dict[str, str]:
@@ -217,6 +217,24 @@ def _not_updated(earlier: dict, records: Sequence[RunRecord], left_out: Sequence
                                                              "not complete now") +
                      (f" ({'; '.join(why)})" if why else " (their run folders are gone)"))
     return out
+
+def _kept_runs(folder: Path, stale: dict, preset: str) -> list[RunRecord]:
+    "The earlier results.json's runs of the tables kept as they were: their run folders are gone, their numbers stay."
+    try: res = load_json(folder / "results.json")
+    except (FileNotFoundError, ValueError): return []
+    runs = res.get("runs", []) if isinstance(res, dict) else []
+    return [
+        RunRecord(
+            r["experiment"],
+            preset,
+            r["seed"],
+            folder,
+            {k: v for k, v in r.items() if k not in ("experiment", "seed")},
+            dict(r.get("overrides") or {}),
+        )
+        for r in runs
+        if isinstance(r, dict) and r.get("experiment") in stale and "seed" in r
+    ]
 
 def _check_same_report(
     folder: Path, earlier: dict, preset: str, seeds: Sequence[int], log: Callable[[str], None]
@@ -316,6 +334,12 @@ def _index_page(
         ]
     return "\n".join(lines + index)
 
+def _linked(folder: Path, log: Callable[[str], None]) -> Path:
+    "A report folder linked elsewhere (a shared disk, say): where the link points, said."
+    if not folder.is_symlink(): return folder
+    log(f"[report] {folder} is a link to {folder.resolve()}: writing the report there")
+    return folder.resolve()
+
 def write_report(
     runs_dir: str | Path = "runs",            # where msabn_run wrote the runs
     out_dir: str | Path = "paper_figures",    # where the report goes
@@ -329,7 +353,7 @@ def write_report(
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}, or a modified run's folder name under "
                          "runs/ ('paper+1a2b3c4d')")
     seeds = sorted(set(seeds if seeds is not None else get_experiment("table1", base_preset(preset)).seeds))
-    folder = report_folder(_out_folder(out_dir), preset, seeds)
+    folder = _linked(report_folder(_out_folder(out_dir), preset, seeds), log)
     _recover(folder, log)
     records, left_out = collect_runs(runs_dir, preset, seeds=seeds)
     for l in left_out: log(f"[left out] {l}")
@@ -345,12 +369,17 @@ def write_report(
                                         "they were")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
-        tables, index = _write_pages(tmp, [r for r in records if r.name not in stale], seeds, log)
+        mask = os.umask(0); os.umask(mask)
+        # mkdtemp makes it owner-only (0700): the report gets a folder's usual permissions
+        os.chmod(tmp, 0o777 & ~mask)
+        kept = _kept_runs(folder, stale, preset)
+        tables, index = _write_pages(tmp, [r for r in records if r.name not in stale], seeds, log, kept)
         tables |= {n: {**earlier["tables"][n], "not_updated": why} for n, why in stale.items()}
         label = overrides_label(record_experiment(records[0])) if records[0].overrides else None
         (tmp / "README.md").write_text(_index_page(preset, seeds, left_out, stale, earlier, index, label, records))
+        now = [r for r in records if r.name not in stale] + kept          # a kept table's numbers stay beside its pages
         runs = [{"experiment": r.name, "seed": r.seed, **{k: v for k, v in r.metrics.items() if k != "fingerprint"}}
-                for r in sorted(records, key=lambda r: (list(TEMPLATES).index(r.name), r.seed)) if r.name not in stale]
+                for r in sorted(now, key=lambda r: (list(TEMPLATES).index(r.name), r.seed))]
         save_json(
             {"preset": preset, "seeds": seeds, "runs": runs, **({"not_updated": stale} if stale else {})},
             tmp / "results.json",
@@ -498,16 +527,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs-dir", default="runs"); ap.add_argument("--out", default="paper_figures")
     ap.add_argument("--cost", action="store_true", help="also recompute the cost-to-reproduce table (FLOP counting, "
                                                         "about a minute)")
+    ap.add_argument("--index", action=argparse.BooleanOptionalAction, default=None,
+                    help="rewrite the --out folder's README.md index (default: only for a preset's own runs, not for "
+                         "modified runs such as dry runs, own data or --set)")
     a = ap.parse_args(argv)
+    a.runs_dir, a.out = (os.path.expanduser(p) for p in (a.runs_dir, a.out))   # '--out=~/x': no shell expands it
+    index_it = a.index if a.index is not None else "+" not in a.preset
     try:
         folder = write_report(a.runs_dir, a.out, a.preset, a.seeds)
         names = ("cost_to_reproduce.md", "cost_to_reproduce.json")
         if a.cost and all([_may_rewrite(Path(a.out), n, print) for n in names]):
             write_cost(a.out, a.runs_dir)
             _record(Path(a.out), names)
-        index = write_index(a.out)
+        index = write_index(a.out) if index_it else None
     except (ValueError, OSError) as e:   # OSError: no runs, a file in the way, a folder that cannot be written
         print(f"msabn_report: {e}", file=sys.stderr)
         return 2
-    print(f"msabn_report: wrote {folder}" + (f" and {index}" if index else ""))
+    except KeyboardInterrupt:
+        print("msabn_report: interrupted; the earlier report is left as it was (nothing half-written)", file=sys.stderr)
+        return 130
+    print(
+        f"msabn_report: wrote {folder}"
+        + (f" and {index}" if index else "")
+        + ("" if index_it else f" ({Path(a.out) / 'README.md'} left as it was: a modified run; --index lists it there)")
+    )
     return 0

@@ -22,8 +22,9 @@ from ..core import atomic_torch_save
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RESUME_SAFE', 'RUN_FILES', 'LOCK_NAME', 'CheckpointError', 'model_signature', 'rng_states',
-           'set_rng_states', 'load_checkpoint', 'write_checkpoint', 'ConfigChangedError', 'resume_changes',
-           'RunExistsError', 'RunInUseError', 'say', 'aside_path', 'keep_aside', 'claim_out_dir']
+           'set_rng_states', 'load_checkpoint', 'NonFiniteCheckpointError', 'nonfinite_weights', 'write_checkpoint',
+           'ConfigChangedError', 'resume_changes', 'RunExistsError', 'RunInUseError', 'say', 'aside_path', 'keep_aside',
+           'claim_out_dir']
 
 # %% ../../nbs/api/train/04_checkpoints.ipynb #4fcd388c
 CHECKPOINT_FORMAT = "msabn-checkpoint-v1"
@@ -77,13 +78,31 @@ def load_checkpoint(
         raise CheckpointError(f"{path} is not an msabn checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     if model is not None and (why := _signature_mismatch(ckpt["signature"], model_signature(model))):
         raise CheckpointError(f"{path} belongs to another model: {why}")
+    if bad := nonfinite_weights(ckpt.get("model") or {}):
+        raise NonFiniteCheckpointError(f"NaN weights in {path}: {len(bad)} tensor(s) hold NaN or infinite values "
+                                       f"({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}); the model diverged before it was saved: use an "
+                              "earlier "
+                              "checkpoint, or train again with a lower learning rate")
     return ckpt
+
+class NonFiniteCheckpointError(CheckpointError):
+    "A checkpoint whose weights hold NaN or infinite values (a diverged model)."
+
+def nonfinite_weights(state: dict) -> list[str]:
+    "The names of a state dict's floating-point tensors that hold NaN or infinite values."
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 def write_checkpoint(
     state: dict,   # what to save (the format tag is added)
     path: Path,    # checkpoint.pt or best.pt
 ) -> Path:
     "Save a checkpoint atomically; if the write fails (a full disk), say that the previous one is intact."
+    if bad := nonfinite_weights(state.get("model") or {}):   # never replace a good checkpoint by a diverged one
+        raise CheckpointError(f"not saved: the weights hold NaN or infinite values ({', '.join(bad[:3])}): the model "
+                              f"diverged (a lower learning rate?); the previous {path.name} in {path.parent}, if there "
+                              "was "
+                              "one, is kept as it was")
     try: return atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
     except OSError as e:
         raise OSError(e.errno, f"could not write {path.name} in {path.parent} ({e.strerror or e}): the previous "

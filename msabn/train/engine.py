@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
@@ -23,9 +24,12 @@ from tqdm.auto import tqdm
 
 from msabn.train.checkpoints import (
     CheckpointError,
+    ConfigChangedError,
+    NonFiniteCheckpointError,
     claim_out_dir,
     load_checkpoint,
     model_signature,
+    nonfinite_weights,
     resume_changes,
     rng_states,
     say,
@@ -43,7 +47,7 @@ from .recipe import TrainConfig
 from .sampling import EpochBatches, SeededSamples, check_data, check_labels, dataset_targets
 
 # %% auto #0
-__all__ = ['TrainStep', 'evaluate', 'NonFiniteLossError', 'fit', 'distributed']
+__all__ = ['TrainStep', 'evaluate', 'NonFiniteLossError', 'data_identity', 'fit', 'distributed']
 
 # %% ../../nbs/api/train/05_engine.ipynb #a2beb199
 class TrainStep(nn.Module):
@@ -184,11 +188,20 @@ def evaluate(
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite."
 
+def data_identity(train_data, valid_data=None) -> dict:
+    "What tells one run's data from another's, for resume to refuse other data: the sizes and a hash of the labels."
+    t = dataset_targets(train_data)
+    labels = (
+        None if t is None else hashlib.sha256(torch.as_tensor(t).to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+    )
+    return {"train": len(train_data), "valid": 0 if valid_data is None else len(valid_data), "labels": labels}
+
 class _TrainingRun:
     "One training run: its model, optimizer, schedule, history and position, and the steps of the loop."
     def __init__(self, model, train_data, valid_data, cfg: TrainConfig, out: Path | None):
         self.rank, self.world = _rank_world()
         self.cfg, self.out, self.train_data, self.valid_data = cfg, out, train_data, valid_data
+        self.data_id = data_identity(train_data, valid_data)
         self.device = _run_device(cfg.device)
         self.num_classes = _num_classes(model, train_data)
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -232,10 +245,19 @@ def _resume(run: _TrainingRun):
             f"first run in {run.out.name}/ (no checkpoint to resume from yet): training from the start", run.rank
         )
     try: ck = load_checkpoint(path, run.model)
+    except NonFiniteCheckpointError: raise
     except CheckpointError as e:
         raise CheckpointError(f"{e}; resume with the model it was made for, or start again with overwrite=True (the "
                               "old run "
                               "is kept aside) or in another out_dir") from e
+    if ck.get("data") not in (None, run.data_id):
+        saved, now = ck["data"], run.data_id
+        diff = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k])
+        raise ConfigChangedError(f"{path} was trained on other data ({diff}; 'labels' is a hash of the training "
+                                 "labels): "
+                                 "resume with the data it was made with, or start again with overwrite=True (the old "
+                                 "run is "
+                                 "kept aside) or in another out_dir")
     changes = resume_changes(ck.get("config") or asdict(run.cfg), asdict(run.cfg), ck["epoch"])
     run.model.load_state_dict(ck["model"])
     run.opt.load_state_dict(ck["optimizer"])
@@ -380,24 +402,21 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
     if run.world > 1:
         rngs = [None] * run.world
         dist.all_gather_object(rngs, rng_states())
+    if run.rank == 0 and (bad := nonfinite_weights(run.model.state_dict())):
+        ckpt = run.out / "checkpoint.pt"
+        name = run.meta.get("arch") or run.meta.get("name") or type(run.model).__name__
+        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values after "
+                                 "epoch "
+                                 f"{run.epoch + 1} ({name} {run.meta.get('backbone', '')}, lr {run.cfg.lr:g}): not "
+                                 "saved, "
+                                 f"stopping; try a lower lr. The last good checkpoint is kept: "
+                                 f"{ckpt.name if ckpt.exists() else 'none'}")
     if run.rank == 0:
-        write_checkpoint(
-            {
-                "signature": run.meta,
-                "model": run.model.state_dict(),
-                "optimizer": run.opt.state_dict(),
-                "scheduler": run.sched.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "partial": running.state() if running else None,
-                "history": run.history,
-                "best": run.best,
-                "rng": rngs,
-                "config": asdict(run.cfg),
-                "pending_eval": pending_eval,
-            },
-            run.out / "checkpoint.pt",
-        )
+        write_checkpoint({"signature": run.meta, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+                          "scheduler": run.sched.state_dict(), "epoch": epoch, "step": step,
+                          "partial": running.state() if running else None, "history": run.history, "best": run.best,
+                          "rng": rngs, "config": asdict(run.cfg), "pending_eval": pending_eval, "data": run.data_id},
+                         run.out / "checkpoint.pt")
 
 def _interrupted(run: _TrainingRun):
     "Ctrl-C: save where the run stands, in the middle of an epoch or between its training and its checkpoint."
