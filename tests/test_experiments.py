@@ -484,7 +484,8 @@ FOLDERS = sys.modules[write_status.__module__]          # where status.json is w
 
 def _stub_template(calls=None, fail=()):
     "An execute_template that writes what a template writes (config.json, metrics.json), without a kernel or training."
-    def run(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None):
+    def run(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None,
+            batch=None):
         if calls is not None: calls.append(name)
         if name in fail: raise RuntimeError(f"{name} broke")
         folder, fp = run_folder(runs_dir, preset, name, seed), fingerprint(get_experiment(name, preset), seed)
@@ -493,7 +494,8 @@ def _stub_template(calls=None, fail=()):
         return folder / f"{TEMPLATES[name]}.ipynb"
     return run
 
-def _in_process(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None):
+def _in_process(name, preset, seed, runs_dir, data_root, device="auto", num_workers=None, templates=None, threads=None,
+                batch=None):
     "An execute_template that runs the template's work in this process (no kernel start): real training."
     from msabn.experiments import run_experiment
     run_experiment(name, preset=preset, seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=QUIET)
@@ -795,6 +797,7 @@ def _in_process_with(overrides_seen=None):
         templates=None,
         threads=None,
         overrides=None,
+        batch=None,
     ):
         from msabn.experiments import run_experiment
         run_experiment(

@@ -326,8 +326,8 @@ def finetune_now(self: BoxEditor, progress: Callable[[int, int], None] | None = 
     try:
         if self.before is None:
             self.stage = "scoring the model before fine-tuning"; self._say(self.stage + " ...")
-            self.before = score_attention(self.model, self.test_data, device=cfg.device,
-                                          normalize=self.scores.normalize)   # the pool's reading
+            reading = None if self.scores is None else self.scores.normalize   # the pool's reading
+            self.before = score_attention(self.model, self.test_data, device=cfg.device, normalize=reading)
         for k, (method, p, what) in enumerate(jobs):
             self.stage = what
             self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} "
@@ -344,7 +344,7 @@ def finetune_now(self: BoxEditor, progress: Callable[[int, int], None] | None = 
                 boxes=self.store.boxes if p else None,
                 label_policy=self.label_policy,
                 on_step=on_step,
-                normalize=self.scores.normalize,
+                normalize=(None if self.scores is None else self.scores.normalize),
             )
             if method == "vanilla": self.vanilla = res
             else: self.result = res
