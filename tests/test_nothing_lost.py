@@ -440,3 +440,15 @@ def test_a_large_image_is_decoded_once_and_a_folder_named_like_an_image_is_said(
     with pytest.raises(DataError, match="x.jpg: a folder, not an image file"): read_image(tmp_path / "x.jpg")
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
     with pytest.raises(FileNotFoundError, match="loop.jpg: a link to nothing"): read_image(tmp_path / "loop.jpg")
+
+
+def test_sweep_fixes_bom_negative_report_seeds_and_sub_pixel_person_boxes(tmp_path, bench, capsys):
+    from msabn.data import get_dataset
+    BoxStore(tmp_path / "b.json").set(1, (0, 0, 2, 2), (8, 8))
+    bom = tmp_path / "bom.json"; bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "b.json").read_bytes())
+    assert BoxStore(bom).boxes == {1: (0, 0, 2, 2)}                     # saved by an editor that adds a BOM
+    assert report_main(["--seeds", "-1", "--out", str(tmp_path / "pf")]) == 2
+    assert "msabn_report: --seeds -1: a seed is a whole number, 0 or more" in capsys.readouterr().err
+    raw = get_dataset("synthetic", bench, "train")
+    with pytest.raises(ValueError, match=r"under one pixel wide or high .*normalised \[0, 1\] boxes\?"):
+        CopyReplace(raw, [1, 2], boxes={1: (0, 0, 0.5, 0.5), 2: (0, 0, 0.4, 0.4)})

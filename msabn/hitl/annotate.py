@@ -160,7 +160,7 @@ class _Writer(_BoxFile):
         try:
             with open(self.path, "rb") as f:
                 st, raw = os.fstat(f.fileno()), f.read()
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")   # a byte-order mark (a file saved by some Windows editors) is no damage
         except (OSError, UnicodeDecodeError) as e: raise self._corrupt(f"cannot be read ({type(e).__name__}: {e})") from e
         self._data, self._disk = self._adopt(self._parse(text)), (st.st_ino, st.st_size, st.st_mtime_ns)
         self._jpos = self._jlines = 0

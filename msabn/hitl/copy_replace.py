@@ -204,6 +204,12 @@ class CopyReplace(Dataset):
             raise TypeError(f"boxes is a mapping of image index -> (x0, y0, x1, y1) in raw pixels (e.g. BoxStore.boxes), "
                             f"got a {type(boxes).__name__}")
         self.boxes = {int(k): tuple(float(v) for v in b) for k, b in (boxes or {}).items()}
+        tiny = {i: b for i, b in self.boxes.items() if min(b[2] - b[0], b[3] - b[1]) < 1}
+        if tiny:
+            i, b = next(iter(tiny.items()))
+            raise ValueError(f"the box of image {i}, {b}, is under one pixel wide or high ({len(tiny)} such box(es)): "
+                             "boxes are (x0, y0, x1, y1) in the raw image's pixels (normalised [0, 1] boxes? multiply "
+                             "them by the image's width and height)")
         stray = sorted(set(self.boxes) - self._in_pool)
         if stray: raise ValueError(f"boxes given for image(s) {stray[:5]} that are not in the pool")
         own_boxes = getattr(dataset, "boxes", None)

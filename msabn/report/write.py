@@ -401,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="rewrite the --out folder's README.md index (default: only for a preset's own runs, not for "
                          "modified runs such as dry runs, own data or --set)")
     a = ap.parse_args(argv)
+    if any(s < 0 for s in a.seeds or ()):
+        print(f"msabn_report: --seeds {' '.join(map(str, a.seeds))}: a seed is a whole number, 0 or more", file=sys.stderr)
+        return 2
     a.runs_dir, a.out = (os.path.expanduser(p) for p in (a.runs_dir, a.out))   # '--out=~/x': no shell expands it
     index_it = a.index if a.index is not None else "+" not in a.preset
     try:
