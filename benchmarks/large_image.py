@@ -52,7 +52,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         path = Path(tmp) / "huge.png"
         t = time.perf_counter(); _write(path, a.side)
-        print(f"{a.side} x {a.side} PNG, {path.stat().st_size / 2**20:.0f} MiB, written in {time.perf_counter() - t:.1f} s")
+        mib, secs = path.stat().st_size / 2**20, time.perf_counter() - t
+        print(f"{a.side} x {a.side} PNG, {mib:.0f} MiB, written in {secs:.1f} s")
         print("| cache | first read (s) | later reads, median (s) | peak memory (MiB) |")
         print("| --- | ---: | ---: | ---: |")
         for label, mb in (("on (default, 1024 MiB)", None), ("off (MSABN_IMAGE_CACHE_MB=0)", "0")):

@@ -114,7 +114,8 @@ def _flatten_alpha(im: Image.Image, path: Path) -> Image.Image:
     rgba = im.convert("RGBA")
     a = np.asarray(rgba)[..., 3]
     if a.max() == 0:
-        raise DataError(f"{path}: every pixel is fully transparent (alpha 0), so nothing of the image is visible; expected "
+        raise DataError(f"{path}: every pixel is fully transparent (alpha 0), so nothing of the image is visible; "
+                        "expected "
                         "an image with visible pixels (export it again without transparency, or leave it out)")
     if a.min() == 255: return rgba.convert("RGB")
     if not _SAID_ALPHA:

@@ -201,13 +201,14 @@ def run_experiment(
     num_workers: int | None = None,  # DataLoader workers (default: the preset's)
     log: Callable[[str], None] = print,
     overrides: Mapping[str, Any] | None = None,  # settings changed from the preset's (msabn.experiments.overrides), e.g. {"epochs": 60}
-    batch: Sequence[str] | None = None,  # the experiments run with it (msabn_run's batch): an override may serve one of them
+    batch: Sequence[str] | None = None,  # the experiments run with it (msabn_run's): an override may serve one of them
 ) -> dict:                           # the run's metrics.json
     "Run one experiment (table or figure) for one seed: what every template calls."
     exp = with_overrides(get_experiment(name, preset), overrides)
     # refused as msabn_run refuses it: an override that changes none of the experiments run (papermill runs one alone)
     from msabn.experiments.runner import check_used
-    names = list(batch or [name]); names += [s for n in names for s in sources_of(get_experiment(n, preset))]   # a figure's tables
+    names = list(batch or [name])
+    names += [s for n in names for s in sources_of(get_experiment(n, preset))]   # a figure's tables
     check_used(parse_overrides(overrides), [get_experiment(n, preset) for n in dict.fromkeys(names)])
     kw = dict(seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=log)
     if exp.kind == "table": return run_table(exp, num_workers=num_workers, **kw)

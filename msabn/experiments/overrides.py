@@ -94,10 +94,13 @@ OVERRIDES = (
     Override("epochs", "training epochs of every cell (the milestones stay fractions of the run)", "a whole number >= 1", _T, _whole()),
     Override("batch_size", "the batch size of every cell (Table 2/3's per-backbone batches too) and of the fine-tuning", "a whole number >= 1", _T + _CR, _whole()),
     Override("lr", "the initial learning rate (training and fine-tuning)", "a number > 0", _T + _CR, _positive),
-    Override("size", "the network's input side in pixels", "a whole number >= the backbone's total stride (32 for the paper's backbones) and <= 2048 (larger inputs need "
-             "gigabytes per batch)", _T, _whole(1, 2048)),
-    Override("backbones", "which columns are trained", "comma-separated backbones (e.g. resnet50) or column names of the tables; each table keeps those it has (at least one)", _T, _name_list),
-    Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); each table keeps those it has (at least one)", _T, _name_list),
+    Override("size", "the network's input side in pixels",
+             "a whole number >= the backbone's total stride (32 for the paper's backbones) and <= 2048 "
+             "(larger inputs need gigabytes per batch)", _T, _whole(1, 2048)),
+    Override("backbones", "which columns are trained", "comma-separated backbones (e.g. resnet50) or column names of "
+             "the tables; each table keeps those it has (at least one)", _T, _name_list),
+    Override("rows", "which models (rows) are trained", "comma-separated row names of the tables (e.g. Base,MSABN); "
+             "each table keeps those it has (at least one)", _T, _name_list),
     Override("dataset", "which loader reads the data: the layout of the folder", f"one of {', '.join(DATA_LAYOUTS)}", _T, _dataset),
     Override("data", "the dataset's folder", "a folder, relative to --data-root or absolute", _T, _folder),
     Override("train_images", "own data: train on a class-balanced subset of N training images (each class's first N / K "
@@ -152,7 +155,8 @@ def _text(v: Any) -> str:
 def _canonical(key: str, value: Any) -> str:
     try: v = BY_KEY[key].parse(_text(value))
     except _Twice as e:
-        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice (the same run would be counted twice); "
+        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice "
+                            "(the same run would be counted twice); "
                             f"expected {BY_KEY[key].expected}, each once") from None
     except (ValueError, TypeError):
         raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None

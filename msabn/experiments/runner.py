@@ -231,8 +231,8 @@ def run_experiments(
     check_templates(tdir, list(exps))
     if on_ready: on_ready()
     b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,
-               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov, progress=progress,
-               names=tuple(exps))
+               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov,
+               progress=progress, names=tuple(exps))
     report = []
     with _lock(b.runs_dir):
         for k, (name, seed) in enumerate(todo, 1):
@@ -381,12 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "of the machine it was measured on)", flush=True)
     try:
         with _terminate_as_interrupt():
-            rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root, runs_dir=a.runs_dir,
-                                  device=a.device, num_workers=a.workers, templates=a.templates, force=a.force,
-                                  threads=a.threads, overrides=cli_overrides(a), progress=not a.no_progress, on_ready=figure)
+            rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root,
+                                  runs_dir=a.runs_dir, device=a.device, num_workers=a.workers, templates=a.templates,
+                                  force=a.force, threads=a.threads, overrides=cli_overrides(a),
+                                  progress=not a.no_progress, on_ready=figure)
     except (KeyboardInterrupt, _Terminated) as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
-        print(f"msabn_run: {how}; the run in progress is half-written: the same command redoes it, keeping its finished "
+        print(f"msabn_run: {how}; the run in progress is half-written: the same command redoes it, keeping its "
+              "finished "
               "cells", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
     except (ValueError, RuntimeError, OSError) as e:

@@ -270,7 +270,8 @@ class BoxEditor:
                 self._say(f"{what}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {per_run // cfg.epochs} steps ...")
                 def on_step(epoch, step, k=k):
                     if progress: progress(k * per_run + min(per_run, epoch * (per_run // cfg.epochs) + step + 1), total)
-                res = finetune(self.model, self.data, self.test_data, cfg, method, p, boxes=self.store.boxes if p else None, fill_from_dataset=False,
+                res = finetune(self.model, self.data, self.test_data, cfg, method, p, boxes=self.store.boxes if p else None,
+                               fill_from_dataset=False,
                                label_policy=self.label_policy, on_step=on_step)
                 if method == "vanilla": self.vanilla = res
                 else: self.result = res

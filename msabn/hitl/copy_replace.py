@@ -201,7 +201,8 @@ class CopyReplace(Dataset):
         if len(pool) < 2: raise EmptyPoolError(f"the annotated pool holds one image ({pool[0]}): copy-replace pastes another pool image's object, so it needs at least two")
         self.pool, self._in_pool = sorted(pool), set(pool)  # a set: the draws do not depend on the order it was given in
         if boxes is not None and not isinstance(boxes, Mapping):
-            raise TypeError(f"boxes is a mapping of image index -> (x0, y0, x1, y1) in raw pixels (e.g. BoxStore.boxes), "
+            raise TypeError(f"boxes is a mapping of image index -> (x0, y0, x1, y1) in raw pixels "
+                            "(e.g. BoxStore.boxes), "
                             f"got a {type(boxes).__name__}")
         self.boxes = {int(k): tuple(float(v) for v in b) for k, b in (boxes or {}).items()}
         tiny = {i: b for i, b in self.boxes.items() if min(b[2] - b[0], b[3] - b[1]) < 1}
@@ -220,9 +221,11 @@ class CopyReplace(Dataset):
         if boxes is not None and self.from_dataset:
             some = ", ".join(map(str, self.from_dataset[:5])) + (" ..." if len(self.from_dataset) > 5 else "")
             if not fill_from_dataset:
-                raise ValueError(f"{len(self.from_dataset)} pool image(s) have no person's box ({some}): give their boxes "
-                                 "in boxes=, or leave them out of the pool (fill_from_dataset=False refuses the dataset's)")
-            warnings.warn(f"{len(self.from_dataset)} pool image(s) had no person's box ({some}): used the dataset's box "
+                raise ValueError(f"{len(self.from_dataset)} pool image(s) have no person's box ({some}): give "
+                                 "their boxes in boxes=, or leave them out of the pool (fill_from_dataset=False "
+                                 "refuses the dataset's)")
+            warnings.warn(f"{len(self.from_dataset)} pool image(s) had no person's box ({some}): used the dataset's "
+                          "box "
                           "for them (fill_from_dataset=False refuses instead)", stacklevel=2)
         targets = getattr(dataset, "targets", None)
         self.targets = torch.as_tensor(targets) if targets is not None else torch.tensor([int(dataset[i]["label"]) for i in range(n)])
@@ -331,7 +334,7 @@ def finetune(
     keep_model: bool = True,                 # keep the fine-tuned model in the result
     normalize: bool | None = None,           # frac_attn_out's reading on test_data (see score_attention)
     quiet: bool = False,                     # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
-    fill_from_dataset: bool = True,          # a pool image without a box in `boxes` takes the dataset's (with a warning);
+    fill_from_dataset: bool = True,          # a pool image without a box in `boxes` takes the dataset's (warned);
                                              # False: refused (the person's boxes only)
 ) -> FinetuneResult:
     "Fine-tune a copy of `model` with copy-replace on `pool` (or vanilla) and score it on `test_data`."
@@ -343,7 +346,8 @@ def finetune(
         if not pool:
             raise EmptyPoolError("copy-replace fine-tuning was asked for, but the annotated pool is empty: there is nothing to "
                                  "paste. Draw boxes first (or lower lambda_out); for fine-tuning without copy-replace use method='vanilla'")
-        data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy, fill_from_dataset=fill_from_dataset)
+        data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy,
+                           fill_from_dataset=fill_from_dataset)
     else: data = train_data
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()

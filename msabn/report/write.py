@@ -187,8 +187,8 @@ def _kept_runs(folder: Path, stale: dict, preset: str) -> list[RunRecord]:
     try: res = load_json(folder / "results.json")
     except (FileNotFoundError, ValueError): return []
     runs = res.get("runs", []) if isinstance(res, dict) else []
-    return [RunRecord(r["experiment"], preset, r["seed"], folder, {k: v for k, v in r.items() if k not in ("experiment", "seed")},
-                      dict(r.get("overrides") or {}))
+    return [RunRecord(r["experiment"], preset, r["seed"], folder,
+                      {k: v for k, v in r.items() if k not in ("experiment", "seed")}, dict(r.get("overrides") or {}))
             for r in runs if isinstance(r, dict) and r.get("experiment") in stale and "seed" in r]
 
 def _check_same_report(folder: Path, earlier: dict, preset: str, seeds: Sequence[int], log: Callable[[str], None]) -> dict:
@@ -271,7 +271,7 @@ def write_report(
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}, or a modified run's folder name under runs/ ('paper+1a2b3c4d')")
     seeds = sorted(set(seeds if seeds is not None else get_experiment("table1", base_preset(preset)).seeds))
     folder = report_folder(_out_folder(out_dir), preset, seeds)
-    if folder.is_symlink():   # a report folder linked elsewhere (a shared disk, say): the report goes where the link points
+    if folder.is_symlink():   # a report folder linked elsewhere (a shared disk, say): the report goes where it points
         target = folder.resolve()
         log(f"[report] {folder} is a link to {target}: writing the report there"); folder = target
     _recover(folder, log)
@@ -285,7 +285,7 @@ def write_report(
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
         mask = os.umask(0); os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)   # mkdtemp makes it owner-only (0700): the report gets a folder's usual permissions
+        os.chmod(tmp, 0o777 & ~mask)   # mkdtemp makes it owner-only (0700): a report gets the usual permissions
         kept = _kept_runs(folder, stale, preset)
         tables, index = _write_pages(tmp, [r for r in records if r.name not in stale], seeds, log, kept)
         tables |= {n: {**earlier["tables"][n], "not_updated": why} for n, why in stale.items()}
@@ -402,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "modified runs such as dry runs, own data or --set)")
     a = ap.parse_args(argv)
     if any(s < 0 for s in a.seeds or ()):
-        print(f"msabn_report: --seeds {' '.join(map(str, a.seeds))}: a seed is a whole number, 0 or more", file=sys.stderr)
+        print(f"msabn_report: --seeds {' '.join(map(str, a.seeds))}: a seed is a whole number, 0 or more",
+              file=sys.stderr)
         return 2
     a.runs_dir, a.out = (os.path.expanduser(p) for p in (a.runs_dir, a.out))   # '--out=~/x': no shell expands it
     index_it = a.index if a.index is not None else "+" not in a.preset
@@ -418,5 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("msabn_report: interrupted; the earlier report is left as it was (nothing half-written)", file=sys.stderr)
         return 130
     print(f"msabn_report: wrote {folder}" + (f" and {index}" if index else "") +
-          ("" if index_it else f" ({Path(a.out) / 'README.md'} left as it was: a modified run; --index lists it there)"))
+          ("" if index_it else
+           f" ({Path(a.out) / 'README.md'} left as it was: a modified run; --index lists it there)"))
     return 0

@@ -26,7 +26,8 @@ from ..core import atomic_write, get_device, provenance, save_json, set_seed
 from ..data.items import collate
 from ..data.memory import MemoryImages, memory_batches
 from ..models.puzzle import puzzle_loss
-from .checkpoints import (CheckpointError, ConfigChangedError, NonFiniteCheckpointError, claim_out_dir, nonfinite_weights, load_checkpoint, model_signature,
+from .checkpoints import (CheckpointError, ConfigChangedError, NonFiniteCheckpointError, claim_out_dir,
+                                     nonfinite_weights, load_checkpoint, model_signature,
                                      resume_changes, rng_states, say, set_rng_states, write_checkpoint)
 from .losses import class_weights, puzzle_alpha, total_loss
 from .metrics import ConfusionMatrix
@@ -155,7 +156,8 @@ class NonFiniteLossError(FloatingPointError):
 def data_identity(train_data, valid_data=None) -> dict:
     "What tells one run's data from another's, for resume to refuse other data: the sizes and a hash of the labels."
     t = dataset_targets(train_data)
-    labels = None if t is None else hashlib.sha256(torch.as_tensor(t).to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+    labels = (None if t is None else
+              hashlib.sha256(torch.as_tensor(t).to(torch.int64).numpy().tobytes()).hexdigest()[:16])
     return {"train": len(train_data), "valid": 0 if valid_data is None else len(valid_data), "labels": labels}
 
 class _TrainingRun:
@@ -203,9 +205,9 @@ def _resume(run: _TrainingRun):
     if ck.get("data") not in (None, run.data_id):
         saved, now = ck["data"], run.data_id
         diff = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k])
-        raise ConfigChangedError(f"{path} was trained on other data ({diff}; 'labels' is a hash of the training labels): "
-                                 "resume with the data it was made with, or start again with overwrite=True (the old run is "
-                                 "kept aside) or in another out_dir")
+        raise ConfigChangedError(f"{path} was trained on other data ({diff}; 'labels' is a hash of the training "
+                                 "labels): resume with the data it was made with, or start again with overwrite=True "
+                                 "(the old run is kept aside) or in another out_dir")
     changes = resume_changes(ck.get("config") or asdict(run.cfg), asdict(run.cfg), ck["epoch"])
     run.model.load_state_dict(ck["model"]); run.opt.load_state_dict(ck["optimizer"]); run.sched.load_state_dict(ck["scheduler"])
     run.history, run.best, run.pending_eval = ck["history"], ck.get("best"), ck.get("pending_eval", False)
@@ -327,8 +329,9 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
     if run.rank == 0 and (bad := nonfinite_weights(run.model.state_dict())):
         ckpt = run.out / "checkpoint.pt"
         name = run.meta.get("arch") or run.meta.get("name") or type(run.model).__name__
-        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values after epoch "
-                                 f"{run.epoch + 1} ({name} {run.meta.get('backbone', '')}, lr {run.cfg.lr:g}): not saved, "
+        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                                 f"after epoch {run.epoch + 1} ({name} {run.meta.get('backbone', '')}, "
+                                 f"lr {run.cfg.lr:g}): not saved, "
                                  f"stopping; try a lower lr. The last good checkpoint is kept: "
                                  f"{ckpt.name if ckpt.exists() else 'none'}")
     if run.rank == 0:
