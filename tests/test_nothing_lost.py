@@ -444,7 +444,7 @@ def test_a_large_image_is_decoded_once_and_a_folder_named_like_an_image_is_said(
     with pytest.raises(FileNotFoundError, match="loop.jpg: a link to nothing"): read_image(tmp_path / "loop.jpg")
 
 
-def test_sweep_fixes_bom_negative_report_seeds_and_sub_pixel_person_boxes(tmp_path, bench, capsys):
+def test_sweep_fixes(tmp_path, bench, capsys):
     from msabn.data import get_dataset
     BoxStore(tmp_path / "b.json").set(1, (0, 0, 2, 2), (8, 8))
     bom = tmp_path / "bom.json"; bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "b.json").read_bytes())
@@ -454,3 +454,10 @@ def test_sweep_fixes_bom_negative_report_seeds_and_sub_pixel_person_boxes(tmp_pa
     raw = get_dataset("synthetic", bench, "train")
     with pytest.raises(ValueError, match=r"under one pixel wide or high .*normalised \[0, 1\] boxes\?"):
         CopyReplace(raw, [1, 2], boxes={1: (0, 0, 0.5, 0.5), 2: (0, 0, 0.4, 0.4)})
+    with pytest.raises(OverrideError, match=r"override epochs=\[2\]: a list; expected a whole number"):
+        parse_overrides('{"epochs": [2]}')                              # was taken as epochs=2 unseen
+    assert parse_overrides('{"rows": ["Base", "ABN"]}') == {"rows": "Base,ABN"}
+    from msabn.train import CheckpointError, load_checkpoint
+    (tmp_path / "checkpoint.pt").mkdir()
+    with pytest.raises(CheckpointError, match="checkpoint.pt is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path / "checkpoint.pt")

@@ -160,6 +160,8 @@ def _canonical(key: str, value: Any) -> str:
                             f"expected {BY_KEY[key].expected}, each once") from None
     except (ValueError, TypeError):
         raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
+    if isinstance(value, (list, tuple)) and not isinstance(v, tuple):   # [2] for epochs: not taken as 2 unseen
+        raise OverrideError(f"override {key}={value!r}: a list; expected {BY_KEY[key].expected}")
     return _text(v) if isinstance(v, tuple) else str(v)
 
 _NEXT_KEY = re.compile(r",\s*(?=[A-Za-z_]\w*\s*=)")   # a comma that starts the next KEY= (values keep theirs: rows=Base,MSABN)

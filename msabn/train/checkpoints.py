@@ -70,6 +70,7 @@ def load_checkpoint(
     "Read a checkpoint, refusing (with the reason) one that is corrupt or that belongs to another model."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.is_dir(): raise CheckpointError(f"{path} is a folder, not a checkpoint file (checkpoint.pt or best.pt)")
     try: ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
         raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {e}); a truncated file "
