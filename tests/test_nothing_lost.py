@@ -461,3 +461,17 @@ def test_sweep_fixes(tmp_path, bench, capsys):
     (tmp_path / "checkpoint.pt").mkdir()
     with pytest.raises(CheckpointError, match="checkpoint.pt is a folder, not a checkpoint file"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_a_full_disk_or_a_file_in_the_way_while_making_the_embedded_data_names_the_folder(tmp_path, monkeypatch):
+    import errno
+    import msabn.data.synthetic as synthetic
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"f/s: .*f is a file, so the embedded data cannot be written there"):
+        synthetic.make_synthetic(tmp_path / "f" / "s", "cifar", n_train=4, n_test=2, n_test_iid=2)
+    def full(*a, **k): raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(synthetic, "_write_cub", full)
+    with pytest.raises(OSError, match=r"writing the embedded data into .*/s failed \(No space left on device\); "
+                                      r"nothing was left behind") as e:
+        synthetic.make_synthetic(tmp_path / "s", "cifar", n_train=4, n_test=2, n_test_iid=2)
+    assert e.value.errno == errno.ENOSPC and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
