@@ -475,3 +475,12 @@ def test_a_full_disk_or_a_file_in_the_way_while_making_the_embedded_data_names_t
                                       r"nothing was left behind") as e:
         synthetic.make_synthetic(tmp_path / "s", "cifar", n_train=4, n_test=2, n_test_iid=2)
     assert e.value.errno == errno.ENOSPC and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_renamed_seed_folder_is_named_as_such(tmp_path):
+    from msabn.report import collect_runs
+    _tables(tmp_path / "runs", ("table4",), (1,))
+    (tmp_path / "runs" / "tiny" / "table4" / "seed1").rename(tmp_path / "runs" / "tiny" / "table4" / "seed5")
+    records, left_out = collect_runs(tmp_path / "runs", "tiny")
+    assert records == [] and left_out == ["tiny/table4/seed5: made for seed 1, not 5 (a renamed or copied folder?): "
+                                          "rename it back to seed1, or remove it, not reported"]
