@@ -160,6 +160,7 @@ def collect_runs(
         if state.startswith("stale") and (moved := _moved_seed(folder, exp, seed)) is not None:
             state = (f"made for seed {moved}, not {seed} (a renamed or copied folder?): rename it back to "
                      f"seed{moved}, or remove it")
+        if metrics is None:
             left_out.append(f"{p}/{name}/seed{seed}: {state}, not reported"); continue
         records.append(RunRecord(name, p, seed, folder, metrics, ov))
     return records, left_out
