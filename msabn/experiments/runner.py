@@ -179,8 +179,8 @@ def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
     try:
         with _shown(b, folder, f"[{at}] {name} {preset_folder(exp)} seed {seed}"):
             execute_template(name=name, preset=b.preset, seed=seed, runs_dir=b.runs_dir, data_root=b.data_root, device=b.device,
-                             num_workers=b.num_workers, templates=b.templates, threads=b.threads, batch=b.names,
-                             **({"overrides": dict(b.overrides)} if b.overrides else {}))
+                             num_workers=b.num_workers, templates=b.templates, threads=b.threads,
+                             **({"overrides": dict(b.overrides), "batch": b.names} if b.overrides else {}))
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
     except Exception as e:
         err = _short_error(e)
