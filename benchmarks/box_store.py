@@ -59,11 +59,9 @@ def _run(folder: Path, n: int, edits: int, seed: int) -> tuple[list[float], floa
 
 def _fs(folder: Path) -> str:
     try:
-        return (
-            subprocess.run(["df", "-T", str(folder)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
-        )
-    except (OSError, IndexError):
-        return "unknown"
+        out = subprocess.run(["df", "-T", str(folder)], capture_output=True, text=True).stdout
+        return out.splitlines()[-1].split()[1]
+    except (OSError, IndexError): return "unknown"
 
 
 def main(argv=None):

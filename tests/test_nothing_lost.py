@@ -45,8 +45,7 @@ def _tables(runs: Path, names=("table4", "table5"), seeds=(0, 1)):
 
 
 def test_a_table_kept_as_it_was_keeps_its_numbers_and_its_verdict_counts(tmp_path):
-    ("The README's main command on a fresh clone: Tables 4/5 kept as they were, their results.json entries and counts "
-     "gone.")
+    "The README's main command on a fresh clone: Tables 4/5 kept as they were, their results.json entries gone."
     _tables(tmp_path / "runs")
     folder = write_report(tmp_path / "runs", tmp_path / "pf", "tiny", [0, 1], log=QUIET)
     res = json.loads((folder / "results.json").read_text())
@@ -132,17 +131,9 @@ def _own_run(runs: Path) -> str:
               **{f"{m}@{sp}": ACC[r.name][0] for m in ("acc", "balanced_acc") for sp in exp.data.eval_splits}}
              for c, r in exp.cells()]
     folder.mkdir(parents=True)
-    save_json(
-        {
-            "fingerprint": fp,
-            "overrides": dict(exp.overrides),
-            "cells": cells,
-            "splits": list(exp.data.eval_splits),
-            "data": {"train": 30, "test": 30},
-            "num_classes": 10,
-        },
-        folder / "metrics.json",
-    )
+    save_json({"fingerprint": fp, "overrides": dict(exp.overrides), "cells": cells,
+               "splits": list(exp.data.eval_splits), "data": {"train": 30, "test": 30}, "num_classes": 10},
+              folder / "metrics.json")
     write_status(folder, "complete", fp)
     return preset_folder(exp)
 
@@ -196,9 +187,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_and_never_written(tmp_path):
     ck = load_checkpoint(out / "checkpoint.pt")
     good = (out / "checkpoint.pt").read_bytes()
     ck["model"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in ck["model"].items()}
-    with pytest.raises(
-        CheckpointError, match="not saved: the weights hold NaN or infinite values .* is kept as it was"
-    ):
+    with pytest.raises(CheckpointError, match="not saved: the weights hold NaN or infinite values .* kept as it was"):
         write_checkpoint({k: v for k, v in ck.items() if k != "format"}, out / "checkpoint.pt")
     assert (out / "checkpoint.pt").read_bytes() == good
     torch.save(ck, out / "checkpoint.pt")                        # one written by other means
@@ -238,8 +227,7 @@ def test_float_cifar_pixels_are_read_as_pixels_or_refused(tmp_path):
     assert torch.equal(ds.load_image(1), want)                       # not 255x too bright
     entry["data"] = entry["data"] / 255                              # floats 0..1
     pk.write_bytes(pickle.dumps(entry))
-    with pytest.raises(DataError, match=r"train: 'data' holds float\d+ values from [0-9.]+ to 1; expected uint8 pixels "
-                                        r"0..255"):
+    with pytest.raises(DataError, match=r"train: 'data' holds float\d+ values from [0-9.]+ to 1; expected uint8 "):
         CIFAR100(root, "train", verify=False)
 
 
@@ -255,11 +243,9 @@ def test_a_float_cars_class_is_refused_naming_the_file_and_value(tmp_path):
     rows = [{k: a[k] for k in annos.dtype.names} for a in annos.reshape(-1)]
     rows[1]["class"] = np.array([[1.7]])
     dt = [(k, "O") for k in annos.dtype.names]
-    scipy.io.savemat(
-        mat, {"annotations": np.array([tuple(r[k] for k in annos.dtype.names) for r in rows], dt).reshape(1, -1)}
-    )
-    with pytest.raises(DataError, match=r"cars_train_annos.mat: annotation 2 \(00002.jpg\) has class 1.7, not a whole "
-                                        r"number"):
+    table = np.array([tuple(r[k] for k in annos.dtype.names) for r in rows], dt).reshape(1, -1)
+    scipy.io.savemat(mat, {"annotations": table})
+    with pytest.raises(DataError, match=r"cars_train_annos.mat: annotation 2 \(00002.jpg\) has class 1.7, not a whole"):
         StanfordCars(tmp_path, "train")
 
 
@@ -369,8 +355,7 @@ def test_late_or_vague_messages_are_early_and_say_what_to_do(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-# --- the box store's journal: fast edits on large files, nothing lost
-# --------------------------------------------------
+# --- the box store's journal: fast edits on large files, nothing lost -----------------------------------------------
 @pytest.fixture
 def journaled(monkeypatch):
     "Every box file takes its edits in the journal (as files of over JOURNAL_FROM bytes do); folded every 5 edits."
@@ -465,3 +450,46 @@ def test_a_large_image_is_decoded_once_and_a_folder_named_like_an_image_is_said(
     with pytest.raises(DataError, match="x.jpg: a folder, not an image file"): read_image(tmp_path / "x.jpg")
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
     with pytest.raises(FileNotFoundError, match="loop.jpg: a link to nothing"): read_image(tmp_path / "loop.jpg")
+
+
+def test_sweep_fixes(tmp_path, bench, capsys):
+    from msabn.data import get_dataset
+    BoxStore(tmp_path / "b.json").set(1, (0, 0, 2, 2), (8, 8))
+    bom = tmp_path / "bom.json"; bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "b.json").read_bytes())
+    assert BoxStore(bom).boxes == {1: (0, 0, 2, 2)}                     # saved by an editor that adds a BOM
+    assert report_main(["--seeds", "-1", "--out", str(tmp_path / "pf")]) == 2
+    assert "msabn_report: --seeds -1: a seed is a whole number, 0 or more" in capsys.readouterr().err
+    raw = get_dataset("synthetic", bench, "train")
+    with pytest.raises(ValueError, match=r"under one pixel wide or high .*normalised \[0, 1\] boxes\?"):
+        CopyReplace(raw, [1, 2], boxes={1: (0, 0, 0.5, 0.5), 2: (0, 0, 0.4, 0.4)})
+    with pytest.raises(OverrideError, match=r"override epochs=\[2\]: a list; expected a whole number"):
+        parse_overrides('{"epochs": [2]}')                              # was taken as epochs=2 unseen
+    assert parse_overrides('{"rows": ["Base", "ABN"]}') == {"rows": "Base,ABN"}
+    from msabn.train import CheckpointError, load_checkpoint
+    (tmp_path / "checkpoint.pt").mkdir()
+    with pytest.raises(CheckpointError, match="checkpoint.pt is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_a_full_disk_or_a_file_in_the_way_while_making_the_embedded_data_names_the_folder(tmp_path, monkeypatch):
+    import errno
+
+    import msabn.data.synthetic as synthetic
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"f/s: .*f is a file, so the embedded data cannot be written there"):
+        synthetic.make_synthetic(tmp_path / "f" / "s", "cifar", n_train=4, n_test=2, n_test_iid=2)
+    def full(*a, **k): raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(synthetic, "_write_cub", full)
+    with pytest.raises(OSError, match=r"writing the embedded data into .*/s failed \(No space left on device\); "
+                                      r"nothing was left behind") as e:
+        synthetic.make_synthetic(tmp_path / "s", "cifar", n_train=4, n_test=2, n_test_iid=2)
+    assert e.value.errno == errno.ENOSPC and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_renamed_seed_folder_is_named_as_such(tmp_path):
+    from msabn.report import collect_runs
+    _tables(tmp_path / "runs", ("table4",), (1,))
+    (tmp_path / "runs" / "tiny" / "table4" / "seed1").rename(tmp_path / "runs" / "tiny" / "table4" / "seed5")
+    records, left_out = collect_runs(tmp_path / "runs", "tiny")
+    assert records == [] and left_out == ["tiny/table4/seed5: made for seed 1, not 5 (a renamed or copied folder?): "
+                                          "rename it back to seed1, or remove it, not reported"]

@@ -195,14 +195,13 @@ class _CIFAR100NoMD5(torchvision.datasets.CIFAR100):
     meta = {"filename": "meta", "key": "fine_label_names", "md5": None}
 
 def _pixels_uint8(data: np.ndarray, where: Path) -> np.ndarray:
-    ("CIFAR pixels as uint8: whole numbers 0..255 of another type converted (said); anything else refused, naming the "
-     "file.")
+    "CIFAR pixels as uint8: whole numbers 0..255 of another type converted (said); else refused, naming the file."
     if data.dtype == np.uint8: return data
     lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
     whole = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
     if not (whole and 0 <= lo and hi <= 255):
-        raise DataError(f"{where}: 'data' holds {data.dtype} values from {lo:g} to {hi:g}; expected uint8 pixels "
-                        "0..255 "
+        raise DataError(f"{where}: 'data' holds {data.dtype} values from {lo:g} to {hi:g}; "
+                        "expected uint8 pixels 0..255 "
                         "(as the official files; scale values 0..1 by 255 and store them as uint8)")
     warnings.warn(f"{where}: 'data' holds {data.dtype} whole numbers 0..255: read as uint8 pixels", stacklevel=3)
     return data.astype(np.uint8)

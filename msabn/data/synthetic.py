@@ -444,6 +444,10 @@ def make_synthetic(
         cfg = dataclasses.replace(cfg, **overrides)
     root, info = Path(root), _describe(cfg)
     if _existing(root, info): return root
+    there = next((p for p in (root, *root.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        raise NotADirectoryError(f"{root}: {there} is a file, so the embedded data cannot be written there; "
+                                 "expected a folder (made if missing)")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent/f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -455,6 +459,10 @@ def make_synthetic(
         try: tmp.rename(root)  # atomic; also replaces an empty folder
         except OSError:  # someone else finished first: theirs must be the same dataset
             if not _existing(root, info): raise
+    except OSError as e:   # a full disk, say: name the folder being written and what is left
+        if e.errno is None or e.filename: raise
+        raise OSError(e.errno, f"writing the embedded data into {root} failed ({e.strerror or e}); nothing was left "
+                               "behind: free space (or fix the folder) and run again", str(root)) from e
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
     return root

@@ -15,6 +15,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from msabn.experiments.presets import (
+    check_boxes,
+    get_experiment,
+    preset_folder,
+    source_experiment,
+    sources_of,
+    with_overrides,
+)
+
 from ..data.items import collate
 from ..explain.viz import attention_grid
 from ..hitl.copy_replace import model_from_checkpoint, score_attention
@@ -24,7 +33,6 @@ from .catalog import AttentionFigure, Column, CopyReplaceFigure
 from .data import ClassSubset, load_splits
 from .folders import cell_folder, experiment_folder, fingerprint, run_state
 from .overrides import parse_overrides
-from .presets import check_boxes, get_experiment, preset_folder, source_experiment, sources_of, with_overrides
 from .progress import PROGRESS_FILE, ProgressFile
 from .tables import dry_tag, run_table, start_results, write_results
 
@@ -266,15 +274,14 @@ def run_experiment(
     log: Callable[[str], None] = print,
     # settings changed from the preset's (msabn.experiments.overrides), e.g. {"epochs": 60}
     overrides: Mapping[str, Any] | None = None,
-    # the experiments run with it (msabn_run's batch): an override may serve one of them
-    batch: Sequence[str] | None = None,
+    batch: Sequence[str] | None = None,  # the experiments run with it (msabn_run's): an override may serve one of them
 ) -> dict:                           # the run's metrics.json
     "Run one experiment (table or figure) for one seed: what every template calls."
     exp = with_overrides(get_experiment(name, preset), overrides)
     # refused as msabn_run refuses it: an override that changes none of the experiments run (papermill runs one alone)
     from msabn.experiments.runner import check_used
-    # a figure's tables
-    names = list(batch or [name]); names += [s for n in names for s in sources_of(get_experiment(n, preset))]
+    names = list(batch or [name])
+    names += [s for n in names for s in sources_of(get_experiment(n, preset))]   # a figure's tables
     check_used(parse_overrides(overrides), [get_experiment(n, preset) for n in dict.fromkeys(names)])
     kw = dict(seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=log)
     if exp.kind == "table": return run_table(exp, num_workers=num_workers, **kw)

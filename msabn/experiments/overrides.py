@@ -109,9 +109,8 @@ OVERRIDES = (
     Override(
         "size",
         "the network's input side in pixels",
-        "a whole number >= the backbone's total stride (32 for the "
-        "paper's backbones) and <= 2048 (larger inputs need "
-        "gigabytes per batch)",
+        "a whole number >= the backbone's total stride (32 for the paper's backbones) and <= 2048 "
+        "(larger inputs need gigabytes per batch)",
         _T,
         _whole(1, 2048),
     ),
@@ -283,11 +282,13 @@ def _text(v: Any) -> str:
 def _canonical(key: str, value: Any) -> str:
     try: v = BY_KEY[key].parse(_text(value))
     except _Twice as e:
-        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice (the same run would be counted "
-                            "twice); "
+        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice "
+                            "(the same run would be counted twice); "
                             f"expected {BY_KEY[key].expected}, each once") from None
     except (ValueError, TypeError):
         raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
+    if isinstance(value, (list, tuple)) and not isinstance(v, tuple):   # [2] for epochs: not taken as 2 unseen
+        raise OverrideError(f"override {key}={value!r}: a list; expected {BY_KEY[key].expected}")
     return _text(v) if isinstance(v, tuple) else str(v)
 
 # a comma that starts the next KEY= (values keep theirs: rows=Base,MSABN)

@@ -21,6 +21,14 @@ import torch
 from filelock import FileLock, Timeout
 from jupyter_client.manager import AsyncKernelManager
 
+from msabn.experiments.folders import (
+    experiment_folder,
+    fingerprint,
+    keep_aside,
+    metrics_fingerprint,
+    run_state,
+    write_status,
+)
 from msabn.experiments.presets import (
     PRESETS,
     check_boxes,
@@ -36,7 +44,6 @@ from ..core import get_device
 from ..train.speed import machine_figure
 from .catalog import TEMPLATES
 from .data import check_data
-from .folders import experiment_folder, fingerprint, keep_aside, metrics_fingerprint, run_state, write_status
 from .overrides import BY_KEY, DRY_RUN_KEYS, OverrideError, parse_overrides
 from .progress import PROGRESS_FILE, ProgressView, watch
 
@@ -214,8 +221,7 @@ def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
                 num_workers=b.num_workers,
                 templates=b.templates,
                 threads=b.threads,
-                batch=b.names,
-                **({"overrides": dict(b.overrides)} if b.overrides else {}),
+                **({"overrides": dict(b.overrides), "batch": b.names} if b.overrides else {}),
             )
         if metrics_fingerprint(folder) != fp: raise RuntimeError(f"{nb} finished without writing complete results")
     except Exception as e:
@@ -270,20 +276,9 @@ def run_experiments(
     tdir = Path(templates).resolve() if templates else templates_dir()
     check_templates(tdir, list(exps))
     if on_ready: on_ready()
-    b = _Batch(
-        preset=preset,
-        runs_dir=Path(runs_dir).resolve(),
-        data_root=Path(data_root).resolve(),
-        device=device,
-        num_workers=num_workers,
-        templates=tdir,
-        threads=threads,
-        force=force,
-        log=log,
-        overrides=ov,
-        progress=progress,
-        names=tuple(exps),
-    )
+    b = _Batch(preset=preset, runs_dir=Path(runs_dir).resolve(), data_root=Path(data_root).resolve(), device=device,
+               num_workers=num_workers, templates=tdir, threads=threads, force=force, log=log, overrides=ov,
+               progress=progress, names=tuple(exps))
     report = []
     with _lock(b.runs_dir):
         for k, (name, seed) in enumerate(todo, 1):
@@ -470,21 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "of the machine it was measured on)", flush=True)
     try:
         with _terminate_as_interrupt():
-            rep = run_experiments(
-                names=a.names,
-                preset=a.preset,
-                seeds=a.seeds,
-                data_root=a.data_root,
-                runs_dir=a.runs_dir,
-                device=a.device,
-                num_workers=a.workers,
-                templates=a.templates,
-                force=a.force,
-                threads=a.threads,
-                overrides=cli_overrides(a),
-                progress=not a.no_progress,
-                on_ready=figure,
-            )
+            rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root,
+                                  runs_dir=a.runs_dir, device=a.device, num_workers=a.workers, templates=a.templates,
+                                  force=a.force, threads=a.threads, overrides=cli_overrides(a),
+                                  progress=not a.no_progress, on_ready=figure)
     except (KeyboardInterrupt, _Terminated) as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
         print(f"msabn_run: {how}; the run in progress is half-written: the same command redoes it, keeping its "

@@ -135,8 +135,7 @@ def _apply(data: dict, i: int, entry: dict | None, skipped: bool):
     if not skipped and _has(data["skipped"], i): data["skipped"].remove(i)
 
 class _Writer(_BoxFile):
-    ("Writing a box file: the writability check, the lock, taking in other writers' edits, the atomic write, the "
-     "journal.")
+    "Writing a box file: the writability check, the lock, taking in others' edits, the atomic write, the journal."
     def _unwritable(self, e: OSError) -> BoxStoreError:
         return BoxStoreError(f"{self.path}: the box file cannot be written in {self.path.parent} ({type(e).__name__}: "
                              f"{e.strerror or e}); choose a writable folder for it, or open it with read_only=True to "
@@ -170,7 +169,7 @@ class _Writer(_BoxFile):
         try:
             with open(self.path, "rb") as f:
                 st, raw = os.fstat(f.fileno()), f.read()
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")   # a byte-order mark (a file saved by some Windows editors) is no damage
         except (OSError, UnicodeDecodeError) as e:
             raise self._corrupt(f"cannot be read ({type(e).__name__}: {e})") from e
         self._data, self._disk = self._adopt(self._parse(text)), (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -178,8 +177,7 @@ class _Writer(_BoxFile):
         self._replay()
 
     def _replay(self) -> bool:
-        ("Apply the journal's lines written since this store last read it; False where the journal was emptied "
-         "meanwhile.")
+        "Apply the journal lines written since this store last read it; False where the journal was emptied meanwhile."
         try:
             with open(self.journal, "rb") as f:
                 if os.fstat(f.fileno()).st_size < self._jpos: return False
@@ -203,11 +201,10 @@ class _Writer(_BoxFile):
                 entry = {**entry, "box": list(check_box(entry["box"], h, w, f"image {i}")), "image_size": [h, w]}
             return i, entry, skipped
         except (ValueError, KeyError, TypeError, IndexError, _Twin) as e:
-            raise BoxStoreError(f"{self.journal} line {number} is not an edit of this box file ({type(e).__name__}: "
-                                f"{e}). "
-                                "Both files were left untouched: the lines before it are edits made after "
-                                f"{self.path.name} "
-                                "was last written; move the journal away to continue from the box file alone") from None
+            raise BoxStoreError(f"{self.journal} line {number} is not an edit of this box file "
+                                f"({type(e).__name__}: {e}). Both files were left untouched: the lines before it are "
+                                f"edits made after {self.path.name} was last written; move the journal away to "
+                                "continue from the box file alone") from None
 
     def _sync(self, index: int | None = None):
         ("Take in what other writers saved since this store last read or wrote the file; refuse an edit of an image "
@@ -261,14 +258,12 @@ class _Writer(_BoxFile):
         except OSError as e:
             with suppress(OSError): os.truncate(self.journal, self._jpos)   # no half line left behind
             raise BoxStoreError(f"{self.journal} could not be written ({type(e).__name__}: {e}); this edit was not "
-                                "saved, "
-                                "and the files hold the version before it") from e
+                                "saved, and the files hold the version before it") from e
         _apply(self._data, i, entry, skipped)
         self._jpos += len(line); self._jlines += 1
 
     def _compact(self):
-        ("Fold the journal into the box file: the whole state written to .bak and the box file, then the journal "
-         "emptied.")
+        "Fold the journal into the box file: the whole state written to .bak and the box file, then the journal emptied"
         text = json.dumps(self._data, indent=1, sort_keys=True) + "\n"
         self._write(self._data, None, backup=text)   # .bak: the same state, so a damaged box file can be replaced by it
         try: os.truncate(self.journal, 0)
@@ -318,11 +313,9 @@ class BoxStore(_Writer):
                  read_only: bool = False,   # only read it (e.g. in a read-only folder): every edit is refused
                  timeout: float = 30):      # seconds to wait while another writer holds the lock
         self.path, self.read_only, self._want = Path(path), read_only, dict(meta or {})
-        # a linked (shared) file: its edits go to the file itself
-        if self.path.is_symlink(): self.path = self.path.resolve()
-        self.backup, self.lock_path, self.journal = (
-            self.path.with_name(self.path.name + s) for s in (".bak", ".lock", ".journal")
-        )
+        if self.path.is_symlink(): self.path = self.path.resolve()   # a linked (shared) file: edits go to the file
+        self.backup, self.lock_path, self.journal = (self.path.with_name(self.path.name + s)
+                                                     for s in (".bak", ".lock", ".journal"))
         if "n_images" in self._want and not _count(self._want["n_images"]):
             raise ValueError(f"{self.path}: meta n_images must be a whole number > 0, got {self._want['n_images']!r}")
         self._want = {k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v   # numpy scalars
@@ -330,8 +323,8 @@ class BoxStore(_Writer):
         for k, v in self._want.items():
             try: json.dumps(v)
             except (TypeError, ValueError):
-                raise ValueError(f"{self.path}: meta {k!r} is a {type(v).__name__} ({v!r}), which a box file cannot "
-                                 "hold; "
+                raise ValueError(f"{self.path}: meta {k!r} is a {type(v).__name__} ({v!r}), which a box file "
+                                 "cannot hold; "
                                  "expected text, numbers, lists or dicts of them") from None
         self._lock, self._mutex = FileLock(self.lock_path, timeout=timeout), threading.RLock()
         self._data, self._disk, self._jpos, self._jlines = _empty(self._want), None, 0, 0

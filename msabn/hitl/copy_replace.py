@@ -237,6 +237,12 @@ class CopyReplace(Dataset):
         self.boxes = {int(k): tuple(float(v) for v in b) for k, b in (boxes or {}).items()}
         stray = sorted(set(self.boxes) - self._in_pool)
         if stray: raise ValueError(f"boxes given for image(s) {stray[:5]} that are not in the pool")
+        tiny = {i: b for i, b in self.boxes.items() if min(b[2] - b[0], b[3] - b[1]) < 1}
+        if tiny:
+            i, b = next(iter(tiny.items()))
+            raise ValueError(f"the box of image {i}, {b}, is under one pixel wide or high ({len(tiny)} such box(es)): "
+                             "boxes are (x0, y0, x1, y1) in the raw image's pixels (normalised [0, 1] boxes? multiply "
+                             "them by the image's width and height)")
         self.from_dataset = _dataset_boxes(self.pool, self.boxes, getattr(dataset, "boxes", None) is not None,
                                            boxes is not None, fill_from_dataset)
         targets = getattr(dataset, "targets", None)
@@ -357,8 +363,7 @@ def finetune(
     normalize: bool | None = None,           # frac_attn_out's reading on test_data (see score_attention)
     # no progress bar and no line per epoch from fit (cfg.progress=False), e.g. under a bar of one's own
     quiet: bool = False,
-    # a pool image without a box in `boxes` takes the dataset's (with a warning);
-    fill_from_dataset: bool = True,
+    fill_from_dataset: bool = True,          # a pool image without a box in `boxes` takes the dataset's (warned);
                                              # False: refused (the person's boxes only)
 ) -> FinetuneResult:
     "Fine-tune a copy of `model` with copy-replace on `pool` (or vanilla) and score it on `test_data`."
@@ -373,9 +378,8 @@ def finetune(
                                  "nothing to "
                                  "paste. Draw boxes first (or lower lambda_out); for fine-tuning without copy-replace "
                                  "use method='vanilla'")
-        data = CopyReplace(
-            train_data, pool, boxes=boxes, p=p, label_policy=label_policy, fill_from_dataset=fill_from_dataset
-        )
+        data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy,
+                           fill_from_dataset=fill_from_dataset)
     else: data = train_data
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()

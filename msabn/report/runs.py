@@ -136,6 +136,12 @@ def _read_run(folder: Path, name: str, fp: str) -> tuple[str, dict | None]:
     if missing: return f"damaged (its metrics.json has no {', '.join(missing)})", None
     return state, metrics
 
+def _moved_seed(folder: Path, exp, seed: int, most: int = 1000) -> int | None:
+    "The seed (below `most`) whose run a folder holds where it holds another seed's run of the same settings."
+    try: fp = load_json(folder / "status.json").get("fingerprint")
+    except (OSError, ValueError, AttributeError): return None
+    return next((s for s in range(most) if s != seed and fingerprint(exp, s) == fp), None)
+
 def collect_runs(
     runs_dir: str | Path = "runs",         # where msabn_run wrote the run folders
     # only this preset or variant, e.g. "paper" or "paper+dry-1a2b3c4d" (None: every one found)
@@ -162,6 +168,9 @@ def collect_runs(
         if preset_folder(exp) != p: left_out.append(f"{p}/{name}/seed{seed}: its overrides do not match its folder's "
                                                     "name, not reported"); continue
         state, metrics = _read_run(folder, name, fingerprint(exp, seed))
+        if state.startswith("stale") and (moved := _moved_seed(folder, exp, seed)) is not None:
+            state = (f"made for seed {moved}, not {seed} (a renamed or copied folder?): rename it back to "
+                     f"seed{moved}, or remove it")
         if metrics is None:
             left_out.append(f"{p}/{name}/seed{seed}: {state}, not reported"); continue
         records.append(RunRecord(name, p, seed, folder, metrics, ov))

@@ -223,18 +223,9 @@ def _kept_runs(folder: Path, stale: dict, preset: str) -> list[RunRecord]:
     try: res = load_json(folder / "results.json")
     except (FileNotFoundError, ValueError): return []
     runs = res.get("runs", []) if isinstance(res, dict) else []
-    return [
-        RunRecord(
-            r["experiment"],
-            preset,
-            r["seed"],
-            folder,
-            {k: v for k, v in r.items() if k not in ("experiment", "seed")},
-            dict(r.get("overrides") or {}),
-        )
-        for r in runs
-        if isinstance(r, dict) and r.get("experiment") in stale and "seed" in r
-    ]
+    return [RunRecord(r["experiment"], preset, r["seed"], folder,
+                      {k: v for k, v in r.items() if k not in ("experiment", "seed")}, dict(r.get("overrides") or {}))
+            for r in runs if isinstance(r, dict) and r.get("experiment") in stale and "seed" in r]
 
 def _check_same_report(
     folder: Path, earlier: dict, preset: str, seeds: Sequence[int], log: Callable[[str], None]
@@ -531,6 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="rewrite the --out folder's README.md index (default: only for a preset's own runs, not for "
                          "modified runs such as dry runs, own data or --set)")
     a = ap.parse_args(argv)
+    if any(s < 0 for s in a.seeds or ()):
+        print(f"msabn_report: --seeds {' '.join(map(str, a.seeds))}: a seed is a whole number, 0 or more",
+              file=sys.stderr)
+        return 2
     a.runs_dir, a.out = (os.path.expanduser(p) for p in (a.runs_dir, a.out))   # '--out=~/x': no shell expands it
     index_it = a.index if a.index is not None else "+" not in a.preset
     try:
@@ -546,9 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("msabn_report: interrupted; the earlier report is left as it was (nothing half-written)", file=sys.stderr)
         return 130
-    print(
-        f"msabn_report: wrote {folder}"
-        + (f" and {index}" if index else "")
-        + ("" if index_it else f" ({Path(a.out) / 'README.md'} left as it was: a modified run; --index lists it there)")
-    )
+    print(f"msabn_report: wrote {folder}" + (f" and {index}" if index else "") +
+          ("" if index_it else
+           f" ({Path(a.out) / 'README.md'} left as it was: a modified run; --index lists it there)"))
     return 0

@@ -70,6 +70,7 @@ def load_checkpoint(
     "Read a checkpoint, refusing (with the reason) one that is corrupt or that belongs to another model."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.is_dir(): raise CheckpointError(f"{path} is a folder, not a checkpoint file (checkpoint.pt or best.pt)")
     try: ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
         raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {e}); a truncated file "
@@ -80,10 +81,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path} belongs to another model: {why}")
     if bad := nonfinite_weights(ckpt.get("model") or {}):
         raise NonFiniteCheckpointError(f"NaN weights in {path}: {len(bad)} tensor(s) hold NaN or infinite values "
-                                       f"({', '.join(bad[:3])}"
-                              f"{' ...' if len(bad) > 3 else ''}); the model diverged before it was saved: use an "
-                              "earlier "
-                              "checkpoint, or train again with a lower learning rate")
+                                       f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); the model diverged "
+                                       "before it was saved: use an earlier checkpoint, or train again with a lower "
+                                       "learning rate")
     return ckpt
 
 class NonFiniteCheckpointError(CheckpointError):
@@ -100,9 +100,8 @@ def write_checkpoint(
     "Save a checkpoint atomically; if the write fails (a full disk), say that the previous one is intact."
     if bad := nonfinite_weights(state.get("model") or {}):   # never replace a good checkpoint by a diverged one
         raise CheckpointError(f"not saved: the weights hold NaN or infinite values ({', '.join(bad[:3])}): the model "
-                              f"diverged (a lower learning rate?); the previous {path.name} in {path.parent}, if there "
-                              "was "
-                              "one, is kept as it was")
+                              f"diverged (a lower learning rate?); the previous {path.name} in {path.parent}, "
+                              "if there was one, is kept as it was")
     try: return atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
     except OSError as e:
         raise OSError(e.errno, f"could not write {path.name} in {path.parent} ({e.strerror or e}): the previous "

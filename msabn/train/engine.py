@@ -191,9 +191,8 @@ class NonFiniteLossError(FloatingPointError):
 def data_identity(train_data, valid_data=None) -> dict:
     "What tells one run's data from another's, for resume to refuse other data: the sizes and a hash of the labels."
     t = dataset_targets(train_data)
-    labels = (
-        None if t is None else hashlib.sha256(torch.as_tensor(t).to(torch.int64).numpy().tobytes()).hexdigest()[:16]
-    )
+    labels = (None if t is None else
+              hashlib.sha256(torch.as_tensor(t).to(torch.int64).numpy().tobytes()).hexdigest()[:16])
     return {"train": len(train_data), "valid": 0 if valid_data is None else len(valid_data), "labels": labels}
 
 class _TrainingRun:
@@ -254,10 +253,8 @@ def _resume(run: _TrainingRun):
         saved, now = ck["data"], run.data_id
         diff = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k])
         raise ConfigChangedError(f"{path} was trained on other data ({diff}; 'labels' is a hash of the training "
-                                 "labels): "
-                                 "resume with the data it was made with, or start again with overwrite=True (the old "
-                                 "run is "
-                                 "kept aside) or in another out_dir")
+                                 "labels): resume with the data it was made with, or start again with overwrite=True "
+                                 "(the old run is kept aside) or in another out_dir")
     changes = resume_changes(ck.get("config") or asdict(run.cfg), asdict(run.cfg), ck["epoch"])
     run.model.load_state_dict(ck["model"])
     run.opt.load_state_dict(ck["optimizer"])
@@ -405,10 +402,9 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
     if run.rank == 0 and (bad := nonfinite_weights(run.model.state_dict())):
         ckpt = run.out / "checkpoint.pt"
         name = run.meta.get("arch") or run.meta.get("name") or type(run.model).__name__
-        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values after "
-                                 "epoch "
-                                 f"{run.epoch + 1} ({name} {run.meta.get('backbone', '')}, lr {run.cfg.lr:g}): not "
-                                 "saved, "
+        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                                 f"after epoch {run.epoch + 1} ({name} {run.meta.get('backbone', '')}, "
+                                 f"lr {run.cfg.lr:g}): not saved, "
                                  f"stopping; try a lower lr. The last good checkpoint is kept: "
                                  f"{ckpt.name if ckpt.exists() else 'none'}")
     if run.rank == 0:
