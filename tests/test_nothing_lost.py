@@ -355,6 +355,27 @@ def test_late_or_vague_messages_are_early_and_say_what_to_do(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_data_that_cannot_serve_are_refused_before_a_run_folder_is_made(tmp_path, capsys, monkeypatch):
+    import msabn.experiments.data as data
+
+    ro, runs = tmp_path / "read_only", ["--runs-dir", str(tmp_path / "r")]
+    ro.mkdir()
+    os.chmod(ro, 0o555)   # read-only to users; root writes anyway, so os.access is told what a user would see
+    real_access = os.access
+    monkeypatch.setattr(data.os, "access", lambda p, mode: Path(p) != ro and real_access(p, mode))
+    assert runner.main(["table1", "--data-root", str(ro), *runs]) == 2
+    assert f"but {ro} is not a folder msabn can write to" in capsys.readouterr().err
+    monkeypatch.undo()
+    os.chmod(ro, 0o755)
+    for split in ("train", "test"):     # an own dataset of one class
+        (tmp_path / "mine" / split / "cat").mkdir(parents=True)
+        (tmp_path / "mine" / split / "cat" / "0.png").write_bytes(b"")
+    own = ["--set", "dataset=folder", "--set", "data=mine", "--data-root", str(tmp_path)]
+    assert runner.main(["table1", *own, *runs]) == 2
+    assert "holds 1 class folder(s) ['cat']; a classifier needs two or more" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists(), "nothing may start before the data are checked"
+
+
 # --- the box store's journal: fast edits on large files, nothing lost -----------------------------------------------
 @pytest.fixture
 def journaled(monkeypatch):
@@ -469,6 +490,22 @@ def test_sweep_fixes(tmp_path, bench, capsys):
     (tmp_path / "checkpoint.pt").mkdir()
     with pytest.raises(CheckpointError, match="checkpoint.pt is a folder, not a checkpoint file"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_the_last_unclear_sweep_items_say_what_is_wrong(tmp_path, capsys):
+    from msabn.report import write_index
+    (tmp_path / "f").write_text("")
+    with pytest.raises(BoxStoreError, match=r"f/boxes.json: the box file cannot be made: .*/f is a file, not a folder"):
+        BoxStore(tmp_path / "f" / "boxes.json")
+    (tmp_path / "b.json.journal").mkdir()
+    with pytest.raises(BoxStoreError, match=r"b.json.journal: the box file's journal is a folder"):
+        BoxStore(tmp_path / "b.json").set(1, (0, 0, 2, 2), (8, 8))
+    assert runner.main(["table1", "--fast-dev-run", "0", "--runs-dir", str(tmp_path / "r")]) == 2
+    assert "--fast-dev-run 0: expected a whole number of batches, 1 or more" in capsys.readouterr().err
+    (tmp_path / "pf" / "studies" / "one").mkdir(parents=True)    # a folder of studies, each with its own page
+    (tmp_path / "pf" / "studies" / "one" / "README.md").write_text("# A study of one thing\n")
+    index = write_index(tmp_path / "pf", log=QUIET).read_text()
+    assert "- [one/](studies/one/README.md): A study of one thing" in index and "Files: \n" not in index, index
 
 
 def test_a_full_disk_or_a_file_in_the_way_while_making_the_embedded_data_names_the_folder(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@
 # %% ../../nbs/api/experiments/03_data.ipynb #d7f21ae7
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -12,14 +13,16 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.datasets import DATA_LAYOUTS, data_present, get_dataset
+from ..data.formats import IMAGENET_FOLDERS
+from ..data.items import DataError
 from ..data.memory import BATCHED_RECIPES, decode
 from ..data.synthetic import SyntheticConfig, make_synthetic
 from ..data.transforms import eval_transform, train_transform
 from .catalog import DataSpec, short_hash
 
 # %% auto #0
-__all__ = ['MEMORY_BUDGET', 'DataMissingError', 'missing_data', 'check_data', 'data_folder', 'keep_by_class', 'first_per_class',
-           'ClassSubset', 'hold_out', 'fits_in_memory', 'load_splits']
+__all__ = ['CLASS_TREES', 'MEMORY_BUDGET', 'DataMissingError', 'missing_data', 'data_folder', 'unusable_data', 'check_data',
+           'keep_by_class', 'first_per_class', 'ClassSubset', 'hold_out', 'fits_in_memory', 'load_splits']
 
 # %% ../../nbs/api/experiments/03_data.ipynb #14066885
 class DataMissingError(FileNotFoundError):
@@ -32,29 +35,65 @@ def missing_data(
     "Which real datasets are missing under `data_root` (the embedded stand-ins are made on demand)."
     out, seen = [], set()
     for s in specs:
-        if s.synthetic is not None or s.dataset in seen: continue
-        seen.add(s.dataset)
+        if s.synthetic is not None or (s.dataset, s.subdir) in seen: continue
+        seen.add((s.dataset, s.subdir))
         where = "no --data-root was given" if data_root is None else f"not found in {Path(data_root) / s.subdir}"
         if data_root is None or not data_present(s.dataset, Path(data_root) / s.subdir):
             out.append(f"{s.dataset}: {where}; expected <data-root>/{DATA_LAYOUTS[s.dataset]}")
     return out
 
-def check_data(specs: Sequence[DataSpec], data_root: str | Path | None):
-    "Raise DataMissingError naming every missing dataset and its expected layout (before any training)."
-    miss = missing_data(specs, data_root)
-    if miss:
-        raise DataMissingError("the datasets below are missing, so nothing was trained (the paper preset reads the "
-                               "real "
-                               "datasets; the smoke preset runs on the embedded data without a data root):\n  "
-                               + "\n  ".join(miss) + "\npass --data-root DIR, DIR holding one folder per dataset as "
-                                                     "above")
 
-# %% ../../nbs/api/experiments/03_data.ipynb #0f6c3dd7
+# %% ../../nbs/api/experiments/03_data.ipynb #5b1e0c26
 def data_folder(spec: DataSpec, data_root: str | Path) -> Path:
     "Where a spec's dataset lives (the embedded stand-in: a folder named by its settings)."
     if spec.synthetic is None: return Path(data_root) / spec.subdir
     return Path(data_root) / spec.subdir / f"synthetic-{short_hash(dict(spec.synthetic), 10)}"
 
+# %% ../../nbs/api/experiments/03_data.ipynb #5b1e0c27
+CLASS_TREES = {"folder": "train", "imagenet": IMAGENET_FOLDERS["train"]}  # layouts whose classes are folders
+
+def _writable_above(folder: Path) -> Path | None:
+    "The nearest existing folder above `folder` when msabn cannot make `folder` under it (None: it can)."
+    base = folder
+    while not base.exists() and base != base.parent: base = base.parent
+    return None if base.is_dir() and os.access(base, os.W_OK | os.X_OK) else base
+
+def unusable_data(
+    specs: Sequence[DataSpec],          # the data of every experiment about to run
+    data_root: str | Path | None,       # the folder holding one subfolder per dataset
+) -> list[str]:                         # one line per dataset that is there (or to be made) but cannot serve
+    "Embedded data that cannot be written where they would be made, and class trees with fewer than two classes."
+    if data_root is None: return []
+    out, seen = [], set()
+    for s in specs:
+        folder = data_folder(s, data_root)
+        if folder in seen: continue
+        seen.add(folder)
+        if s.synthetic is not None and not data_present("synthetic", folder) and (base := _writable_above(folder)):
+            out.append(f"{s.dataset}: the embedded data are made in {folder} on first use, but {base} is not a "
+                       "folder msabn can write to")
+        elif s.dataset in CLASS_TREES and data_present(s.dataset, folder):
+            train = folder / CLASS_TREES[s.dataset]
+            names = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+            if len(names) < 2:
+                out.append(f"{s.dataset}: {train} holds {len(names)} class folder(s) {names}; a classifier needs "
+                           "two or more")
+    return out
+
+def check_data(specs: Sequence[DataSpec], data_root: str | Path | None):
+    "Raise before any training: DataMissingError naming every missing dataset and its layout, DataError the unusable."
+    miss = missing_data(specs, data_root)
+    if miss:
+        raise DataMissingError("the datasets below are missing, so nothing was trained (the paper preset reads the "
+                               "real datasets; the smoke preset runs on the embedded data without a data root):\n  "
+                               + "\n  ".join(miss) + "\npass --data-root DIR, DIR holding one folder per dataset as "
+                               "above")
+    bad = unusable_data(specs, data_root)
+    if bad: raise DataError("nothing was trained:\n  " + "\n  ".join(bad) + "\npass --data-root DIR naming another "
+                            "folder")
+
+
+# %% ../../nbs/api/experiments/03_data.ipynb #0f6c3dd7
 def keep_by_class(targets: torch.Tensor, fractions: Sequence[float]) -> list[int]:
     "Indices keeping, of class k, its first round(fractions[k] * n_k) images (at least one)."
     targets = torch.as_tensor(targets)

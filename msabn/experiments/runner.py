@@ -378,6 +378,9 @@ def check_args(a: argparse.Namespace) -> list[str]:
             for s in (a.seeds or ()) if s >= 2**32]
     if a.workers is not None and a.workers < 0: bad.append(f"--workers {a.workers}: expected 0 (load in the main "
                                                            "process) or more DataLoader workers")
+    bad += [f"--{k.replace('_', '-')} {v}: expected a whole number of batches, 1 or more"
+            for k, v in vars(a).items() if k in ("fast_dev_run", "limit_train_batches", "limit_eval_batches")
+            and v is not None and v < 1]
     if a.threads is not None and a.threads < 1: bad.append(f"--threads {a.threads}: expected 1 or more torch CPU "
                                                            "threads (or leave it out: torch's default)")
     bad.append(_device_problem(a.device))

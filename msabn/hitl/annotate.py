@@ -137,9 +137,11 @@ def _apply(data: dict, i: int, entry: dict | None, skipped: bool):
 class _Writer(_BoxFile):
     "Writing a box file: the writability check, the lock, taking in others' edits, the atomic write, the journal."
     def _unwritable(self, e: OSError) -> BoxStoreError:
-        return BoxStoreError(f"{self.path}: the box file cannot be written in {self.path.parent} ({type(e).__name__}: "
-                             f"{e.strerror or e}); choose a writable folder for it, or open it with read_only=True to "
-                             "only read its boxes")
+        blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        why = (f"made: {blocker} is a file, not a folder" if blocker else
+               f"written in {self.path.parent} ({type(e).__name__}: {e.strerror or e})")
+        return BoxStoreError(f"{self.path}: the box file cannot be {why}; choose a writable folder for it, or open it "
+                             "with read_only=True to only read its boxes")
 
     def _check_writable(self):
         "Try, before anyone draws a box, what every save does in the folder: a temporary file and the lock."
@@ -183,6 +185,9 @@ class _Writer(_BoxFile):
                 if os.fstat(f.fileno()).st_size < self._jpos: return False
                 f.seek(self._jpos); raw = f.read()
         except FileNotFoundError: return self._jpos == 0
+        except IsADirectoryError:
+            raise BoxStoreError(f"{self.journal}: the box file's journal is a folder, so its edits cannot be read; "
+                                f"move that folder away ({self.path.name} was left untouched)") from None
         except OSError as e: raise self._corrupt(f"its journal {self.journal.name} cannot be read ({e})") from e
         done = raw.rfind(b"\n") + 1      # a torn last line (a crash mid-append) was never acknowledged: not an edit
         for k, line in enumerate(raw[:done].splitlines()):

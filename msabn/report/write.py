@@ -434,6 +434,11 @@ def _short_title(name: str) -> str:
     "An experiment's short title ('Table 4 (CUB)'): the one place that reads TITLES_SHORT."
     return TITLES_SHORT.get(name, name)
 
+def _title(page: Path) -> str:
+    "A Markdown page's first heading (its file name where it has none)."
+    first = next((ln for ln in page.read_text(encoding="utf-8").splitlines() if ln.startswith("# ")), None)
+    return first[2:].strip() if first else page.name
+
 def write_index(
     out_dir: str | Path = "paper_figures",   # the folder msabn_report writes
     log: Callable[[str], None] = print,
@@ -488,14 +493,13 @@ def write_index(
         files = ", ".join(
             f"[{p.name}]({folder.name}/{p.name})" for p in sorted(filter(shown, folder.iterdir())) if p.is_file()
         )
-        lines += [
-            f"## `{folder.name}/`",
-            "",
-            f"Made by: {made}" + (f"; its page: [{page}]({folder.name}/{page})" if page else "") + ".",
-            "",
-            f"Files: {files}",
-            "",
-        ]
+        subs = [p for p in sorted(filter(shown, folder.iterdir())) if p.is_dir() and (p / "README.md").is_file()]
+        if subs and not page and made.startswith("a script"): made = "the command on each one's page"
+        lines += [f"## `{folder.name}/`", "", f"Made by: {made}" + (f"; its page: [{page}]({folder.name}/{page})"
+                                                                    if page else "") + ".", ""]
+        lines += [f"Files: {files}", ""] if files else []
+        lines += [f"- [{p.name}/]({folder.name}/{p.name}/README.md): {_title(p / 'README.md')}" for p in subs]
+        lines += [""] if subs else []
     for f in sorted(p for p in out.iterdir() if p.is_file() and p.name != "README.md" and shown(p)):
         what = {"cost_to_reproduce.md": "estimated GPU-hours per paper table (`msabn_report --cost`)",
                 "cost_to_reproduce.json": "the same, as JSON (`msabn_report --cost`)",
