@@ -128,6 +128,7 @@ def _attention_panel(
         "models": scores,
     }
 
+# %% ../../nbs/api/experiments/07_figures.ipynb #1284e5db
 def run_attention_figure(
     fig: AttentionFigure | str,     # the figure (or its name, with `preset`)
     seed: int = 0,                  # which seed's trained models

@@ -56,6 +56,7 @@ def _shares(lo_open: bool) -> Callable[[str], tuple[float, ...]]:
 
 def _seeds(s: str) -> tuple[int, ...]: return _once(tuple(_whole(0)(x) for x in _names(s)))
 
+# %% ../../nbs/api/experiments/01_overrides.ipynb #c4077661
 def _dataset(s: str) -> str:
     if s not in DATA_LAYOUTS: raise ValueError
     return s
@@ -89,6 +90,7 @@ class Override:
     kinds: tuple[str, ...]            # the experiment kinds it changes: "table", "copy_replace_figure"
     parse: Callable[[str], Any]       # text -> value; ValueError for a bad value
 
+# %% ../../nbs/api/experiments/01_overrides.ipynb #9de61805
 _T, _CR = ("table",), ("copy_replace_figure",)
 OVERRIDES = (
     Override(
@@ -260,6 +262,7 @@ OVERRIDES = (
 BY_KEY = {o.key: o for o in OVERRIDES}
 DRY_RUN_KEYS = ("fast_dev_run", "limit_train_batches", "limit_eval_batches")
 
+# %% ../../nbs/api/experiments/01_overrides.ipynb #b7cb60d2
 def override_table() -> pd.DataFrame:
     "The settings a user may change, one line each (what the docs show)."
     kinds = {"table": "Tables 1-5", "copy_replace_figure": "Figs. 8/9"}
@@ -275,6 +278,7 @@ class OverrideError(ValueError):
     "A setting that cannot be used, said in one line: a notebook (papermill's too) shows the line, not a traceback."
     def _render_traceback_(self) -> list[str]: return [f"{type(self).__name__}: {self}"]
 
+# %% ../../nbs/api/experiments/01_overrides.ipynb #c50e1478
 def _text(v: Any) -> str:
     if isinstance(v, (list, tuple)): return ",".join(str(x) for x in v)
     return str(v)
@@ -291,6 +295,7 @@ def _canonical(key: str, value: Any) -> str:
         raise OverrideError(f"override {key}={value!r}: a list; expected {BY_KEY[key].expected}")
     return _text(v) if isinstance(v, tuple) else str(v)
 
+# %% ../../nbs/api/experiments/01_overrides.ipynb #627d9a46
 # a comma that starts the next KEY= (values keep theirs: rows=Base,MSABN)
 _NEXT_KEY = re.compile(r",\s*(?=[A-Za-z_]\w*\s*=)")
 _FORMS = "a JSON object such as '{\"epochs\": 60}' or KEY=VALUE pairs such as 'epochs=60,size=224'"
@@ -311,6 +316,7 @@ def _from_text(s: str) -> Mapping[str, Any] | list[str]:
     if "=" not in t: raise OverrideError(f"overrides {s!r}: expected {_FORMS}; valid keys: {', '.join(BY_KEY)}")
     return _NEXT_KEY.split(t)
 
+# %% ../../nbs/api/experiments/01_overrides.ipynb #6462fe49
 def parse_overrides(
     # {"epochs": 60}, ["epochs=60"], '{"epochs": 60}' or 'epochs=60,size=224'
     overrides: Mapping[str, Any] | Sequence[str] | str | None,

@@ -186,6 +186,7 @@ class ScaledSizes:
     fig_rows: tuple[str, ...] = FIG1_ROWS  # Fig. 1's models, left to right
     finetune_row: str = "MSABN"           # Figs. 8/9: the source row that is fine-tuned
 
+# %% ../../nbs/api/experiments/02_presets.ipynb #e185fe25
 SMOKE_SIZES = ScaledSizes(  # calibrated on the Base model alone (msabn.data.synthetic, "Calibration"), then frozen
     seeds=(0, 1, 2), resnet="resnet8", effnet=None, n_train=1000, n_test=1000, epochs=4, batch=32, batch_fine=32,
     fine_size=64, n_train_fine=4000, epochs_fine=10, resnet_fine="resnet10t_narrow", n_test_fine=3000, lr_fine=0.01,
@@ -465,6 +466,7 @@ def _train_kw(v: dict, epochs_key: str, train) -> dict:
         }
     return kw
 
+# %% ../../nbs/api/experiments/02_presets.ipynb #ac1b06d9
 def _table(exp, v: dict):
     columns, rows, data = exp.columns, exp.rows, exp.data
     if "batch_size" in v: columns = tuple(replace(c, batch_size=None) for c in columns)

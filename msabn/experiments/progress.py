@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 import torch.distributed as dist
+from fastcore.basics import patch
 from tqdm import tqdm
 
 # %% auto #0
@@ -108,113 +109,125 @@ class ProgressFile:
         self._event("begin", self.name() + (f": {epochs} epoch{'s' if epochs != 1 else ''} of {steps} "
                                             f"step{'s' if steps != 1 else ''}" if epochs and steps else ""))
 
-    def on_step(self, epoch: int, step: int):
-        ("msabn.train.engine.fit's per-step callback (epoch and step from 0): remembers where training is; writes when "
-         "due.")
-        if not self.steps or self.ended: return
-        now, pos = self.clock(), epoch * self.steps + step + 1
-        if self.p0 is None: self.p0 = pos - 1
-        # this epoch's img/s counts from its first step
-        if self._ep is None or self._ep[0] != epoch: self._ep = (epoch, now, pos)
-        elif now > self._ep[1]: self.rate = (pos - self._ep[2]) * (self.batch or 0) / (now - self._ep[1])
-        self.pos, self.epoch = pos, epoch + 1
-        if step + 1 >= self.steps:
-            self._event("epoch", f"{self.name()}: epoch {epoch + 1}/{self.epochs} · "
-                                 f"{speed_text(self.rate, *self.etas(), self.unit)}")
-        elif now - self._written >= self.every: self.write()
+# %% ../../nbs/api/experiments/05_progress.ipynb #84f8520b
+@patch
+def on_step(self: ProgressFile, epoch: int, step: int):
+    ("msabn.train.engine.fit's per-step callback (epoch and step from 0): remembers where training is; writes when "
+     "due.")
+    if not self.steps or self.ended: return
+    now, pos = self.clock(), epoch * self.steps + step + 1
+    if self.p0 is None: self.p0 = pos - 1
+    # this epoch's img/s counts from its first step
+    if self._ep is None or self._ep[0] != epoch: self._ep = (epoch, now, pos)
+    elif now > self._ep[1]: self.rate = (pos - self._ep[2]) * (self.batch or 0) / (now - self._ep[1])
+    self.pos, self.epoch = pos, epoch + 1
+    if step + 1 >= self.steps:
+        self._event("epoch", f"{self.name()}: epoch {epoch + 1}/{self.epochs} · "
+                             f"{speed_text(self.rate, *self.etas(), self.unit)}")
+    elif now - self._written >= self.every: self.write()
 
-    def end(self, result: str = ""):
-        "Stage `k` is over: its line says its result and how long it took (or that it was reused)."
-        el, trained = self.clock() - self.t0, not self.steps or self.p0 is not None
-        if trained:
-            total = (self.epochs or 1) * (self.steps or 1)
-            self.done_work += self.works[self.k - 1] * (1.0 if not self.steps else (total - self.p0) / total)
-            self.done_time += el
-            if not self.p0: self.times[self.k - 1] = el   # a whole stage (not resumed half-way): its cost, for the ETA
-        self.ended = True
-        how = f" ({el:.0f} s)" if trained else " (reused: trained before)"
-        self._event("end", f"{self.name()} done" + (f": {result}" if result else "") + how)
+@patch
+def end(self: ProgressFile, result: str = ""):
+    "Stage `k` is over: its line says its result and how long it took (or that it was reused)."
+    el, trained = self.clock() - self.t0, not self.steps or self.p0 is not None
+    if trained:
+        total = (self.epochs or 1) * (self.steps or 1)
+        self.done_work += self.works[self.k - 1] * (1.0 if not self.steps else (total - self.p0) / total)
+        self.done_time += el
+        if not self.p0: self.times[self.k - 1] = el   # a whole stage (not resumed half-way): its cost, for the ETA
+    self.ended = True
+    how = f" ({el:.0f} s)" if trained else " (reused: trained before)"
+    self._event("end", f"{self.name()} done" + (f": {result}" if result else "") + how)
 
-    def finish(self):
-        "The run's last stage is over: the file says so (msabn_run removes it once it has shown it)."
-        self.finished = True
-        self.write()
+@patch
+def finish(self: ProgressFile):
+    "The run's last stage is over: the file says so (msabn_run removes it once it has shown it)."
+    self.finished = True
+    self.write()
 
-    def name(self) -> str: return f"{self.unit} {self.k}/{len(self.works)} {self.label}".rstrip()
+@patch
+def name(self: ProgressFile) -> str: return f"{self.unit} {self.k}/{len(self.works)} {self.label}".rstrip()
 
-    def _predict(self) -> Callable[[int], float] | None:
-        "Seconds a stage (0-based) takes, learnt from the whole stages trained: a row's cost per work x a column's."
-        if not self.keys or not self.times: return None
-        u = {i: max(t, 1e-6) / max(self.works[i], 1e-9) for i, t in self.times.items()}
-        col, row = (lambda i: self.keys[i][0]), (lambda i: self.keys[i][1])
-        gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))
-        f = {col(i): 1.0 for i in u}
-        for _ in range(50):   # log(cost) = row + column, fitted by alternating means (a few dozen stages: cheap)
-            b = {r: gmean([v / f[col(i)] for i, v in u.items() if row(i) == r]) for r in {row(i) for i in u}}
-            f = {cc: gmean([v / b[row(i)] for i, v in u.items() if col(i) == cc]) for cc in f}
-            g = gmean(list(f.values())); f = {cc: v / g for cc, v in f.items()}
-        other = gmean(list(b.values()))   # a row not seen yet: the typical row
-        return lambda i: b.get(row(i), other) * g * f.get(col(i), 1.0) * self.works[i]
+# %% ../../nbs/api/experiments/05_progress.ipynb #45b551f7
+@patch
+def _predict(self: ProgressFile) -> Callable[[int], float] | None:
+    "Seconds a stage (0-based) takes, learnt from the whole stages trained: a row's cost per work x a column's."
+    if not self.keys or not self.times: return None
+    u = {i: max(t, 1e-6) / max(self.works[i], 1e-9) for i, t in self.times.items()}
+    col, row = (lambda i: self.keys[i][0]), (lambda i: self.keys[i][1])
+    gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))
+    f = {col(i): 1.0 for i in u}
+    for _ in range(50):   # log(cost) = row + column, fitted by alternating means (a few dozen stages: cheap)
+        b = {r: gmean([v / f[col(i)] for i, v in u.items() if row(i) == r]) for r in {row(i) for i in u}}
+        f = {cc: gmean([v / b[row(i)] for i, v in u.items() if col(i) == cc]) for cc in f}
+        g = gmean(list(f.values())); f = {cc: v / g for cc, v in f.items()}
+    other = gmean(list(b.values()))   # a row not seen yet: the typical row
+    return lambda i: b.get(row(i), other) * g * f.get(col(i), 1.0) * self.works[i]
 
-    def etas(self) -> tuple[float | None, float | None]:
-        "Seconds left in this stage and in the run (None while not known)."
-        if self.k == 0: return None, None
-        predict = self._predict()
-        if predict is not None:   # costs learnt by row and column: a dry run's cells differ by far more than their work
-            el, total = self.clock() - self.t0, (self.epochs or 1) * (self.steps or 1)
-            stepped = not self.ended and self.pos is not None and self.pos > (self.p0 or 0) and total >= 20   # long
-            if self.ended: left = 0.0
-            elif stepped: left = el * (total - self.pos) / (self.pos - self.p0)
-            else: left = max(predict(self.k - 1) - el, 0.0)
-            return left, left + sum(predict(i) for i in range(self.k, len(self.works)))
-        el, w = self.clock() - self.t0, self.works[self.k - 1]
-        left, done = (0.0, 0.0) if self.ended else (None, 0.0)
-        if not self.ended and self.steps and self.pos is not None and self.pos > self.p0:
-            total = (self.epochs or 1) * self.steps
-            left, done = el * (total - self.pos) / (self.pos - self.p0), w * (self.pos - self.p0) / total
-        spent = self.done_time + (0.0 if self.ended else el)
-        rate = (self.done_work + done) / spent if spent > 0 else 0.0   # work per second, over what this process trained
-        if rate <= 0: return left, None
-        if left is None: left = max(w / rate - el, 0.0)
-        return left, left + sum(self.works[self.k:]) / rate
+@patch
+def etas(self: ProgressFile) -> tuple[float | None, float | None]:
+    "Seconds left in this stage and in the run (None while not known)."
+    if self.k == 0: return None, None
+    predict = self._predict()
+    if predict is not None:   # costs learnt by row and column: a dry run's cells differ by far more than their work
+        el, total = self.clock() - self.t0, (self.epochs or 1) * (self.steps or 1)
+        stepped = not self.ended and self.pos is not None and self.pos > (self.p0 or 0) and total >= 20   # long
+        if self.ended: left = 0.0
+        elif stepped: left = el * (total - self.pos) / (self.pos - self.p0)
+        else: left = max(predict(self.k - 1) - el, 0.0)
+        return left, left + sum(predict(i) for i in range(self.k, len(self.works)))
+    el, w = self.clock() - self.t0, self.works[self.k - 1]
+    left, done = (0.0, 0.0) if self.ended else (None, 0.0)
+    if not self.ended and self.steps and self.pos is not None and self.pos > self.p0:
+        total = (self.epochs or 1) * self.steps
+        left, done = el * (total - self.pos) / (self.pos - self.p0), w * (self.pos - self.p0) / total
+    spent = self.done_time + (0.0 if self.ended else el)
+    rate = (self.done_work + done) / spent if spent > 0 else 0.0   # work per second, over what this process trained
+    if rate <= 0: return left, None
+    if left is None: left = max(w / rate - el, 0.0)
+    return left, left + sum(self.works[self.k:]) / rate
 
-    def state(self) -> dict:
-        "What the file holds."
-        eta, run_eta = self.etas()
-        total = self.epochs * self.steps if self.epochs and self.steps else None
-        return {
-            "note": _NOTE,
-            "unit": self.unit,
-            "k": self.k,
-            "n": len(self.works),
-            "label": self.label,
-            "epoch": self.epoch,
-            "epochs": self.epochs,
-            "pos": self.pos,
-            "total": total,
-            "images_per_s": self.rate,
-            "eta_s": eta,
-            "run_eta_s": run_eta,
-            "finished": self.finished,
-            "events": self.events[-_KEEP:],
-        }
+# %% ../../nbs/api/experiments/05_progress.ipynb #f5530ec0
+@patch
+def state(self: ProgressFile) -> dict:
+    "What the file holds."
+    eta, run_eta = self.etas()
+    total = self.epochs * self.steps if self.epochs and self.steps else None
+    return {
+        "note": _NOTE,
+        "unit": self.unit,
+        "k": self.k,
+        "n": len(self.works),
+        "label": self.label,
+        "epoch": self.epoch,
+        "epochs": self.epochs,
+        "pos": self.pos,
+        "total": total,
+        "images_per_s": self.rate,
+        "eta_s": eta,
+        "run_eta_s": run_eta,
+        "finished": self.finished,
+        "events": self.events[-_KEEP:],
+    }
 
-    def write(self):
-        ("Replace the file atomically (a reader sees the old one or the new one); a failed write turns the file off, "
-         "never the run.")
-        self._written = self.clock()
-        if not self.on: return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.state()), encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError as e:   # a full or read-only disk: the display stops; the run's own writes say what is wrong
-            self.on, self.error = False, f"{self.path}: {e}"
+@patch
+def write(self: ProgressFile):
+    ("Replace the file atomically (a reader sees the old one or the new one); a failed write turns the file off, "
+     "never the run.")
+    self._written = self.clock()
+    if not self.on: return
+    tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(self.state()), encoding="utf-8")
+        os.replace(tmp, self.path)
+    except OSError as e:   # a full or read-only disk: the display stops; the run's own writes say what is wrong
+        self.on, self.error = False, f"{self.path}: {e}"
 
-    def _event(self, kind: str, text: str):
-        self.events.append({"seq": len(self.events) + 1, "kind": kind, "text": text})
-        del self.events[:-_KEEP]
-        self.write()
+@patch
+def _event(self: ProgressFile, kind: str, text: str):
+    self.events.append({"seq": len(self.events) + 1, "kind": kind, "text": text})
+    del self.events[:-_KEEP]
+    self.write()
 
 # %% ../../nbs/api/experiments/05_progress.ipynb #23a48ef1
 def _size(stream) -> tuple[int, int]:
@@ -255,40 +268,43 @@ class ProgressView:
         if self.bar is not None: self.bar.write(line, file=self.stream)
         else: print(line, file=self.stream, flush=True)
 
-    def _draw(self, st: dict):
-        k, n, total, pos = (_num(st, x) for x in ("k", "n", "total", "pos"))
-        if not k or not n: return
-        e, E, unit = _num(st, "epoch"), _num(st, "epochs"), str(st.get("unit") or "stage")
-        what = f"{unit} {int(k)}/{int(n)} {st.get('label') or ''}".rstrip() + (
-            f" · epoch {int(e)}/{int(E)}" if e and E else ""
+# %% ../../nbs/api/experiments/05_progress.ipynb #149feac4
+@patch
+def _draw(self: ProgressView, st: dict):
+    k, n, total, pos = (_num(st, x) for x in ("k", "n", "total", "pos"))
+    if not k or not n: return
+    e, E, unit = _num(st, "epoch"), _num(st, "epochs"), str(st.get("unit") or "stage")
+    what = f"{unit} {int(k)}/{int(n)} {st.get('label') or ''}".rstrip() + (
+        f" · epoch {int(e)}/{int(E)}" if e and E else ""
+    )
+    speed = [
+        speed_text(*(_num(st, x) for x in ("images_per_s", "eta_s", "run_eta_s")), unit, short=s)
+        for s in (False, True)
+    ]
+    w, h = (self.width, 24) if self.width else _size(self.stream)
+    for left, bar, right in (
+        (f"{self.head}: {what}", True, speed[0]),
+        (f"{self.head}: {what}", False, speed[1]),
+        (what, False, speed[1]),
+    ):
+        # the widest that fits: the run's name is on the line above
+        if len(left) + len(right) + (18 if bar else 6) <= w: break
+    esc = lambda t: t.replace("{", "{{").replace("}", "}}")
+    fmt = esc(left) + " {percentage:3.0f}%" + ("|{bar}| " if bar else " ") + esc(right)
+    of, done = (int(total), int(min(pos or 0, total))) if total else (int(n), int(k) - 1)
+    if self.bar is None:
+        self.bar = tqdm(
+            total=of, initial=done, bar_format=fmt, file=self.stream, leave=False, mininterval=0, ncols=w, nrows=h
         )
-        speed = [
-            speed_text(*(_num(st, x) for x in ("images_per_s", "eta_s", "run_eta_s")), unit, short=s)
-            for s in (False, True)
-        ]
-        w, h = (self.width, 24) if self.width else _size(self.stream)
-        for left, bar, right in (
-            (f"{self.head}: {what}", True, speed[0]),
-            (f"{self.head}: {what}", False, speed[1]),
-            (what, False, speed[1]),
-        ):
-            # the widest that fits: the run's name is on the line above
-            if len(left) + len(right) + (18 if bar else 6) <= w: break
-        esc = lambda t: t.replace("{", "{{").replace("}", "}}")
-        fmt = esc(left) + " {percentage:3.0f}%" + ("|{bar}| " if bar else " ") + esc(right)
-        of, done = (int(total), int(min(pos or 0, total))) if total else (int(n), int(k) - 1)
-        if self.bar is None:
-            self.bar = tqdm(
-                total=of, initial=done, bar_format=fmt, file=self.stream, leave=False, mininterval=0, ncols=w, nrows=h
-            )
-        # a resized terminal: the next update follows it
-        self.bar.ncols, self.bar.nrows, self.bar.bar_format = w, h, fmt
-        self.bar.total, self.bar.n = of, done
-        self.bar.refresh()
+    # a resized terminal: the next update follows it
+    self.bar.ncols, self.bar.nrows, self.bar.bar_format = w, h, fmt
+    self.bar.total, self.bar.n = of, done
+    self.bar.refresh()
 
-    def close(self):
-        "Take the line away (msabn_run's next line follows)."
-        if self.bar is not None: self.bar.close(); self.bar = None
+@patch
+def close(self: ProgressView):
+    "Take the line away (msabn_run's next line follows)."
+    if self.bar is not None: self.bar.close(); self.bar = None
 
 # %% ../../nbs/api/experiments/05_progress.ipynb #2fe85423
 @contextmanager

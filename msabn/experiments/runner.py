@@ -195,6 +195,7 @@ def _shown(b: _Batch, folder: Path, head: str) -> Iterator[None]:
         # shown; one left behind is harmless (the next run of this folder removes it)
         with suppress(OSError): path.unlink()
 
+# %% ../../nbs/api/experiments/08_runner.ipynb #950d766f
 def _run_one(b: _Batch, name: str, seed: int, k: int = 1, n: int = 1) -> dict:
     "One (experiment, seed): skipped when complete, else made room for, executed and recorded in status.json."
     exp = with_overrides(get_experiment(name, b.preset), b.overrides)
@@ -246,6 +247,7 @@ def check_used(
         raise OverrideError(f"override {', '.join(unused)} changes none of {', '.join(e.name for e in exps)}: "
                          + "; ".join(f"{k} applies to {' and '.join(BY_KEY[k].kinds)} experiments" for k in unused))
 
+# %% ../../nbs/api/experiments/08_runner.ipynb #94cb5913
 def run_experiments(
     names: Sequence[str],                 # experiment names, template names or "all"
     preset: str = "smoke",

@@ -298,6 +298,7 @@ def run_table(
     pf.finish()
     return metrics
 
+# %% ../../nbs/api/experiments/06_tables.ipynb #9e428b70
 def results_frame(
     metrics: dict,                   # a table run's metrics.json
     metric: str = "acc",             # "acc", "balanced_acc" or "loss"

@@ -43,6 +43,7 @@ def cell_flops(arch: str, backbone: str, num_classes: int, size: int, puzzle: bo
         extra = 2 * count_macs(_ClassMaps(m), tile(torch.zeros(shape), (2, 2)).shape) if puzzle else 0
     return {"train": 3 * (fwd + extra), "eval": fwd}
 
+# %% ../../nbs/api/report/02_cost.ipynb #b9df6ff3
 def cost_table(gpu_json: str | Path | None = "paper_figures/gpu_throughput.json") -> tuple[pd.DataFrame, dict]:
     "Estimated GPU-hours per paper table (and Figs. 8/9) from FLOPs and a measured or assumed throughput."
     gpu = load_json(gpu_json) if gpu_json is not None and Path(gpu_json).exists() else None
@@ -115,6 +116,7 @@ def cost_table(gpu_json: str | Path | None = "paper_figures/gpu_throughput.json"
     )
     return df, basis
 
+# %% ../../nbs/api/report/02_cost.ipynb #506ebea1
 def markdown_cost(df: pd.DataFrame, basis: dict, smoke_seconds: Mapping[str, float] | None = None) -> str:
     "The cost-to-reproduce table as markdown."
     per = (

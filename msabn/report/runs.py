@@ -55,6 +55,7 @@ class PaperTable:
         c = cells[self.columns.index(column)]
         return None if c == "-" else c
 
+# %% ../../nbs/api/report/00_runs.ipynb #b57e2bea
 _RN = ("ResNet-50", "ResNeXt-50", "EfficientNet-B3")
 PAPER_TABLES = {
     "table1": PaperTable("table1", "CIFAR-100", ("ResNet-20", "ResNet-56", "ResNet-110"), {"acc": {
@@ -118,6 +119,7 @@ def _run_overrides(folder: Path) -> dict:
         except (FileNotFoundError, ValueError, AttributeError, TypeError): continue
     return {}
 
+# %% ../../nbs/api/report/00_runs.ipynb #16d5f9d4
 # what a metrics.json must hold to be reported (a table: "cells", "splits")
 _NEEDS = {"fig1": ("panels",), "fig8_9": ("curves",)}
 
@@ -142,6 +144,7 @@ def _moved_seed(folder: Path, exp, seed: int, most: int = 1000) -> int | None:
     except (OSError, ValueError, AttributeError): return None
     return next((s for s in range(most) if s != seed and fingerprint(exp, s) == fp), None)
 
+# %% ../../nbs/api/report/00_runs.ipynb #5447f980
 def collect_runs(
     runs_dir: str | Path = "runs",         # where msabn_run wrote the run folders
     # only this preset or variant, e.g. "paper" or "paper+dry-1a2b3c4d" (None: every one found)
@@ -176,6 +179,7 @@ def collect_runs(
         records.append(RunRecord(name, p, seed, folder, metrics, ov))
     return records, left_out
 
+# %% ../../nbs/api/report/00_runs.ipynb #fc79c746
 def one_preset(records: Sequence[RunRecord], what: str) -> str:
     presets = sorted({r.preset for r in records})
     if len(presets) > 1:
@@ -318,6 +322,7 @@ def verdict(paper_diff: float | None, ours: Sequence[float]) -> str:
     "The verdict alone (see `paired`)."
     return paired(paper_diff, ours).verdict
 
+# %% ../../nbs/api/report/00_runs.ipynb #79470b69
 VERDICTS = ("the paper's sign", "the opposite sign", "smaller than", "undecided", "above 0", "below 0",
             "one seed: not judged", "not run")
 
@@ -385,6 +390,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = g.apply(lambda v: tuple(sorted(df.loc[v.index, "seed"]))).values
     return out
 
+# %% ../../nbs/api/report/00_runs.ipynb #2a40c20a
 def orderings(
     records: Sequence[RunRecord],  # complete runs
     name: str,                     # which table

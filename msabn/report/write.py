@@ -91,6 +91,7 @@ def _aside_name(name: str, taken: Path) -> str:
         if not (taken / new).exists(): return new
     raise FileExistsError(f"{taken}: too many edited copies of {name}")
 
+# %% ../../nbs/api/report/03_write.ipynb #02643a68
 def _carry_over(
     folder: Path,        # the earlier report (may not exist)
     tmp: Path,           # the new report, complete but for what it must keep
@@ -117,6 +118,7 @@ def _carry_over(
             )
     return moved
 
+# %% ../../nbs/api/report/03_write.ipynb #ffa2b770
 def _recover(folder: Path, log: Callable[[str], None]):
     ("Undo what a killed report left beside `folder`: its unfinished new folder (removed) and, killed mid-swap, the "
      "old report (put back).")
@@ -157,6 +159,7 @@ def _table_pages(
     return ([f"{stem}.md", f"{stem}.png", f"{stem}_attention.png"],
             index + [f"Attention maps (seed {runs[0].seed}):", "", f"![{stem} attention]({stem}_attention.png)", ""])
 
+# %% ../../nbs/api/report/03_write.ipynb #f060f8ec
 def _fig1_pages(
     folder: Path, records: Sequence[RunRecord], runs: Sequence[RunRecord], name: str, seeds: Sequence[int]
 ) -> tuple[list[str], list[str]]:
@@ -187,6 +190,7 @@ def _curve_pages(
     (folder / f"{stem}.md").write_text(md)
     return [f"{stem}.md", *files], [_demote(md), ""]
 
+# %% ../../nbs/api/report/03_write.ipynb #435ff3ab
 def _write_pages(folder: Path, records: Sequence[RunRecord], seeds: Sequence[int], log: Callable[[str], None],
                  kept: Sequence[RunRecord] = ()) -> tuple[dict, list[str]]:
     "Every experiment's pages and figures into `folder`: ({experiment: {files, seeds}}, lines of the index page)."
@@ -227,6 +231,7 @@ def _kept_runs(folder: Path, stale: dict, preset: str) -> list[RunRecord]:
                       {k: v for k, v in r.items() if k not in ("experiment", "seed")}, dict(r.get("overrides") or {}))
             for r in runs if isinstance(r, dict) and r.get("experiment") in stale and "seed" in r]
 
+# %% ../../nbs/api/report/03_write.ipynb #d97925ab
 def _check_same_report(
     folder: Path, earlier: dict, preset: str, seeds: Sequence[int], log: Callable[[str], None]
 ) -> dict:
@@ -245,6 +250,7 @@ def _check_same_report(
         f"writing the preset {preset}, seeds {list(seeds)} report there (the files in it are kept)")
     return {"preset": None, "seeds": None, "files": {}, "tables": {}}
 
+# %% ../../nbs/api/report/03_write.ipynb #17beded2
 def _folder_settings(preset_dir: Path) -> tuple[list[str], dict] | None:
     ("The experiments and the settings (overrides) that made a modified run's folder, read from its runs' config.json; "
      "None if none.")
@@ -331,6 +337,7 @@ def _linked(folder: Path, log: Callable[[str], None]) -> Path:
     log(f"[report] {folder} is a link to {folder.resolve()}: writing the report there")
     return folder.resolve()
 
+# %% ../../nbs/api/report/03_write.ipynb #0a013aeb
 def write_report(
     runs_dir: str | Path = "runs",            # where msabn_run wrote the runs
     out_dir: str | Path = "paper_figures",    # where the report goes
@@ -439,6 +446,7 @@ def _title(page: Path) -> str:
     first = next((ln for ln in page.read_text(encoding="utf-8").splitlines() if ln.startswith("# ")), None)
     return first[2:].strip() if first else page.name
 
+# %% ../../nbs/api/report/03_write.ipynb #c222023c
 def write_index(
     out_dir: str | Path = "paper_figures",   # the folder msabn_report writes
     log: Callable[[str], None] = print,
@@ -512,6 +520,7 @@ def write_index(
     _record(out, ["README.md"])
     return out / "README.md"
 
+# %% ../../nbs/api/report/03_write.ipynb #7ece63f6
 def main(argv: Sequence[str] | None = None) -> int:
     "The `msabn_report` console command."
     ap = argparse.ArgumentParser(prog="msabn_report", description="Collect run folders into paper_figures/: ours "
