@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from fastcore.basics import patch
 from filelock import FileLock, Timeout
 
 from ..core import atomic_write
@@ -165,146 +166,162 @@ class _Writer(_BoxFile):
         try: yield
         finally: self._lock.release()
 
-    # --- reading: the box file, then its journal -------------------------------------------------------------
-    def _load(self):
-        "Read the box file and replay its journal: the whole state, and which version of the file it is."
-        try:
-            with open(self.path, "rb") as f:
-                st, raw = os.fstat(f.fileno()), f.read()
-            text = raw.decode("utf-8-sig")   # a byte-order mark (a file saved by some Windows editors) is no damage
-        except (OSError, UnicodeDecodeError) as e:
-            raise self._corrupt(f"cannot be read ({type(e).__name__}: {e})") from e
-        self._data, self._disk = self._adopt(self._parse(text)), (st.st_ino, st.st_size, st.st_mtime_ns)
-        self._jpos = self._jlines = 0
-        self._replay()
+# %% ../../nbs/api/hitl/02_annotate.ipynb #c0876092
+# --- reading: the box file, then its journal -------------------------------------------------------------
+@patch
+def _load(self: _Writer):
+    "Read the box file and replay its journal: the whole state, and which version of the file it is."
+    try:
+        with open(self.path, "rb") as f:
+            st, raw = os.fstat(f.fileno()), f.read()
+        text = raw.decode("utf-8-sig")   # a byte-order mark (a file saved by some Windows editors) is no damage
+    except (OSError, UnicodeDecodeError) as e:
+        raise self._corrupt(f"cannot be read ({type(e).__name__}: {e})") from e
+    self._data, self._disk = self._adopt(self._parse(text)), (st.st_ino, st.st_size, st.st_mtime_ns)
+    self._jpos = self._jlines = 0
+    self._replay()
 
-    def _replay(self) -> bool:
-        "Apply the journal lines written since this store last read it; False where the journal was emptied meanwhile."
+@patch
+def _replay(self: _Writer) -> bool:
+    "Apply the journal lines written since this store last read it; False where the journal was emptied meanwhile."
+    try:
+        with open(self.journal, "rb") as f:
+            if os.fstat(f.fileno()).st_size < self._jpos: return False
+            f.seek(self._jpos); raw = f.read()
+    except FileNotFoundError: return self._jpos == 0
+    except IsADirectoryError:
+        raise BoxStoreError(f"{self.journal}: the box file's journal is a folder, so its edits cannot be read; "
+                            f"move that folder away ({self.path.name} was left untouched)") from None
+    except OSError as e: raise self._corrupt(f"its journal {self.journal.name} cannot be read ({e})") from e
+    done = raw.rfind(b"\n") + 1      # a torn last line (a crash mid-append) was never acknowledged: not an edit
+    for k, line in enumerate(raw[:done].splitlines()):
+        _apply(self._data, *self._parse_line(line, self._jlines + k + 1))
+    self._jlines += raw[:done].count(b"\n"); self._jpos += done
+    return True
+
+@patch
+def _parse_line(self: _Writer, line: bytes, number: int) -> tuple:
+    n = self._data["meta"].get("n_images")
+    try:
+        rec = json.loads(line, object_pairs_hook=_no_twins)
+        i, entry, skipped = check_index(rec["image"], n), rec["entry"], rec["skipped"]
+        if not isinstance(skipped, bool): raise TypeError(f"'skipped' is {skipped!r}, not true or false")
+        if entry is not None:
+            h, w = _image_size(entry["image_size"], f"image {i}")
+            entry = {**entry, "box": list(check_box(entry["box"], h, w, f"image {i}")), "image_size": [h, w]}
+        return i, entry, skipped
+    except (ValueError, KeyError, TypeError, IndexError, _Twin) as e:
+        raise BoxStoreError(f"{self.journal} line {number} is not an edit of this box file "
+                            f"({type(e).__name__}: {e}). Both files were left untouched: the lines before it are "
+                            f"edits made after {self.path.name} was last written; move the journal away to "
+                            "continue from the box file alone") from None
+
+# %% ../../nbs/api/hitl/02_annotate.ipynb #6f5cf3d1
+@patch
+def _sync(self: _Writer, index: int | None = None):
+    ("Take in what other writers saved since this store last read or wrote the file; refuse an edit of an image "
+     "they changed.")
+    if not self.path.exists():
+        if self._disk is None: return
+        raise BoxStoreError(f"{self.path} was deleted or moved away since it was opened; nothing was saved (so as "
+                            "not to "
+                            "bring back a file someone removed): open the store again to start a new one")
+    seen = self._data
+    was_state = _state(seen, index) if index is not None else None
+    try: st = self.path.stat()
+    except OSError: st = None
+    if st is None or (st.st_ino, st.st_size, st.st_mtime_ns) != self._disk or not self._replay(): self._load()
+    if index is not None and was_state != _state(self._data, index):
+        (box, skip), (was, _) = _state(self._data, index), was_state
+        now = f"box {box['box']}" if box else "no box"
+        raise BoxStoreError(f"{self.path}: image {index} was changed by another writer since this store last saw "
+                            "it "
+                            f"(now {now}{', skipped' if skip else ''}; here {was['box'] if was else 'no box'}); "
+                            "this edit was not "
+                            "saved, so as not to overwrite theirs unseen. The store now holds their version: "
+                            "repeat the edit to replace it")
+
+# %% ../../nbs/api/hitl/02_annotate.ipynb #4aaeff4b
+# --- writing: the whole file while it is small, else a line of the journal -----------------------------------
+@patch
+def _write(self: _Writer, new: dict, old: str | None, backup: str | None = None):
+    "Write `new` as the box file (atomically), the version before it (`old`) as .bak first."
+    text = json.dumps(new, indent=1, sort_keys=True) + "\n"
+    try:
+        if old is not None or backup is not None:
+            with atomic_write(self.backup) as f: f.write(old if backup is None else backup)
+        with atomic_write(self.path) as f: f.write(text)
+        st = self.path.stat()
+    except OSError as e:
+        raise BoxStoreError(f"{self.path} could not be written ({type(e).__name__}: {e}); this edit was not saved, "
+                            "and the file holds the version before it") from e
+    self._data, self._disk = new, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+@patch
+def _append(self: _Writer, i: int, entry: dict | None, skipped: bool):
+    "One edit as one line at the end of the journal, on disk (fsync) when this returns."
+    line = (json.dumps({"image": i, "entry": entry, "skipped": skipped}, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT, 0o666)
         try:
-            with open(self.journal, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self._jpos: return False
-                f.seek(self._jpos); raw = f.read()
-        except FileNotFoundError: return self._jpos == 0
-        except IsADirectoryError:
-            raise BoxStoreError(f"{self.journal}: the box file's journal is a folder, so its edits cannot be read; "
-                                f"move that folder away ({self.path.name} was left untouched)") from None
-        except OSError as e: raise self._corrupt(f"its journal {self.journal.name} cannot be read ({e})") from e
-        done = raw.rfind(b"\n") + 1      # a torn last line (a crash mid-append) was never acknowledged: not an edit
-        for k, line in enumerate(raw[:done].splitlines()):
-            _apply(self._data, *self._parse_line(line, self._jlines + k + 1))
-        self._jlines += raw[:done].count(b"\n"); self._jpos += done
+            if os.fstat(fd).st_size != self._jpos: os.ftruncate(fd, self._jpos)   # a torn line of a crashed writer
+            os.lseek(fd, self._jpos, os.SEEK_SET)
+            view = memoryview(line)
+            while view: view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally: os.close(fd)
+    except OSError as e:
+        with suppress(OSError): os.truncate(self.journal, self._jpos)   # no half line left behind
+        raise BoxStoreError(f"{self.journal} could not be written ({type(e).__name__}: {e}); this edit was not "
+                            "saved, and the files hold the version before it") from e
+    _apply(self._data, i, entry, skipped)
+    self._jpos += len(line); self._jlines += 1
+
+# %% ../../nbs/api/hitl/02_annotate.ipynb #f257bfa5
+@patch
+def _compact(self: _Writer):
+    "Fold the journal into the box file: the whole state written to .bak and the box file, then the journal emptied"
+    text = json.dumps(self._data, indent=1, sort_keys=True) + "\n"
+    self._write(self._data, None, backup=text)   # .bak: the same state, so a damaged box file can be replaced by it
+    try: os.truncate(self.journal, 0)
+    except FileNotFoundError: pass
+    except OSError as e:
+        raise BoxStoreError(f"{self.journal} could not be emptied ({e}); nothing was lost (its lines are in "
+                            f"{self.path.name} too, and replaying them changes nothing)") from e
+    self._jpos = self._jlines = 0
+
+@patch
+def _commit(self: _Writer, index: int, edit: Callable[[dict | None, bool], tuple | None]) -> bool:
+    "Apply `edit` (image state -> new state, None: no change) to the newest version on disk, under the lock."
+    if self.read_only:
+        raise BoxStoreError(f"{self.path} was opened with read_only=True: nothing can be saved (open it without "
+                            "read_only to edit)")
+    with self._mutex, self._locked():
+        self._sync(index)
+        new = edit(*_state(self._data, index))
+        if new is None: return False
+        if self._jlines == 0 and self._disk[1] < JOURNAL_FROM:   # small: the whole file, the version before as .bak
+            data = copy.deepcopy(self._data); _apply(data, index, *new)
+            self._write(data, self.path.read_text(encoding="utf-8"))
+        else:
+            self._append(index, *new)
+            if self._jlines >= COMPACT_EVERY: self._compact()
         return True
 
-    def _parse_line(self, line: bytes, number: int) -> tuple:
-        n = self._data["meta"].get("n_images")
-        try:
-            rec = json.loads(line, object_pairs_hook=_no_twins)
-            i, entry, skipped = check_index(rec["image"], n), rec["entry"], rec["skipped"]
-            if not isinstance(skipped, bool): raise TypeError(f"'skipped' is {skipped!r}, not true or false")
-            if entry is not None:
-                h, w = _image_size(entry["image_size"], f"image {i}")
-                entry = {**entry, "box": list(check_box(entry["box"], h, w, f"image {i}")), "image_size": [h, w]}
-            return i, entry, skipped
-        except (ValueError, KeyError, TypeError, IndexError, _Twin) as e:
-            raise BoxStoreError(f"{self.journal} line {number} is not an edit of this box file "
-                                f"({type(e).__name__}: {e}). Both files were left untouched: the lines before it are "
-                                f"edits made after {self.path.name} was last written; move the journal away to "
-                                "continue from the box file alone") from None
+@patch
+def compact(self: _Writer):
+    "Fold the journal into the box file now (every COMPACT_EVERY edits it is done anyway; close() does it too)."
+    if self.read_only: return
+    with self._mutex, self._locked():
+        self._sync()
+        if self._jlines or self.journal.exists() and self.journal.stat().st_size: self._compact()
 
-    def _sync(self, index: int | None = None):
-        ("Take in what other writers saved since this store last read or wrote the file; refuse an edit of an image "
-         "they changed.")
-        if not self.path.exists():
-            if self._disk is None: return
-            raise BoxStoreError(f"{self.path} was deleted or moved away since it was opened; nothing was saved (so as "
-                                "not to "
-                                "bring back a file someone removed): open the store again to start a new one")
-        seen = self._data
-        was_state = _state(seen, index) if index is not None else None
-        try: st = self.path.stat()
-        except OSError: st = None
-        if st is None or (st.st_ino, st.st_size, st.st_mtime_ns) != self._disk or not self._replay(): self._load()
-        if index is not None and was_state != _state(self._data, index):
-            (box, skip), (was, _) = _state(self._data, index), was_state
-            now = f"box {box['box']}" if box else "no box"
-            raise BoxStoreError(f"{self.path}: image {index} was changed by another writer since this store last saw "
-                                "it "
-                                f"(now {now}{', skipped' if skip else ''}; here {was['box'] if was else 'no box'}); "
-                                "this edit was not "
-                                "saved, so as not to overwrite theirs unseen. The store now holds their version: "
-                                "repeat the edit to replace it")
-
-    # --- writing: the whole file while it is small, else a line of the journal -----------------------------------
-    def _write(self, new: dict, old: str | None, backup: str | None = None):
-        "Write `new` as the box file (atomically), the version before it (`old`) as .bak first."
-        text = json.dumps(new, indent=1, sort_keys=True) + "\n"
-        try:
-            if old is not None or backup is not None:
-                with atomic_write(self.backup) as f: f.write(old if backup is None else backup)
-            with atomic_write(self.path) as f: f.write(text)
-            st = self.path.stat()
-        except OSError as e:
-            raise BoxStoreError(f"{self.path} could not be written ({type(e).__name__}: {e}); this edit was not saved, "
-                                "and the file holds the version before it") from e
-        self._data, self._disk = new, (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def _append(self, i: int, entry: dict | None, skipped: bool):
-        "One edit as one line at the end of the journal, on disk (fsync) when this returns."
-        line = (json.dumps({"image": i, "entry": entry, "skipped": skipped}, sort_keys=True) + "\n").encode()
-        try:
-            fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT, 0o666)
-            try:
-                if os.fstat(fd).st_size != self._jpos: os.ftruncate(fd, self._jpos)   # a torn line of a crashed writer
-                os.lseek(fd, self._jpos, os.SEEK_SET)
-                view = memoryview(line)
-                while view: view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally: os.close(fd)
-        except OSError as e:
-            with suppress(OSError): os.truncate(self.journal, self._jpos)   # no half line left behind
-            raise BoxStoreError(f"{self.journal} could not be written ({type(e).__name__}: {e}); this edit was not "
-                                "saved, and the files hold the version before it") from e
-        _apply(self._data, i, entry, skipped)
-        self._jpos += len(line); self._jlines += 1
-
-    def _compact(self):
-        "Fold the journal into the box file: the whole state written to .bak and the box file, then the journal emptied"
-        text = json.dumps(self._data, indent=1, sort_keys=True) + "\n"
-        self._write(self._data, None, backup=text)   # .bak: the same state, so a damaged box file can be replaced by it
-        try: os.truncate(self.journal, 0)
-        except FileNotFoundError: pass
-        except OSError as e:
-            raise BoxStoreError(f"{self.journal} could not be emptied ({e}); nothing was lost (its lines are in "
-                                f"{self.path.name} too, and replaying them changes nothing)") from e
-        self._jpos = self._jlines = 0
-
-    def _commit(self, index: int, edit: Callable[[dict | None, bool], tuple | None]) -> bool:
-        "Apply `edit` (image state -> new state, None: no change) to the newest version on disk, under the lock."
-        if self.read_only:
-            raise BoxStoreError(f"{self.path} was opened with read_only=True: nothing can be saved (open it without "
-                                "read_only to edit)")
-        with self._mutex, self._locked():
-            self._sync(index)
-            new = edit(*_state(self._data, index))
-            if new is None: return False
-            if self._jlines == 0 and self._disk[1] < JOURNAL_FROM:   # small: the whole file, the version before as .bak
-                data = copy.deepcopy(self._data); _apply(data, index, *new)
-                self._write(data, self.path.read_text(encoding="utf-8"))
-            else:
-                self._append(index, *new)
-                if self._jlines >= COMPACT_EVERY: self._compact()
-            return True
-
-    def compact(self):
-        "Fold the journal into the box file now (every COMPACT_EVERY edits it is done anyway; close() does it too)."
-        if self.read_only: return
-        with self._mutex, self._locked():
-            self._sync()
-            if self._jlines or self.journal.exists() and self.journal.stat().st_size: self._compact()
-
-    def close(self): self.compact()
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+@patch
+def close(self: _Writer): self.compact()
+@patch
+def __enter__(self: _Writer): return self
+@patch
+def __exit__(self: _Writer, *exc): self.close()
 
 # %% ../../nbs/api/hitl/02_annotate.ipynb #49010780
 class BoxStore(_Writer):
@@ -357,57 +374,68 @@ class BoxStore(_Writer):
 
     def _index(self, index) -> int: return check_index(index, self._data["meta"].get("n_images"), f"{self.path.name}")
 
-    # --- the edits: each is on disk when it returns ------------------------------------------------------
-    def set(self,
-            index: int,                   # the image's dataset index
-            box: Sequence[float],         # (x0, y0, x1, y1) in the image's pixels
-            image_size: tuple[int, int],  # the image's (height, width)
-           ) -> tuple[float, float, float, float]:  # the box as saved
-        "Save (or replace) an image's box; refused, unsaved, when it has no area or leaves the image."
-        i = self._index(index)
-        h, w = _image_size(image_size, f"image {i}")
-        b = check_box([round(v, 3) for v in check_box(box, h, w, f"image {i}")], h, w, f"image {i} (saved to 0.001 px)")
-        self._commit(i, lambda entry, skipped: ({"box": list(b), "image_size": [h, w], "time": _now()}, False))
-        return self.get(i)
+# %% ../../nbs/api/hitl/02_annotate.ipynb #afc3e9c5
+# --- the edits: each is on disk when it returns ------------------------------------------------------
+@patch
+def set(self: BoxStore,
+        index: int,                   # the image's dataset index
+        box: Sequence[float],         # (x0, y0, x1, y1) in the image's pixels
+        image_size: tuple[int, int],  # the image's (height, width)
+       ) -> tuple[float, float, float, float]:  # the box as saved
+    "Save (or replace) an image's box; refused, unsaved, when it has no area or leaves the image."
+    i = self._index(index)
+    h, w = _image_size(image_size, f"image {i}")
+    b = check_box([round(v, 3) for v in check_box(box, h, w, f"image {i}")], h, w, f"image {i} (saved to 0.001 px)")
+    self._commit(i, lambda entry, skipped: ({"box": list(b), "image_size": [h, w], "time": _now()}, False))
+    return self.get(i)
 
-    def remove(self, index: int) -> bool:
-        "Delete an image's box; False if it had none."
-        i = self._index(index)
-        return self._commit(i, lambda entry, skipped: None if entry is None else (None, skipped))
+@patch
+def remove(self: BoxStore, index: int) -> bool:
+    "Delete an image's box; False if it had none."
+    i = self._index(index)
+    return self._commit(i, lambda entry, skipped: None if entry is None else (None, skipped))
 
-    def skip(self, index: int):
-        "Record that the person passed over an image (its box, if any, stays)."
-        i = self._index(index)
-        self._commit(i, lambda entry, skipped: None if skipped else (entry, True))
+@patch
+def skip(self: BoxStore, index: int):
+    "Record that the person passed over an image (its box, if any, stays)."
+    i = self._index(index)
+    self._commit(i, lambda entry, skipped: None if skipped else (entry, True))
 
-    def reload(self) -> BoxStore:
-        "Take in what other writers saved meanwhile (every edit does this first, under the lock)."
-        with self._mutex: self._sync()
-        return self
+@patch
+def reload(self: BoxStore) -> BoxStore:
+    "Take in what other writers saved meanwhile (every edit does this first, under the lock)."
+    with self._mutex: self._sync()
+    return self
 
-    # --- what is there -------------------------------------------------------------------------------
-    def get(self, index: int) -> tuple[float, float, float, float] | None:
-        "An image's box, or None."
-        e = self._data["boxes"].get(str(self._index(index)))
-        return None if e is None else tuple(e["box"])
+# %% ../../nbs/api/hitl/02_annotate.ipynb #c973967a
+# --- what is there -------------------------------------------------------------------------------
+@patch
+def get(self: BoxStore, index: int) -> tuple[float, float, float, float] | None:
+    "An image's box, or None."
+    e = self._data["boxes"].get(str(self._index(index)))
+    return None if e is None else tuple(e["box"])
 
-    @property
-    def boxes(self) -> dict[int, tuple[float, float, float, float]]:
-        return {int(k): tuple(e["box"]) for k, e in self._data["boxes"].items()}
-    @property
-    def image_sizes(self) -> dict[int, tuple[int, int]]:
-        return {int(k): tuple(e["image_size"]) for k, e in self._data["boxes"].items()}
-    @property
-    def indices(self) -> list[int]: return sorted(int(k) for k in self._data["boxes"])
-    @property
-    def skipped(self) -> list[int]: return list(self._data["skipped"])
-    @property
-    def meta(self) -> dict: return dict(self._data["meta"])
-    def __len__(self) -> int: return len(self._data["boxes"])
-    def __contains__(self, index) -> bool:
-        return (
-            isinstance(index, numbers.Integral)
-            and not isinstance(index, bool)
-            and str(int(index)) in self._data["boxes"]
-        )
-    def __repr__(self) -> str: return f"BoxStore({self.path.name}: {len(self)} boxes, {len(self.skipped)} skipped)"
+@patch(as_prop=True)
+def boxes(self: BoxStore) -> dict[int, tuple[float, float, float, float]]:
+    return {int(k): tuple(e["box"]) for k, e in self._data["boxes"].items()}
+@patch(as_prop=True)
+def image_sizes(self: BoxStore) -> dict[int, tuple[int, int]]:
+    return {int(k): tuple(e["image_size"]) for k, e in self._data["boxes"].items()}
+@patch(as_prop=True)
+def indices(self: BoxStore) -> list[int]: return sorted(int(k) for k in self._data["boxes"])
+@patch(as_prop=True)
+def skipped(self: BoxStore) -> list[int]: return list(self._data["skipped"])
+@patch(as_prop=True)
+def meta(self: BoxStore) -> dict: return dict(self._data["meta"])
+@patch
+def __len__(self: BoxStore) -> int: return len(self._data["boxes"])
+@patch
+def __contains__(self: BoxStore, index) -> bool:
+    return (
+        isinstance(index, numbers.Integral)
+        and not isinstance(index, bool)
+        and str(int(index)) in self._data["boxes"]
+    )
+@patch
+def __repr__(self: BoxStore) -> str:
+    return f"BoxStore({self.path.name}: {len(self)} boxes, {len(self.skipped)} skipped)"

@@ -104,25 +104,31 @@ class BoxEditor:
         "Call `redraw(moved)` after every action (`moved`: another image is current), as a view does."
         self._views.append(redraw)
 
-    def _say(self, msg: str, error: bool = False, moved: bool = False) -> str:
-        self.message, self.error = msg, error
-        for redraw in self._views: redraw(moved)
-        return msg
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #f588c24b
+@patch
+def _say(self: BoxEditor, msg: str, error: bool = False, moved: bool = False) -> str:
+    self.message, self.error = msg, error
+    for redraw in self._views: redraw(moved)
+    return msg
 
-    def _next(self, start: int) -> int | None:
-        "The first image of the order, from position `start`, with neither a box nor a skip."
-        skipped = set(self.store.skipped)
-        for i in self.order[start:]:
-            if i not in self.store and i not in skipped: return i
-        return None
+@patch
+def _next(self: BoxEditor, start: int) -> int | None:
+    "The first image of the order, from position `start`, with neither a box nor a skip."
+    skipped = set(self.store.skipped)
+    for i in self.order[start:]:
+        if i not in self.store and i not in skipped: return i
+    return None
 
-    def _at(self, index) -> int: return self.current if index is None else check_index(index, len(self.raw))
+@patch
+def _at(self: BoxEditor, index) -> int: return self.current if index is None else check_index(index, len(self.raw))
 
-    def image_size(self, index: int | None = None) -> tuple[int, int]:
-        "The raw image's (height, width)."
-        return tuple(int(v) for v in self.raw[self._at(index)]["image"].shape[-2:])
+@patch
+def image_size(self: BoxEditor, index: int | None = None) -> tuple[int, int]:
+    "The raw image's (height, width)."
+    return tuple(int(v) for v in self.raw[self._at(index)]["image"].shape[-2:])
 
-    def __repr__(self) -> str: return f"BoxEditor({self.counter}, current image {self.current})"
+@patch
+def __repr__(self: BoxEditor) -> str: return f"BoxEditor({self.counter}, current image {self.current})"
 
 # %% ../../nbs/api/hitl/03_box_editor.ipynb #6be1948d
 @patch
@@ -298,6 +304,7 @@ def simulate(self: BoxEditor, n: int | None = None) -> int:
 def _steps_per_epoch(self: BoxEditor) -> int:
     return max(1, steps_per_epoch(len(self.data), self.cfg.batch_size, self.cfg.limit_train_batches))
 
+# %% ../../nbs/api/hitl/03_box_editor.ipynb #14baaa5e
 @patch
 def finetune_now(self: BoxEditor, progress: Callable[[int, int], None] | None = None) -> FinetuneResult | None:
     ("Fine-tune copies of the model on one schedule and seed, without (once) and with copy-replace on every boxed "

@@ -16,6 +16,7 @@ import ipywidgets as W
 import matplotlib
 import numpy as np
 import torch
+from fastcore.basics import patch
 from IPython.display import HTML, display
 from jupyter_bbox_widget import BBoxWidget
 from PIL import Image, ImageDraw
@@ -126,6 +127,7 @@ _LEGEND = ("<small>the model's attention over the image (0 <img src='data:image/
            "object's "
            "box: 0 all inside, 1 all outside. Images with the most attention outside come first.</small>")
 
+# %% ../../nbs/api/hitl/04_box_widget.ipynb #b08c49f2
 class BoxEditorWidget:
     "The box editor on screen: a jupyter-bbox-widget and buttons over a BoxEditor (every action is the editor's)."
     def __init__(self, editor: BoxEditor):  # the controller it shows
@@ -162,72 +164,81 @@ class BoxEditorWidget:
         editor.watch(self.redraw)
         self.redraw(moved=True)
 
-    def header_html(self) -> str:
-        "The line above the image: index, true class, prediction, confidence, frac_attn_out, counter."
-        d = self.editor.info()
-        if d["done"]:
-            return ("<b>every image of the pool has been seen</b> &nbsp; <span "
-                    f"class='msabn-counter'>{d['counter']}</span> &nbsp; "
-                    "(◀ Previous image to correct a box; Fine-tune when you are ready)")
-        s = f"<b>image {d['index']}</b> &nbsp; true: <b>{d['label']}</b>"
-        if "pred" in d:
-            ok = "✓" if d["pred"] == d["label"] else "✗"
-            s += (f" &nbsp; predicted: <b>{d['pred']}</b> {ok} ({100 * d['confidence']:.0f}%) &nbsp; frac_attn_out: "
-                  f"<b>{d['frac_attn_out']:.2f}</b>")
-        return s + f" &nbsp; | &nbsp; <span class='msabn-counter'>{d['counter']}</span>"
+# %% ../../nbs/api/hitl/04_box_widget.ipynb #21288416
+@patch
+def header_html(self: BoxEditorWidget) -> str:
+    "The line above the image: index, true class, prediction, confidence, frac_attn_out, counter."
+    d = self.editor.info()
+    if d["done"]:
+        return ("<b>every image of the pool has been seen</b> &nbsp; <span "
+                f"class='msabn-counter'>{d['counter']}</span> &nbsp; "
+                "(◀ Previous image to correct a box; Fine-tune when you are ready)")
+    s = f"<b>image {d['index']}</b> &nbsp; true: <b>{d['label']}</b>"
+    if "pred" in d:
+        ok = "✓" if d["pred"] == d["label"] else "✗"
+        s += (f" &nbsp; predicted: <b>{d['pred']}</b> {ok} ({100 * d['confidence']:.0f}%) &nbsp; frac_attn_out: "
+              f"<b>{d['frac_attn_out']:.2f}</b>")
+    return s + f" &nbsp; | &nbsp; <span class='msabn-counter'>{d['counter']}</span>"
 
-    def redraw(self, moved: bool = True):
-        "Show what the editor holds; with `moved`, the current image and its saved box in the drawing widget too."
-        ed = self.editor
-        colour = "#b00020" if ed.error else "#1b5e20"
-        self.status.value = (
-            f"<span style='color:{colour}'>{ed.message or 'draw a box around the object, then Submit (or Skip)'}</span>"
+@patch
+def redraw(self: BoxEditorWidget, moved: bool = True):
+    "Show what the editor holds; with `moved`, the current image and its saved box in the drawing widget too."
+    ed = self.editor
+    colour = "#b00020" if ed.error else "#1b5e20"
+    self.status.value = (
+        f"<span style='color:{colour}'>{ed.message or 'draw a box around the object, then Submit (or Skip)'}</span>"
+    )
+    self.header.value = self.header_html()
+    if ed.result is not None and ed.result is not self._shown: self._show_result()
+    done = ed.current is None
+    self.bbox.hide_buttons = self.bbox.view_only = done   # nothing left to Submit or Skip (keys included)
+    if done: return
+    s = ed.display_scale()
+    box = ed.store.get(ed.current)
+    self.overlay.value = overlay_png(ed.image(), ed.attn_map(), box, s)
+    if moved or ed.clamped:   # another image, or a box cut to the image: draw what was saved
+        self._syncing = True
+        try:
+            self.bbox.bboxes = [ed.to_widget_box(box)] if box else []
+            if moved: self.bbox.image_bytes = image_png(ed.image(), s)
+        finally: self._syncing = False
+
+# %% ../../nbs/api/hitl/04_box_widget.ipynb #10bcefae
+@patch
+def _step(self: BoxEditorWidget, done: int, total: int):
+    "The fine-tuning's progress: what it does, step k of n, and the time left."
+    self.bar.max, self.bar.value = total, done
+    el = time.monotonic() - self._t0
+    eta = f" · about {fmt_eta(el * (total - done) / done)} left" if 0 < done < total else ""
+    self.progress.value = f"<small>{self.editor.stage}: step {done} of {total}{eta}</small>"
+
+@patch
+def _finetune(self: BoxEditorWidget, _=None):
+    self.button.disabled, self.bar.value, self.bar.layout.visibility = True, 0, "visible"
+    self._t0 = time.monotonic()
+    self.progress.value = "<small>starting ...</small>"
+    try: self.editor.finetune_now(progress=self._step)
+    finally:
+        self.button.disabled, self.bar.layout.visibility = False, "hidden"
+        self.progress.value = (
+            f"<small>done in {time.monotonic() - self._t0:.0f} s</small>" if self.editor.result is not None else ""
         )
-        self.header.value = self.header_html()
-        if ed.result is not None and ed.result is not self._shown: self._show_result()
-        done = ed.current is None
-        self.bbox.hide_buttons = self.bbox.view_only = done   # nothing left to Submit or Skip (keys included)
-        if done: return
-        s = ed.display_scale()
-        box = ed.store.get(ed.current)
-        self.overlay.value = overlay_png(ed.image(), ed.attn_map(), box, s)
-        if moved or ed.clamped:   # another image, or a box cut to the image: draw what was saved
-            self._syncing = True
-            try:
-                self.bbox.bboxes = [ed.to_widget_box(box)] if box else []
-                if moved: self.bbox.image_bytes = image_png(ed.image(), s)
-            finally: self._syncing = False
 
-    def _step(self, done: int, total: int):
-        "The fine-tuning's progress: what it does, step k of n, and the time left."
-        self.bar.max, self.bar.value = total, done
-        el = time.monotonic() - self._t0
-        eta = f" · about {fmt_eta(el * (total - done) / done)} left" if 0 < done < total else ""
-        self.progress.value = f"<small>{self.editor.stage}: step {done} of {total}{eta}</small>"
+@patch
+def _show_result(self: BoxEditorWidget):
+    ed = self.editor
+    self._shown = ed.result
+    with self.out:
+        self.out.clear_output()
+        display(HTML(f"<b>Test accuracy and attention, one schedule ({ed.cfg.summary()}) and seed {ed.cfg.seed} "
+                     "for both "
+                     "fine-tunings</b>" + ed.comparison_frame().to_html()))
+        display(ed.before_after())
 
-    def _finetune(self, _=None):
-        self.button.disabled, self.bar.value, self.bar.layout.visibility = True, 0, "visible"
-        self._t0 = time.monotonic()
-        self.progress.value = "<small>starting ...</small>"
-        try: self.editor.finetune_now(progress=self._step)
-        finally:
-            self.button.disabled, self.bar.layout.visibility = False, "hidden"
-            self.progress.value = (
-                f"<small>done in {time.monotonic() - self._t0:.0f} s</small>" if self.editor.result is not None else ""
-            )
+@patch
+def _ipython_display_(self: BoxEditorWidget): display(self.box)
 
-    def _show_result(self):
-        ed = self.editor
-        self._shown = ed.result
-        with self.out:
-            self.out.clear_output()
-            display(HTML(f"<b>Test accuracy and attention, one schedule ({ed.cfg.summary()}) and seed {ed.cfg.seed} "
-                         "for both "
-                         "fine-tunings</b>" + ed.comparison_frame().to_html()))
-            display(ed.before_after())
-
-    def _ipython_display_(self): display(self.box)
-
+# %% ../../nbs/api/hitl/04_box_widget.ipynb #b401d8e9
 def fmt_eta(seconds: float) -> str:
     "A time left as '0:42' or '1:02:03'."
     s = int(round(max(0.0, seconds)))

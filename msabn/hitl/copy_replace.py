@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
@@ -82,6 +83,7 @@ class AttentionScores:
             size = tuple(int(v) for v in z["image_size"])
             return cls(rec, z["boxes"], z["frac_attn_out"], size, float(z["thresh"]), norm)
 
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #a2113374
 def dataset_boxes(
     data: Dataset,          # items with "image" and "box" (after the dataset's transform)
     batch_size: int = 256,
@@ -102,6 +104,7 @@ def normalizes(
     if normalize is not None: return bool(normalize)
     return getattr(getattr(model, "module", model), "attention", None) is None
 
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #2593f3bc
 def score_attention(
     model: nn.Module,                      # a trained model (ABN/MSABN; a Base model's CAM also works)
     data: Dataset,                         # items with boxes, under a deterministic (evaluation) pipeline
@@ -175,6 +178,7 @@ def check_box(
                          f"expected 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}")
     return x0, y0, x1, y1
 
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #946145a8
 def _check_pool(pool: Sequence[int], n: int) -> list[int]:
     "The pool as sorted indices; refused when empty, of one image, out of range or listing an image twice."
     pool = [int(i) for i in pool]
@@ -203,6 +207,7 @@ def _dataset_boxes(pool: list[int], boxes: Mapping[int, tuple], has_own: bool, g
                       "(fill_from_dataset=False refuses instead)", stacklevel=3)
     return used
 
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #77867094
 class CopyReplace(Dataset):
     "Replace an annotated image's object box with another annotated image's object (paper, section 3.3)."
     def __init__(self,
@@ -258,47 +263,54 @@ class CopyReplace(Dataset):
             raise EmptyPoolError("label_policy='same_class' but no two pool images share a class: there is no donor to "
                                  "draw")
 
-    def __len__(self) -> int: return len(self.dataset)
-    @property
-    def num_classes(self) -> int: return getattr(self.dataset, "num_classes", int(self.targets.max()) + 1)
-    @property
-    def classes(self): return getattr(self.dataset, "classes", None)
-    @property
-    def split(self): return getattr(self.dataset, "split", None)
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #b165e9f6
+@patch
+def __len__(self: CopyReplace) -> int: return len(self.dataset)
+@patch(as_prop=True)
+def num_classes(self: CopyReplace) -> int: return getattr(self.dataset, "num_classes", int(self.targets.max()) + 1)
+@patch(as_prop=True)
+def classes(self: CopyReplace): return getattr(self.dataset, "classes", None)
+@patch(as_prop=True)
+def split(self: CopyReplace): return getattr(self.dataset, "split", None)
 
-    def box(self, i: int, item: dict) -> tuple[float, float, float, float]:
-        "The box of pool image `i` (its raw `item`) in raw pixels: the person's if given, else the item's own."
-        if i in self.boxes: return self.boxes[i]
-        if "box" not in item: raise ValueError(f"pool image {i} has no box: give it in boxes= (the dataset has none of "
-                                               "its own)")
-        return tuple(float(v) for v in torch.as_tensor(item["box"]).reshape(4))
+@patch
+def box(self: CopyReplace, i: int, item: dict) -> tuple[float, float, float, float]:
+    "The box of pool image `i` (its raw `item`) in raw pixels: the person's if given, else the item's own."
+    if i in self.boxes: return self.boxes[i]
+    if "box" not in item: raise ValueError(f"pool image {i} has no box: give it in boxes= (the dataset has none of "
+                                           "its own)")
+    return tuple(float(v) for v in torch.as_tensor(item["box"]).reshape(4))
 
-    def _candidates(self, i: int) -> list[int]:
-        group = self._by_class.get(int(self.targets[i]), []) if self.label_policy == "same_class" else self.pool
-        return [j for j in group if j != i]
+@patch
+def _candidates(self: CopyReplace, i: int) -> list[int]:
+    group = self._by_class.get(int(self.targets[i]), []) if self.label_policy == "same_class" else self.pool
+    return [j for j in group if j != i]
 
-    def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        item = dict(self.dataset[i])
-        donor = -1
-        if i in self._in_pool:
-            h, w = item["image"].shape[-2:]
-            box = check_box(self.box(i, item), h, w, getattr(self.dataset, "source", lambda k: f"image {k}")(i))
-            item["box"] = make_box(box, (h, w))
-            cands = self._candidates(i)
-            if cands and torch.rand(()).item() < self.p:
-                donor = cands[int(torch.randint(len(cands), ()))]
-                d = self.dataset[donor]
-                dh, dw = d["image"].shape[-2:]
-                dbox = check_box(self.box(donor, d), dh, dw, f"donor image {donor}")
-                item["image"] = tv_tensors.Image(paste_patch(item["image"], box, d["image"], dbox))
-                if self.label_policy == "donor": item["label"] = int(d["label"])
-        item["donor"] = donor
-        return self.transform(item) if self.transform is not None else item
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #de6e64e0
+@patch
+def __getitem__(self: CopyReplace, i: int) -> dict:
+    i = int(i)
+    item = dict(self.dataset[i])
+    donor = -1
+    if i in self._in_pool:
+        h, w = item["image"].shape[-2:]
+        box = check_box(self.box(i, item), h, w, getattr(self.dataset, "source", lambda k: f"image {k}")(i))
+        item["box"] = make_box(box, (h, w))
+        cands = self._candidates(i)
+        if cands and torch.rand(()).item() < self.p:
+            donor = cands[int(torch.randint(len(cands), ()))]
+            d = self.dataset[donor]
+            dh, dw = d["image"].shape[-2:]
+            dbox = check_box(self.box(donor, d), dh, dw, f"donor image {donor}")
+            item["image"] = tv_tensors.Image(paste_patch(item["image"], box, d["image"], dbox))
+            if self.label_policy == "donor": item["label"] = int(d["label"])
+    item["donor"] = donor
+    return self.transform(item) if self.transform is not None else item
 
-    def __repr__(self) -> str:
-        return (f"CopyReplace({len(self.pool)} of {len(self)} images in the pool, p={self.p}, "
-                f"label_policy={self.label_policy!r})")
+@patch
+def __repr__(self: CopyReplace) -> str:
+    return (f"CopyReplace({len(self.pool)} of {len(self)} images in the pool, p={self.p}, "
+            f"label_policy={self.label_policy!r})")
 
 # %% ../../nbs/api/hitl/00_copy_replace.ipynb #8a267a38
 PAPER_FINETUNE = TrainConfig(epochs=50, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(0.5, 0.75))
@@ -323,6 +335,7 @@ def model_from_checkpoint(
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #012fd05a
 @dataclass
 class FinetuneResult:
     "A fine-tuned model and what it scores on the test data."
@@ -347,6 +360,7 @@ class FinetuneResult:
             k: getattr(self, k) for k in ("method", "pool_size", "n_train", "acc", "frac_attn_out", "seconds", "seed")
         } | {"fraction_annotated": self.pool_size / self.n_train}
 
+# %% ../../nbs/api/hitl/00_copy_replace.ipynb #28bb29bc
 def finetune(
     model: nn.Module,                        # the trained model to start from (copied; never changed)
     train_data: Dataset,                     # all training images (evaluation pipeline: no augmentation)

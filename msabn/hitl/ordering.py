@@ -88,6 +88,7 @@ def _fingerprint(pool: Sequence[int], cfg: TrainConfig, extra: dict) -> str:
     blob = json.dumps({"pool": sorted(int(i) for i in pool), "cfg": asdict(cfg), **extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+# %% ../../nbs/api/hitl/01_ordering.ipynb #00fba250
 def finetune_pools(
     model: nn.Module,                          # the trained model every run starts from (never changed)
     train_data: Dataset,                       # all training images, evaluation pipeline
@@ -188,6 +189,7 @@ def summarize_runs(
         out.append(row)
     return out
 
+# %% ../../nbs/api/hitl/01_ordering.ipynb #0c8445f0
 def copy_replace_curve(
     model_or_checkpoint: nn.Module | str | Path,  # the trained model, or a checkpoint written by msabn.train.engine.fit
     # all training images with boxes, evaluation pipeline (no augmentation)
@@ -322,6 +324,7 @@ def plot_curve(
     plt.close(fig)
     return fig
 
+# %% ../../nbs/api/hitl/01_ordering.ipynb #5d3a50db
 def _f(v, nd=1) -> str: return "-" if v is None else f"{v:.{nd}f}"
 def _pm(m, sd, nd=1, sign=False) -> str:
     "mean ± std, or the mean alone when there is no spread (one seed)."
@@ -351,6 +354,7 @@ def curve_table(
     )
     return "\n".join(lines)
 
+# %% ../../nbs/api/hitl/01_ordering.ipynb #6ded6197
 def orderings_table(
     res: dict,   # a compare_orderings result
 ) -> str:        # Markdown
