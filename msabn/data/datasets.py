@@ -87,6 +87,7 @@ def _cub_box(path: Path, k: int, name: str, row: tuple) -> tuple[float, ...]:
                         f"(width {bw:g}, height {bh:g}); expected width > 0 and height > 0")
     return x, y, x + bw, y + bh
 
+# %% ../../nbs/api/data/02_datasets.ipynb #0c683b02
 class CUB(ImageFiles):
     ("CUB-200-2011 (or any folder in its layout) with one box per image (none without bounding_boxes.txt) and the "
      "official train/test split.")
@@ -277,6 +278,7 @@ class ImageNet(ImageFiles):
         )
         super().__init__(files, targets, classes, None, transform, root, split, on_bad, check_images)
 
+# %% ../../nbs/api/data/02_datasets.ipynb #12bf4400
 def _tree(
     folder: Path, train: Path, per: str = "class", same: str = "classes"
 ) -> tuple[list[Path], list[int], list[str]]:
@@ -333,6 +335,7 @@ class DiagSetFolders(ImageFiles):
         files, targets = _folder_items(folder, classes)
         super().__init__(files, targets, classes, None, transform, root, split, on_bad, check_images)
 
+# %% ../../nbs/api/data/02_datasets.ipynb #0fb72245
 class DiagSetBlobs(ImageDataset):
     "DiagSet-A patches at one magnification, read from the published .npy blobs and partition files."
     name = "diagset"
@@ -386,6 +389,7 @@ class DiagSetBlobs(ImageDataset):
         if self._cache is None or self._cache[0] != b: self._cache = (b, np.load(self.blob_files[b], mmap_mode="r"))
         return tv_tensors.Image(torch.from_numpy(np.array(self._cache[1][self.row_of[i]])).permute(2, 0, 1))
 
+# %% ../../nbs/api/data/02_datasets.ipynb #dca9ccca
 def DiagSet(
     root: str | Path,                  # DiagSet-A's folder (blobs/, partitions/) or a tree <split>/<class>/
     split: str = "train",              # "train", "validation" (or "val") or "test"

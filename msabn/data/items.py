@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -128,6 +129,7 @@ def _flatten_alpha(im: Image.Image, path: Path) -> Image.Image:
                       stacklevel=3)
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
+# %% ../../nbs/api/data/00_items.ipynb #a5beea8d
 class _Decoded:
     "The decoded large images most recently read, up to a memory budget: a huge PNG is decoded once, not at every read."
     def __init__(self, budget_mb: float, min_pixels: int = 4_000_000):
@@ -145,6 +147,7 @@ class _Decoded:
 
 DECODED = _Decoded(float(os.environ.get("MSABN_IMAGE_CACHE_MB", 1024)))   # per process; MSABN_IMAGE_CACHE_MB=0: none
 
+# %% ../../nbs/api/data/00_items.ipynb #2b2b2d01
 def read_image(
     path: str | Path,  # a JPEG/PNG/TIFF/... file
 ) -> tv_tensors.Image:  # RGB, uint8, 3 x H x W
@@ -239,20 +242,6 @@ class ImageDataset(Dataset):
     def source(self, i: int) -> str: return f"{self.name} {self.split} item {i}"  # what item i is read from
     def load_image(self, i: int) -> tv_tensors.Image: raise NotImplementedError
 
-    def position(self, i: int) -> int:
-        "The non-negative position of index `i` (negative counts from the end), or a clear error."
-        try:
-            if isinstance(i, (bool, np.bool_)): raise TypeError
-            k = operator.index(i)
-        except TypeError:
-            raise TypeError(f"{type(self).__name__} indices must be integers, got {type(i).__name__} {i!r} "
-                            "(for several items use torch.utils.data.Subset)") from None
-        n = len(self)
-        if not -n <= k < n:
-            raise IndexError(f"index {k} out of range for a dataset of {n} items "
-                             + (f"(valid: 0..{n - 1}, or -{n}..-1 from the end)" if n else "(it is empty)"))
-        return k % n
-
     def __getitem__(self, i: int) -> dict:
         i = self.position(i)
         image = self.load_image(i)
@@ -262,14 +251,32 @@ class ImageDataset(Dataset):
             sample["box"] = make_box(clip_box(self.boxes[i].tolist(), h, w, self.source(i)), (h, w))
         return self.transform(sample) if self.transform is not None else sample
 
-    def with_transform(self, transform: Callable | None) -> "ImageDataset":
-        "The same items under another transform (a shallow copy)."
-        new = copy.copy(self); new.transform = transform
-        return new
-
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(split={self.split!r}, items={len(self)}, classes={self.num_classes}, "
                 f"boxes={self.has_boxes})")
+
+# %% ../../nbs/api/data/00_items.ipynb #7839078d
+@patch
+def position(self: ImageDataset, i: int) -> int:
+    "The non-negative position of index `i` (negative counts from the end), or a clear error."
+    try:
+        if isinstance(i, (bool, np.bool_)): raise TypeError
+        k = operator.index(i)
+    except TypeError:
+        raise TypeError(f"{type(self).__name__} indices must be integers, got {type(i).__name__} {i!r} "
+                        "(for several items use torch.utils.data.Subset)") from None
+    n = len(self)
+    if not -n <= k < n:
+        raise IndexError(f"index {k} out of range for a dataset of {n} items "
+                         + (f"(valid: 0..{n - 1}, or -{n}..-1 from the end)" if n else "(it is empty)"))
+    return k % n
+
+# %% ../../nbs/api/data/00_items.ipynb #e0236928
+@patch
+def with_transform(self: ImageDataset, transform: Callable | None) -> "ImageDataset":
+    "The same items under another transform (a shallow copy)."
+    new = copy.copy(self); new.transform = transform
+    return new
 
 # %% ../../nbs/api/data/00_items.ipynb #614666a6
 ON_BAD = ("error", "skip")

@@ -45,6 +45,7 @@ def max_classes(fine_grained: bool) -> int:
     "How many classes a mode can draw: 30 coloured silhouettes x fills, or 54 bird-part combinations."
     return len(_FINE_COMBOS) if fine_grained else len(SHAPES) * len(FILLS)
 
+# %% ../../nbs/api/data/03_synthetic.ipynb #27b41b41
 @dataclass(frozen=True)
 class SyntheticConfig:
     "Everything that decides the benchmark's files; the folder records it in synthetic.json."
@@ -176,6 +177,7 @@ SHAPE_PARTS = {  # silhouettes in the unit frame: (kind, geometry); "hole" cuts 
     ],
 }
 
+# %% ../../nbs/api/data/03_synthetic.ipynb #e0a4f4e8
 BIRD_PARTS = {  # the fine-grained object, facing right; the last four entries are the class's parts
     "body": [("ellipse", (0.15, 0.40, 0.76, 0.80))],
     "head": [("ellipse", (0.60, 0.20, 0.88, 0.50))],
@@ -199,6 +201,7 @@ BIRD_PARTS = {  # the fine-grained object, facing right; the last four entries a
     "cap": {"plain": [], "dark": [("rect", (0.58, 0.18, 0.90, 0.36))]},
 }
 
+# %% ../../nbs/api/data/03_synthetic.ipynb #f88c900d
 class _Pen:
     "Draws unit-frame shapes into boolean masks of one layer (margin m, frame fw x fh, optionally mirrored)."
     def __init__(self, lw, lh, m, fw, fh, flip=False):
@@ -260,6 +263,7 @@ def _draw_clutter(d: ImageDraw.ImageDraw, rng: np.random.Generator, S: int):
         r = float(rng.uniform(0.02, 0.05)) * S
         d.ellipse([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=col)
 
+# %% ../../nbs/api/data/03_synthetic.ipynb #cbb9c36d
 def _draw_object(rng: np.random.Generator, attrs: dict, fw: float, fh: float, ss: int, fine: bool):
     "The object on its own layer: RGB and alpha arrays (frame fw x fh plus a margin for the outline)."
     m = 2 * ss
@@ -392,6 +396,7 @@ def _describe(cfg: SyntheticConfig) -> dict:
             "layout": "CUB-200-2011 (train + shifted test); test_iid/ is a CUB-200-2011 folder of its own; "
                       "habitats.txt: <image_id> <habitat_id>, habitat k belongs to class id k"}
 
+# %% ../../nbs/api/data/03_synthetic.ipynb #39295d34
 def _existing(root: Path, info: dict) -> Path | None:
     "root if it holds the dataset `info` describes; None if root is new or empty; an error otherwise."
     if not root.exists(): return None
@@ -425,6 +430,7 @@ def _existing(root: Path, info: dict) -> Path | None:
 
 def _split_count(meta: dict, split: str) -> int: return int(meta["splits"][split])
 
+# %% ../../nbs/api/data/03_synthetic.ipynb #b8263b06
 def make_synthetic(
     root: str | Path,                       # folder to write (or to reuse, when made with the same settings)
     # settings, or a preset name ("cifar", "fine_grained"); default SyntheticConfig()

@@ -46,6 +46,7 @@ def as_boxes(boxes, n: int, size: tuple[int, int]) -> torch.Tensor:
                          "image_size=(H, W))")
     return boxes
 
+# %% ../../nbs/api/explain/00_localization.ipynb #b7c39d25
 def resize_maps(
     maps: torch.Tensor,                        # B x 1 x h x w (or B x h x w)
     image_size: tuple[int, int] | None = None, # (H, W) to resize to, bilinearly; None keeps h x w
@@ -67,6 +68,7 @@ def normalize_maps(
     span = hi - lo
     return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.ones_like(maps))
 
+# %% ../../nbs/api/explain/00_localization.ipynb #2270f9ab
 def box_masks(
     boxes: torch.Tensor,          # B x 4, (x0, y0, x1, y1) in pixels
     size: tuple[int, int],        # (H, W)

@@ -56,6 +56,7 @@ def draw_box(
     x0, y0, x1, y1 = (float(v) for v in box)
     ax.add_patch(matplotlib.patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=color, lw=lw))
 
+# %% ../../nbs/api/explain/03_viz.ipynb #01b459c3
 def _as_batch(samples) -> dict:
     if isinstance(samples, Mapping): return samples
     return collate(list(samples))
@@ -88,6 +89,7 @@ def sample_grid(
     plt.close(fig)
     return fig
 
+# %% ../../nbs/api/explain/03_viz.ipynb #62f38d4d
 def split_grid(
     # split name -> dataset (items of one size, or with a resizing transform)
     datasets: Mapping[str, torch.utils.data.Dataset],

@@ -15,6 +15,7 @@ from typing import Sequence
 import timm
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from timm.models.resnet import BasicBlock, Bottleneck
 
 # %% auto #0
@@ -196,94 +197,103 @@ class Backbone(nn.Module):
 
     def _module(self, i: int) -> nn.Module: return self.model.get_submodule(self.chain[i])
 
-    def check_input(self, x: torch.Tensor):
-        "Raise a clear error unless `x` is a B x in_chans x H x W batch with H, W >= the total stride."
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(f"{self.name}: expected an image batch B x {self.in_chans} x H x W, got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.shape[1] != self.in_chans and x.shape[-1] == self.in_chans:   # B x H x W x C: channels last
-            raise ValueError(f"{self.name}: expected B x {self.in_chans} x H x W, got {tuple(x.shape)}, which looks "
-                             "like "
-                             "channels last (B x H x W x C): permute it with x.permute(0, 3, 1, 2)")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{self.name}: expected {self.in_chans} input channels (B x {self.in_chans} x H x W), got "
-                             f"{x.shape[1]} (input shape {tuple(x.shape)}); build the model with in_chans={x.shape[1]}")
-        h, w = x.shape[-2:]
-        if min(h, w) < self.reduction:
-            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the backbone's total stride "
-                             f"{self.reduction}; "
-                             f"use images of at least {self.reduction}x{self.reduction} pixels")
-
-    def forward_levels(self,
-                       x: torch.Tensor,        # B x in_chans x H x W
-                       levels: Sequence[int],  # feature_info indices, increasing, at most `split`
-                      ) -> list[torch.Tensor]:  # the levels' feature maps; run stops at block 3
-        "Run the trunk up to block 3, returning the feature maps of `levels`."
-        want = {self.feature_pos[l]: k for k, l in enumerate(levels)}
-        out = [None] * len(levels)
-        for i in range(self.feature_pos[self.split] + 1):
-            x = self._module(i)(x)
-            if i in want: out[want[i]] = x
-        return out
-
-    def forward_rest(self, g: torch.Tensor) -> torch.Tensor:
-        "Resume from a block-3 feature map (e.g. g(x)·(1+A(x))) to the last feature map."
-        for i in range(self.feature_pos[self.split] + 1, len(self.chain)): g = self._module(i)(g)
-        return g
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         "The last feature map (what the model's own forward_features returns)."
         return self.forward_rest(self.forward_levels(x, [self.split])[0])
 
     forward = forward_features
 
-    def attention_stage(self) -> nn.Sequential:
-        "A fresh stride-1 copy of the stage(s) between block 3 and the last stage (ABN's attention branch body)."
-        names = self.chain[self.feature_pos[self.split] + 1: self.feature_pos[-1] + 1]
-        stage = nn.Sequential(
-            OrderedDict((n.replace(".", "_"), copy.deepcopy(self.model.get_submodule(n))) for n in names)
-        )
-        make_stride1(stage, f"{self.name} stage {'+'.join(names)}")
-        init_weights(stage)
-        p = next(self.model.parameters())
-        with torch.no_grad():
-            c, s = self.feature_info[self.split]["num_chs"], 8
-            was = stage.training
-            y = stage.eval()(torch.zeros(1, c, s, s, device=p.device, dtype=p.dtype))
-            stage.train(was)
-        if tuple(y.shape[-2:]) != (s, s):
-            raise ValueError(f"{self.name}: the stride-1 copy of {names} changes an {s}x{s} map to "
-                             f"{tuple(y.shape[-2:])}: cannot build the attention branch")
-        return stage
+# %% ../../nbs/api/models/00_backbones.ipynb #d6012b5b
+@patch
+def check_input(self: Backbone, x: torch.Tensor):
+    "Raise a clear error unless `x` is a B x in_chans x H x W batch with H, W >= the total stride."
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"{self.name}: expected an image batch B x {self.in_chans} x H x W, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.shape[1] != self.in_chans and x.shape[-1] == self.in_chans:   # B x H x W x C: channels last
+        raise ValueError(f"{self.name}: expected B x {self.in_chans} x H x W, got {tuple(x.shape)}, which looks "
+                         "like "
+                         "channels last (B x H x W x C): permute it with x.permute(0, 3, 1, 2)")
+    if x.shape[1] != self.in_chans:
+        raise ValueError(f"{self.name}: expected {self.in_chans} input channels (B x {self.in_chans} x H x W), got "
+                         f"{x.shape[1]} (input shape {tuple(x.shape)}); build the model with in_chans={x.shape[1]}")
+    h, w = x.shape[-2:]
+    if min(h, w) < self.reduction:
+        raise ValueError(f"{self.name}: input {h}x{w} is smaller than the backbone's total stride "
+                         f"{self.reduction}; "
+                         f"use images of at least {self.reduction}x{self.reduction} pixels")
 
-    @torch.no_grad()
-    def verify(self):
-        "Check that the chain reproduces model.forward_features and leaves the level outputs untouched."
-        p = next(self.model.parameters())
-        side = max(2 * self.reduction, 16)
-        if p.device.type == "meta": x = torch.empty(1, self.in_chans, side, side, device="meta", dtype=p.dtype)
-        else: x = torch.randn(1, self.in_chans, side, side, generator=torch.Generator().manual_seed(0)).to(p)
-        was = self.model.training
-        self.model.eval()
-        try:
-            levels = list(range(self.split + 1))
-            feats = self.forward_levels(x, levels)
-            kept = [f.clone() for f in feats]
-            ours, theirs = self.forward_rest(feats[-1]), self.model.forward_features(x)
-        finally: self.model.train(was)
-        for l, f in enumerate(feats):
-            if f.shape[1] != self.feature_info[l]["num_chs"]:
-                raise ValueError(f"{self.name}: feature {self.feature_info[l]} has {f.shape[1]} channels")
-        if ours.shape != theirs.shape:
-            raise ValueError(f"{self.name}: its chain {self.chain} gives {tuple(ours.shape)} where forward_features "
-                             f"gives {tuple(theirs.shape)}: not a plain chain of modules, not supported")
-        if p.device.type != "meta":
-            if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
-                raise ValueError(
-                    f"{self.name}: its chain of modules does not reproduce forward_features: not supported"
-                )
-            if not all(torch.equal(a, b) for a, b in zip(feats, kept, strict=True)):
-                raise ValueError(f"{self.name}: a stage changes its input in place: cannot keep multi-scale features")
+# %% ../../nbs/api/models/00_backbones.ipynb #bda7994c
+@patch
+def forward_levels(self: Backbone,
+                   x: torch.Tensor,        # B x in_chans x H x W
+                   levels: Sequence[int],  # feature_info indices, increasing, at most `split`
+                  ) -> list[torch.Tensor]:  # the levels' feature maps; run stops at block 3
+    "Run the trunk up to block 3, returning the feature maps of `levels`."
+    want = {self.feature_pos[l]: k for k, l in enumerate(levels)}
+    out = [None] * len(levels)
+    for i in range(self.feature_pos[self.split] + 1):
+        x = self._module(i)(x)
+        if i in want: out[want[i]] = x
+    return out
+
+@patch
+def forward_rest(self: Backbone, g: torch.Tensor) -> torch.Tensor:
+    "Resume from a block-3 feature map (e.g. g(x)·(1+A(x))) to the last feature map."
+    for i in range(self.feature_pos[self.split] + 1, len(self.chain)): g = self._module(i)(g)
+    return g
+
+# %% ../../nbs/api/models/00_backbones.ipynb #74553dc0
+@patch
+def attention_stage(self: Backbone) -> nn.Sequential:
+    "A fresh stride-1 copy of the stage(s) between block 3 and the last stage (ABN's attention branch body)."
+    names = self.chain[self.feature_pos[self.split] + 1: self.feature_pos[-1] + 1]
+    stage = nn.Sequential(
+        OrderedDict((n.replace(".", "_"), copy.deepcopy(self.model.get_submodule(n))) for n in names)
+    )
+    make_stride1(stage, f"{self.name} stage {'+'.join(names)}")
+    init_weights(stage)
+    p = next(self.model.parameters())
+    with torch.no_grad():
+        c, s = self.feature_info[self.split]["num_chs"], 8
+        was = stage.training
+        y = stage.eval()(torch.zeros(1, c, s, s, device=p.device, dtype=p.dtype))
+        stage.train(was)
+    if tuple(y.shape[-2:]) != (s, s):
+        raise ValueError(f"{self.name}: the stride-1 copy of {names} changes an {s}x{s} map to "
+                         f"{tuple(y.shape[-2:])}: cannot build the attention branch")
+    return stage
+
+# %% ../../nbs/api/models/00_backbones.ipynb #6d9f4c81
+@patch
+@torch.no_grad()
+def verify(self: Backbone):
+    "Check that the chain reproduces model.forward_features and leaves the level outputs untouched."
+    p = next(self.model.parameters())
+    side = max(2 * self.reduction, 16)
+    if p.device.type == "meta": x = torch.empty(1, self.in_chans, side, side, device="meta", dtype=p.dtype)
+    else: x = torch.randn(1, self.in_chans, side, side, generator=torch.Generator().manual_seed(0)).to(p)
+    was = self.model.training
+    self.model.eval()
+    try:
+        levels = list(range(self.split + 1))
+        feats = self.forward_levels(x, levels)
+        kept = [f.clone() for f in feats]
+        ours, theirs = self.forward_rest(feats[-1]), self.model.forward_features(x)
+    finally: self.model.train(was)
+    for l, f in enumerate(feats):
+        if f.shape[1] != self.feature_info[l]["num_chs"]:
+            raise ValueError(f"{self.name}: feature {self.feature_info[l]} has {f.shape[1]} channels")
+    if ours.shape != theirs.shape:
+        raise ValueError(f"{self.name}: its chain {self.chain} gives {tuple(ours.shape)} where forward_features "
+                         f"gives {tuple(theirs.shape)}: not a plain chain of modules, not supported")
+    if p.device.type != "meta":
+        if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
+            raise ValueError(
+                f"{self.name}: its chain of modules does not reproduce forward_features: not supported"
+            )
+        if not all(torch.equal(a, b) for a, b in zip(feats, kept, strict=True)):
+            raise ValueError(f"{self.name}: a stage changes its input in place: cannot keep multi-scale features")
 
 # %% ../../nbs/api/models/00_backbones.ipynb #58a2eb27
 PAPER_TIMM = ("resnet50", "resnet101", "resnext50_32x4d", "efficientnet_b1", "efficientnet_b3")

@@ -51,6 +51,7 @@ def _signature_mismatch(saved: dict, here: dict) -> str | None:
         if s[k] != h[k]: return f"{k} has shape {s[k]} in the checkpoint but {h[k]} in this model"
     return None
 
+# %% ../../nbs/api/train/04_checkpoints.ipynb #829c4f58
 def rng_states() -> dict:
     "The state of every random generator a run uses."
     st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -62,6 +63,7 @@ def set_rng_states(st: dict):
     random.setstate(st["python"]); np.random.set_state(st["numpy"]); torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
 
+# %% ../../nbs/api/train/04_checkpoints.ipynb #47688881
 def load_checkpoint(
     path: str | Path,               # a checkpoint.pt or best.pt written by msabn.train.engine.fit
     model: nn.Module | None = None, # refuse the checkpoint unless it was made for this model
@@ -93,6 +95,7 @@ def nonfinite_weights(state: dict) -> list[str]:
     "The names of a state dict's floating-point tensors that hold NaN or infinite values."
     return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
+# %% ../../nbs/api/train/04_checkpoints.ipynb #91d67c8b
 def write_checkpoint(
     state: dict,   # what to save (the format tag is added)
     path: Path,    # checkpoint.pt or best.pt
@@ -158,6 +161,7 @@ class _Stale(Exception): pass
 def say(msg: str, rank: int = 0):
     if rank == 0: tqdm.write(f"[msabn] {msg}")
 
+# %% ../../nbs/api/train/04_checkpoints.ipynb #b855c845
 def aside_path(
     folder: Path,  # a folder about to be kept out of the way
 ) -> Path:         # a free sibling path `<name>.old-<UTC time>` (with `-1`, `-2`, ... when taken)
@@ -178,6 +182,7 @@ def keep_aside(
         if p.name != LOCK_NAME: os.replace(p, dest / p.name)   # a sibling: the same file system, a rename
     return dest
 
+# %% ../../nbs/api/train/04_checkpoints.ipynb #68ce79ee
 def _lock(out: Path) -> FileLock:
     path = out / LOCK_NAME
     # the run that held the lock may have removed its file meanwhile: then this lock guards nothing

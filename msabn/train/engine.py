@@ -108,6 +108,7 @@ def _write_history(rows: list[dict], path: Path):
     for r in rows: w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     with atomic_write(path) as f: f.write(buf.getvalue())
 
+# %% ../../nbs/api/train/05_engine.ipynb #1d62b99c
 def _run_device(device) -> torch.device:
     dev = get_device(device)
     if dev.type == "cuda" and dist.is_available() and dist.is_initialized():
@@ -302,6 +303,7 @@ def _begin(run: _TrainingRun, extra_config: dict | None):
                   run.out / "config.json")
     run.t_run = time.perf_counter()
 
+# %% ../../nbs/api/train/05_engine.ipynb #fc6d631f
 def _train_epoch(run: _TrainingRun, epoch: int, on_step: Callable[[int, int], None] | None):
     "One pass over the training data (from the resumed step on), ending with the epoch's row in the history."
     cfg, device, rank = run.cfg, run.device, run.rank
@@ -377,6 +379,7 @@ def _wrap_up(run: _TrainingRun, epoch: int):
             run.rank,
         )
 
+# %% ../../nbs/api/train/05_engine.ipynb #07bc932e
 def _evaluate_epoch(run: _TrainingRun, epoch: int):
     "Evaluate on valid_data; keep the best epoch's weights if asked."
     t0 = time.perf_counter()
@@ -414,6 +417,7 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
                           "rng": rngs, "config": asdict(run.cfg), "pending_eval": pending_eval, "data": run.data_id},
                          run.out / "checkpoint.pt")
 
+# %% ../../nbs/api/train/05_engine.ipynb #5fdb0146
 def _interrupted(run: _TrainingRun):
     "Ctrl-C: save where the run stands, in the middle of an epoch or between its training and its checkpoint."
     if not run.out: return
