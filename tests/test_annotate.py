@@ -8,7 +8,6 @@ import json
 import multiprocessing as mp
 import os
 import tempfile
-import time
 from contextlib import redirect_stderr
 
 import pytest
@@ -46,13 +45,12 @@ def test_two_processes_lose_no_acknowledged_box(tmp_path):
     procs = [ctx.Process(target=_writer, args=(str(path), j, ready, go, acked)) for j in (0, 1)]
     for p in procs: p.start()
     [ready.get(timeout=120) for _ in procs]       # both imported and opened (spawn: seconds on a busy machine) ...
-    t0 = time.time(); go.set()                    # ... then both hammer the file at once
+    go.set()                                      # ... then both hammer the file at once
     done = [acked.get(timeout=60) for _ in procs]
     for p in procs: p.join(30); assert p.exitcode == 0
     on_disk = BoxStore(path).indices
     assert sorted(done[0] + done[1]) == list(range(2 * N_SETS))
     assert on_disk == list(range(2 * N_SETS)), f"{2 * N_SETS - len(on_disk)} acknowledged boxes are not on disk"
-    assert time.time() - t0 < 15, f"{time.time() - t0:.1f} s for {2 * N_SETS} locked saves"
 
 
 def test_same_image_from_two_writers_is_refused_then_replaced(tmp_path):
