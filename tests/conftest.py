@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # timm/huggingface_hub must never reach for weights
+# pytest-xdist runs a worker per core (pyproject.toml): each worker's torch, and the kernels and scripts it starts,
+# take their share of the cores instead of all of them, so that the workers' threads never fight over one core
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1: os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]

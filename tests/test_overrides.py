@@ -114,7 +114,7 @@ CHEAP = [
     "--set",
     "verify=false",
     "--threads",
-    "2",
+    "1",
 ]
 
 

@@ -5,6 +5,8 @@
 # %% ../../nbs/api/experiments/07_figures.ipynb #fccedaa6
 from __future__ import annotations
 
+import hashlib
+import importlib.resources
 import shutil
 import time
 from dataclasses import replace
@@ -14,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from filelock import FileLock
 
 from msabn.experiments.presets import (
     check_boxes,
@@ -24,20 +27,26 @@ from msabn.experiments.presets import (
     with_overrides,
 )
 
+from ..core import set_seed
+from ..data.datasets import get_dataset
 from ..data.items import collate
+from ..data.synthetic import make_synthetic
+from ..data.transforms import train_transform
 from ..explain.viz import attention_grid
 from ..hitl.copy_replace import model_from_checkpoint, score_attention
 from ..hitl.ordering import copy_replace_curve, lambda_for_fraction, plot_curve
+from ..models.networks import create_model
 from ..train.checkpoints import load_checkpoint
+from ..train.engine import fit
 from .catalog import AttentionFigure, Column, CopyReplaceFigure
 from .data import ClassSubset, load_splits
-from .folders import cell_folder, experiment_folder, fingerprint, run_state
+from .folders import cell_folder, experiment_folder, fingerprint, repository, run_state
 from .overrides import parse_overrides
 from .progress import PROGRESS_FILE, ProgressFile
 from .tables import dry_tag, run_table, start_results, write_results
 
 # %% auto #0
-__all__ = ['SOURCE_MODELS', 'eval_part', 'run_attention_figure', 'run_copy_replace', 'run_experiment']
+__all__ = ['SOURCE_MODELS', 'eval_part', 'run_attention_figure', 'run_copy_replace', 'run_experiment', 'benchmark_model']
 
 # %% ../../nbs/api/experiments/07_figures.ipynb #cf8a569b
 def _source_folder(fig, table: str, seed: int, runs_dir) -> Path:
@@ -288,3 +297,41 @@ def run_experiment(
     if exp.kind == "table": return run_table(exp, num_workers=num_workers, **kw)
     if exp.kind == "attention_figure": return run_attention_figure(exp, **kw)
     return run_copy_replace(exp, num_workers=num_workers, **kw)
+
+# %% ../../nbs/api/experiments/07_figures.ipynb #ab251c79
+def _code_version() -> str:
+    "A hash of msabn's source and torch's version: a cached model trained by other code is never reused."
+    h = hashlib.sha256(torch.__version__.encode())
+    for p in sorted(Path(str(importlib.resources.files("msabn"))).rglob("*.py")): h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+def benchmark_model(
+    folder: str | Path | None = None,  # its data and checkpoint; None: runs/benchmark_model/ of the repository
+    seed: int = 0,                     # the data's and the training's seed
+    variant: str = "efficient",        # "efficient" (the same map, faster on a CPU) or "literal"
+    on_step: Callable[[int, int], None] | None = None,  # fit's per-step callback, e.g. for a progress bar
+) -> tuple[torch.nn.Module, Path]:     # the trained MSABN (eval mode); the folder: data/ and model/
+    "The calibrated benchmark's MSABN, trained into `folder` the first time and loaded from there afterwards."
+    table = get_experiment("table1", "smoke")
+    column, row = table.columns[0], next(r for r in table.rows if r.name == get_experiment("fig8_9", "smoke").row)
+    if folder is None:
+        folder = (repository() or Path.cwd()) / "runs" / "benchmark_model" / f"{variant}-seed{seed}-{_code_version()}"
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    # one thread: the same model on every machine (two threads sum in another order, and training amplifies it)
+    with FileLock(str(folder / ".lock")):   # two notebooks asking at once: one trains, the other loads
+        root = make_synthetic(folder / "data", "cifar", **{**table.data.synthetic, "n_test_iid": 8}, seed=seed)
+        set_seed(seed)
+        model = create_model("msabn", column.backbone, 10, mechanism=row.mechanism, variant=variant)
+        ckpt = folder / "model" / "checkpoint.pt"
+        if (folder / "model" / "metrics.json").exists():   # fit writes it last: the training is complete
+            model.load_state_dict(load_checkpoint(ckpt, model)["model"])
+        else:
+            try:
+                torch.set_num_threads(1)
+                fit(model, get_dataset("synthetic", root, "train", transform=train_transform("cifar", 32)), None,
+                    replace(table.train_config(column, row, seed), progress=False), out_dir=folder / "model",
+                    resume=ckpt.exists(), on_step=on_step)
+            finally: torch.set_num_threads(threads)
+    return model.eval(), folder
+
