@@ -318,7 +318,6 @@ def benchmark_model(
         folder = (repository() or Path.cwd()) / "runs" / "benchmark_model" / f"{variant}-seed{seed}-{_code_version()}"
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
-    # one thread: the same model on every machine (two threads sum in another order, and training amplifies it)
     with FileLock(str(folder / ".lock")):   # two notebooks asking at once: one trains, the other loads
         root = make_synthetic(folder / "data", "cifar", **{**table.data.synthetic, "n_test_iid": 8}, seed=seed)
         set_seed(seed)
@@ -328,7 +327,7 @@ def benchmark_model(
             model.load_state_dict(load_checkpoint(ckpt, model)["model"])
         else:
             try:
-                torch.set_num_threads(1)
+                torch.set_num_threads(1)   # the same model on every machine: threads change the order of sums
                 fit(model, get_dataset("synthetic", root, "train", transform=train_transform("cifar", 32)), None,
                     replace(table.train_config(column, row, seed), progress=False), out_dir=folder / "model",
                     resume=ckpt.exists(), on_step=on_step)
