@@ -280,10 +280,14 @@ def test_box_editor_in_jupyterlab():
                 page.wait_for_selector(f"text=image {first}: saved box", timeout=10_000)
                 SCREENSHOTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(SCREENSHOTS / "box-editor.png"))
+                src = img.get_attribute("src")
                 page.locator(".msabn-bbox button", has_text="Submit").first.click()
                 page.wait_for_selector(f"text=image {first} done", timeout=10_000)
                 second = shown_index(page)
                 assert second != first
+                # the next image is on screen before anyone draws on it (a drag while it loads is not a box)
+                page.wait_for_function("(src) => { const i = document.querySelector('.msabn-bbox img'); return i && "
+                                       "i.src !== src && i.complete && i.naturalWidth > 0; }", arg=src, timeout=10_000)
 
                 # a drag released beside the image (to its right): saved, cut to the image
                 bb = img.bounding_box()

@@ -184,24 +184,24 @@ def header_html(self: BoxEditorWidget) -> str:
 def redraw(self: BoxEditorWidget, moved: bool = True):
     "Show what the editor holds; with `moved`, the current image and its saved box in the drawing widget too."
     ed = self.editor
+    done = ed.current is None
+    self.bbox.hide_buttons = self.bbox.view_only = done   # nothing left to Submit or Skip (keys included)
+    if not done:
+        # the pictures first, the words after: whoever reads the new header finds the new image under it
+        s, box = ed.display_scale(), ed.store.get(ed.current)
+        if moved or ed.clamped:   # another image, or a box cut to the image: draw what was saved
+            self._syncing = True
+            try:
+                if moved: self.bbox.image_bytes = image_png(ed.image(), s)
+                self.bbox.bboxes = [ed.to_widget_box(box)] if box else []
+            finally: self._syncing = False
+        self.overlay.value = overlay_png(ed.image(), ed.attn_map(), box, s)
     colour = "#b00020" if ed.error else "#1b5e20"
     self.status.value = (
         f"<span style='color:{colour}'>{ed.message or 'draw a box around the object, then Submit (or Skip)'}</span>"
     )
     self.header.value = self.header_html()
     if ed.result is not None and ed.result is not self._shown: self._show_result()
-    done = ed.current is None
-    self.bbox.hide_buttons = self.bbox.view_only = done   # nothing left to Submit or Skip (keys included)
-    if done: return
-    s = ed.display_scale()
-    box = ed.store.get(ed.current)
-    self.overlay.value = overlay_png(ed.image(), ed.attn_map(), box, s)
-    if moved or ed.clamped:   # another image, or a box cut to the image: draw what was saved
-        self._syncing = True
-        try:
-            self.bbox.bboxes = [ed.to_widget_box(box)] if box else []
-            if moved: self.bbox.image_bytes = image_png(ed.image(), s)
-        finally: self._syncing = False
 
 # %% ../../nbs/api/hitl/04_box_widget.ipynb #10bcefae
 @patch
