@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import papermill as pm
 import torch
 from filelock import FileLock, Timeout
 from jupyter_client.manager import AsyncKernelManager
@@ -128,6 +127,8 @@ def execute_template(
     batch: Sequence[str] | None = None,  # the experiments run together (the template's `batch`; None: this one alone)
 ) -> Path:                           # the executed notebook
     "Run one template with papermill into its run folder."
+    import papermill as pm  # imported here: at the top it would cost every template's kernel ~2 s
+
     template = (templates or templates_dir()) / f"{TEMPLATES[name]}.ipynb"
     folder = experiment_folder(runs_dir, with_overrides(get_experiment(name, preset), overrides), seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -137,7 +135,8 @@ def target_layer(
     return bb.model.get_submodule(info[found[-1]]["module"])
 
 # %% ../../nbs/api/explain/02_explainers.ipynb #63156017
-POST_HOC = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM}
+# pytorch-grad-cam's class for each method, imported on first use (the library brings scikit-learn and scipy along)
+POST_HOC = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigencam": "EigenCAM", "scorecam": "ScoreCAM"}
 _GRADIENT_FREE = ("eigencam", "scorecam")
 
 class GradCAMExplainer(Explainer):
@@ -157,7 +156,9 @@ class GradCAMExplainer(Explainer):
     def _explain(self, x, targets):
         k = self.model.fc.out_features if hasattr(self.model, "fc") else None
         t = _check_targets(targets, len(x), k if k is not None else 2**62, self.name)
-        cam = POST_HOC[self.method](model=self.wrapped, target_layers=[self.layer])
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        cam = getattr(pytorch_grad_cam, POST_HOC[self.method])(model=self.wrapped, target_layers=[self.layer])
         cam.batch_size = self.batch_size
         gradient_free = self.method in _GRADIENT_FREE
         x = x.to(cam.device)
