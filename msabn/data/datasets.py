@@ -117,16 +117,15 @@ class CUB(ImageFiles):
             ln, c = t["image_class_labels.txt"][k]
             if c not in cls_index:
                 raise DataError(f"{p['image_class_labels.txt']}:{ln}: class id {c} of image {k} ({name}) is out of "
-                                "range; "
-                                f"expected one of the {len(class_ids)} ids of classes.txt "
+                                f"range; expected one of the {len(class_ids)} ids of classes.txt "
                                 f"({class_ids[0]}..{class_ids[-1]})")
             box = None if t[CUB_BOXES] is None else _cub_box(p[CUB_BOXES], k, name, t[CUB_BOXES][k])
             if is_train != (split == "train"): continue
             ids.append(k); files.append(root/"images"/name); targets.append(cls_index[c]); xyxy.append(box)
         if not ids:
             raise DataError(f"{p['train_test_split.txt']}: no image has is_training_image {int(split == 'train')}, so "
-                            f"the {split} "
-                            f"split is empty; expected lines '<image_id> {int(split == 'train')}' for its images")
+                            f"the {split} split is empty; expected lines '<image_id> {int(split == 'train')}' for "
+                            "its images")
         boxes = None if t[CUB_BOXES] is None else torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4)
         super().__init__(files, targets, [names[c] for c in class_ids], boxes,
                          transform, root, split, on_bad, check_images, meta={"image_ids": ids})
@@ -201,9 +200,8 @@ def _pixels_uint8(data: np.ndarray, where: Path) -> np.ndarray:
     lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
     whole = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
     if not (whole and 0 <= lo and hi <= 255):
-        raise DataError(f"{where}: 'data' holds {data.dtype} values from {lo:g} to {hi:g}; "
-                        "expected uint8 pixels 0..255 "
-                        "(as the official files; scale values 0..1 by 255 and store them as uint8)")
+        raise DataError(f"{where}: 'data' holds {data.dtype} values from {lo:g} to {hi:g}; expected uint8 pixels "
+                        "0..255 (as the official files; scale values 0..1 by 255 and store them as uint8)")
     warnings.warn(f"{where}: 'data' holds {data.dtype} whole numbers 0..255: read as uint8 pixels", stacklevel=3)
     return data.astype(np.uint8)
 
@@ -222,8 +220,7 @@ class CIFAR100(ImageDataset):
         folder = root/CIFAR_FOLDER
         missing = [f for f in CIFAR_FILES if not (folder/f).is_file()]
         if missing: raise FileNotFoundError(f"{folder}: missing {missing}; expected the extracted "
-                                            "cifar-100-python.tar.gz "
-                                            "(pickles train, test and meta)")
+                                            "cifar-100-python.tar.gz (pickles train, test and meta)")
         cls = torchvision.datasets.CIFAR100 if verify else _CIFAR100NoMD5
         try: tv = cls(str(root), train=split == "train", download=False)
         except RuntimeError as e:
@@ -231,8 +228,7 @@ class CIFAR100(ImageDataset):
                             "pass verify=False to read files in the same format that are not the official ones") from e
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
             raise DataError(f"{folder}/{split}: not a CIFAR-100 python pickle ({type(e).__name__}: {e}); expected a "
-                            "dict "
-                            "with 'data' (N x 3072 uint8) and 'fine_labels'") from e
+                            "dict with 'data' (N x 3072 uint8) and 'fine_labels'") from e
         if len(tv.data) == 0: raise DataError(f"{folder/split}: holds no images; expected 'data' with N x 3072 uint8 "
                                               "rows, N > 0")
         if len(tv.data) != len(tv.targets):
@@ -355,8 +351,7 @@ class DiagSetBlobs(ImageDataset):
         absent = [s for s in scans if not (blobs/s).is_dir()]
         if absent and on_bad == "error":
             raise FileNotFoundError(f"{blobs}: no folder for scan(s) {absent[:5]} of {part.name} ({len(absent)} "
-                                    "missing) "
-                                    "(pass on_bad='skip' to leave them out with a count)")
+                                    "missing) (pass on_bad='skip' to leave them out with a count)")
         if absent:
             warnings.warn(
                 f"{blobs}: skipped {len(absent)} of {len(scans)} scans of {part.name}: no blob folder", stacklevel=2
@@ -486,8 +481,7 @@ DATA_LAYOUTS: dict[str, str] = {
                f"or class-per-folder trees diagset/{_DIAGSET_SPLITS}/<class>/*.png with the classes "
                f"{' '.join(_diagset_classes(True))} ({DIAGSET_BACKGROUND}, the background, is left out)",
     "cub": f"cub/{CUB_FOLDER}/ (or cub/ itself) with {', '.join(_CUB_NEEDED)} and images/<class>/*.jpg, and "
-           f"{CUB_BOXES} "
-           "(optional for Tables 4/5; Fig. 1 and Figs. 8/9 need it)",
+           f"{CUB_BOXES} (optional for Tables 4/5; Fig. 1 and Figs. 8/9 need it)",
     "cars": f"cars/ (or cars/{CARS_FOLDER}/) with {CARS_META}, {CARS_ANNOS['train']}, {CARS_ANNOS['test']}, "
             "cars_train/*.jpg and cars_test/*.jpg",
     "folder": "<folder>/train/<class>/*.jpg and <folder>/test/<class>/*.jpg (or val/): any class-per-folder tree, as "

@@ -102,8 +102,7 @@ def _to_8bit(im: Image.Image, path: Path) -> Image.Image:
     if im.mode == "F":
         if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
             raise DataError(f"{path}: a 32-bit float image with values {np.nanmin(a):g}..{np.nanmax(a):g}; expected "
-                            "values in "
-                            "[0, 1] (or an 8/16-bit image)")
+                            "values in [0, 1] (or an 8/16-bit image)")
         a = a * 255.
     else:
         if a.min() < 0 or a.max() > 65535:
@@ -120,8 +119,7 @@ def _flatten_alpha(im: Image.Image, path: Path) -> Image.Image:
     a = np.asarray(rgba)[..., 3]
     if a.max() == 0:
         raise DataError(f"{path}: every pixel is fully transparent (alpha 0), so nothing of the image is visible; "
-                        "expected "
-                        "an image with visible pixels (export it again without transparency, or leave it out)")
+                        "expected an image with visible pixels (export it again without transparency, or leave it out)")
     if a.min() == 255: return rgba.convert("RGB")
     if not _SAID_ALPHA:
         _SAID_ALPHA.append(path)
@@ -192,8 +190,7 @@ def clip_box(
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         raise DataError(f"{where}: box {_fmt_box(box)} has a coordinate that is not a finite number; expected four "
-                        "finite pixel "
-                        "coordinates (x0, y0, x1, y1)")
+                        "finite pixel coordinates (x0, y0, x1, y1)")
     c = (min(max(x0, 0.), width), min(max(y0, 0.), height), min(max(x1, 0.), width), min(max(y1, 0.), height))
     if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
         raise DataError(f"{where}: box {_fmt_box(box)} does not overlap the {width}x{height} image "
@@ -228,8 +225,7 @@ class ImageDataset(Dataset):
         if len(bad):
             i = int(bad[0])
             raise DataError(f"{self.source(i)}: label {int(self.targets[i])} is out of range; expected "
-                            f"0..{len(self.classes) - 1} "
-                            f"({len(self.classes)} classes); {len(bad)} such label(s)")
+                            f"0..{len(self.classes) - 1} ({len(self.classes)} classes); {len(bad)} such label(s)")
 
     def __len__(self) -> int: return len(self.targets)
     @property
@@ -312,8 +308,7 @@ class ImageFiles(ImageDataset):
             keep.append(i)
         if self.skipped:
             warnings.warn(f"{Path(root) if root else ''}: skipped {len(self.skipped)} of {len(self.files)} images of "
-                          "the "
-                          f"{split} split (missing or unreadable; first: {self.skipped[0][1]})", stacklevel=2)
+                          f"the {split} split (missing or unreadable; first: {self.skipped[0][1]})", stacklevel=2)
         if len(keep) < len(self.files):
             self.files = [self.files[i] for i in keep]
             targets = [targets[i] for i in keep]

@@ -37,8 +37,7 @@ class MemoryImages(ImageDataset):
                  root=None, split: str | None = None, name: str = "images"):
         if recipe not in BATCHED_RECIPES:
             raise ValueError(f"batch-wise augmentation knows the recipes {BATCHED_RECIPES}, not {recipe!r}; use the "
-                             "per-image "
-                             "pipeline (get_dataset with train_transform) for it")
+                             "per-image pipeline (get_dataset with train_transform) for it")
         if (
             images.dtype != torch.uint8
             or images.ndim != 4
@@ -96,9 +95,8 @@ def decode(
     need = n * 3 * size * size
     if need > max_bytes:
         raise MemoryError(f"decoding {n} images at {size} px needs {need / 2**30:.1f} GiB (max_bytes "
-                          f"{max_bytes / 2**30:.1f} GiB): "
-                          "train this dataset through the per-image pipeline (get_dataset with train_transform, "
-                          "num_workers)")
+                          f"{max_bytes / 2**30:.1f} GiB): train this dataset through the per-image pipeline "
+                          "(get_dataset with train_transform, num_workers)")
     resize = v2.Resize((size, size))
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     has_boxes = getattr(dataset, "boxes", None) is not None

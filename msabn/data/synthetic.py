@@ -405,8 +405,7 @@ def _existing(root: Path, info: dict) -> Path | None:
     if not meta.exists():
         if any(root.iterdir()):
             raise FileExistsError(f"{root} is not empty and holds no synthetic dataset (no synthetic.json); refusing "
-                                  "to "
-                                  "write into it: choose a new or empty folder")
+                                  "to write into it: choose a new or empty folder")
         return None
     old = json.loads(meta.read_text())
     want = {"generator_version": info["generator_version"], **info["config"]}
@@ -414,9 +413,8 @@ def _existing(root: Path, info: dict) -> Path | None:
     if have != want:
         diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)}
         raise FileExistsError(f"{root} holds a synthetic dataset made with other settings "
-                              f"({', '.join(f'{k}: {a} there, {b} asked' for k, (a, b) in diff.items())}); "
-                              "pass the same settings to reuse it, or choose another folder (delete this one to remake "
-                              "it)")
+                              f"({', '.join(f'{k}: {a} there, {b} asked' for k, (a, b) in diff.items())}); pass the "
+                              "same settings to reuse it, or choose another folder (delete this one to remake it)")
     for sub, n in (
         ("", _split_count(old, "train") + _split_count(old, "test")),
         ("test_iid", _split_count(old, "test_iid")),
@@ -424,8 +422,7 @@ def _existing(root: Path, info: dict) -> Path | None:
         listed = (root/sub/"images.txt").read_text().splitlines() if (root/sub/"images.txt").exists() else []
         if len(listed) != n or not all((root/sub/"images"/ln.split(maxsplit=1)[1]).is_file() for ln in listed):
             raise FileExistsError(f"{root/sub/'images.txt'}: the dataset is incomplete (expected {n} images, all "
-                                  "present); "
-                                  "delete the folder to remake it")
+                                  "present); delete the folder to remake it")
     return root
 
 def _split_count(meta: dict, split: str) -> int: return int(meta["splits"][split])

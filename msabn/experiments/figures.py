@@ -56,9 +56,8 @@ def _source_folder(fig, table: str, seed: int, runs_dir) -> Path:
     if state != "complete":
         sets = "".join(f" --set {k}={v}" for k, v in fig.overrides)
         raise FileNotFoundError(f"{fig.name} needs the trained models of {table} (preset {preset_folder(src)}, seed "
-                                f"{seed}) in {folder}, "
-                                f"but that run is {state}: run `msabn_run {table} --preset {fig.preset} --seeds "
-                                f"{seed}{sets}` first")
+                                f"{seed}) in {folder}, but that run is {state}: run `msabn_run {table} --preset "
+                                f"{fig.preset} --seeds {seed}{sets}` first")
     return folder
 
 SOURCE_MODELS = {"last": "checkpoint.pt", "best": "best.pt"}   # Figs. 8/9's source_model -> the cell's file
@@ -113,8 +112,7 @@ def _attention_panel(
         scores.append({"model": r, "acc": sc.acc, "frac_attn_out": float(sc.frac_attn_out.mean()), "images": len(sc),
                        "map_size": list(sc.records.attn_map.shape[-2:])})
         log(f"{dry_tag(fig)}fig1 seed {seed}: {table} {column.paper} {r}: acc {sc.acc:.1f}, map "
-            f"{scores[-1]['map_size']}, "
-            f"frac_attn_out {scores[-1]['frac_attn_out']:.3f}")
+            f"{scores[-1]['map_size']}, frac_attn_out {scores[-1]['frac_attn_out']:.3f}")
     g = attention_grid(
         batch["image"],
         maps,

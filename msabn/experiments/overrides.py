@@ -141,19 +141,16 @@ OVERRIDES = (
     Override("data", "the dataset's folder", "a folder, relative to --data-root or absolute", _T, _folder),
     Override(
         "train_images",
-        "own data: train on a class-balanced subset of N training images (each class's first N / "
-        "K "
-        "in the loader's order)",
+        "own data: train on a class-balanced subset of N training images (each class's first N / K in the "
+        "loader's order)",
         "a whole number >= the number of classes",
         _T,
         _whole(),
     ),
     Override(
         "common_init",
-        "common random numbers: every row of a seed starts from the same weights wherever its "
-        "layers share "
-        "a name (the branch's own layers from streams of their own); the batches and augmentation are shared "
-        "already",
+        "common random numbers: every row of a seed starts from the same weights wherever its layers share a name (the "
+        "branch's own layers from streams of their own); the batches and augmentation are shared already",
         "true or false",
         _T,
         _bool,
@@ -286,9 +283,8 @@ def _text(v: Any) -> str:
 def _canonical(key: str, value: Any) -> str:
     try: v = BY_KEY[key].parse(_text(value))
     except _Twice as e:
-        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice "
-                            "(the same run would be counted twice); "
-                            f"expected {BY_KEY[key].expected}, each once") from None
+        raise OverrideError(f"override {key}={_text(value)!r}: {e} is given twice (the same run would be counted "
+                            f"twice); expected {BY_KEY[key].expected}, each once") from None
     except (ValueError, TypeError):
         raise OverrideError(f"override {key}={_text(value)!r}: expected {BY_KEY[key].expected}") from None
     if isinstance(value, (list, tuple)) and not isinstance(v, tuple):   # [2] for epochs: not taken as 2 unseen

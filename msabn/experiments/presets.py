@@ -422,8 +422,7 @@ def _pick(exp, what: str, wanted: tuple[str, ...], items: Callable, names: Calla
         raise ValueError(
             f"override {what}={','.join(wanted)}: "
             + (f"{', '.join(map(repr, unknown))} is in no table" if unknown else f"leaves {exp.name} nothing to train")
-            + f"; {exp.name}'s {what}: "
-            f"{', '.join(names(x)[0] for x in items(exp))}"
+            + f"; {exp.name}'s {what}: {', '.join(names(x)[0] for x in items(exp))}"
         )
     return out
 
@@ -431,8 +430,7 @@ def _data(d: DataSpec, v: dict) -> DataSpec:
     name = v.get("dataset", d.dataset)
     if name == "synthetic":
         raise ValueError(f"override data={v['data']!r} on the embedded data: say which layout the folder has with "
-                         "dataset=... "
-                         f"(one of {', '.join(DATA_LAYOUTS)})")
+                         f"dataset=... (one of {', '.join(DATA_LAYOUTS)})")
     if name == d.dataset and d.synthetic is None: return replace(d, subdir=v.get("data", d.subdir))
     return DataSpec(dataset=name, recipe=d.recipe, size=d.size, eval_splits=_EVAL_SPLITS.get(name, ("test",)),
                     subdir=v.get("data", name), valid_fraction=d.valid_fraction, valid_seed=d.valid_seed)
@@ -485,18 +483,16 @@ def _table(exp, v: dict):
         for r in rows:
             if all(c.paper in r.skip for c in columns):
                 raise ValueError(f"override rows: {r.name} is trained on none of {', '.join(c.paper for c in columns)} "
-                                 "(the paper has no "
-                                 f"{r.name} entry there); add a backbone that has one "
-                                 f"({', '.join(c.backbone for c in exp.columns if c.paper not in r.skip)}) or drop "
-                                 f"{r.name}")
+                                 f"(the paper has no {r.name} entry there); add a backbone that has one "
+                                 f"({', '.join(c.backbone for c in exp.columns if c.paper not in r.skip)}) or "
+                                 f"drop {r.name}")
     if "dataset" in v or "data" in v: data = _data(data, v)
     if "size" in v:
         for c in columns:
             if v["size"] < backbone_stride(c.backbone):
                 raise ValueError(f"override size={v['size']}: below the total stride {backbone_stride(c.backbone)} of "
-                                 f"{c.backbone} "
-                                 "(its feature_info's largest reduction), so its last stage has no pixel; expected "
-                                 f"size >= {backbone_stride(c.backbone)}")
+                                 f"{c.backbone} (its feature_info's largest reduction), so its last stage has no "
+                                 f"pixel; expected size >= {backbone_stride(c.backbone)}")
         data = replace(data, size=v["size"])
     if "verify" in v and data.dataset == "cifar100": data = replace(data, loader_kwargs={"verify": v["verify"]})
     if "train_images" in v: data = replace(data, train_images=v["train_images"])
@@ -521,8 +517,7 @@ def _check_sources(fig):
         if src.data.dataset not in BOXED:
             raise ValueError(f"{fig.name} needs an object box per image, but {t} would read {src.data.dataset} "
                              f"({DATA_LAYOUTS[src.data.dataset].split(':')[0]}), which has none: expected dataset=cub "
-                             "or cars "
-                             "(a folder in their layout, with its bounding boxes)")
+                             "or cars (a folder in their layout, with its bounding boxes)")
         if getattr(fig, "source_model", "last") == "best" and not src.data.valid_fraction:
             raise ValueError(f"{fig.name} fine-tunes the best epoch on a validation split, but {t} holds none out of "
                              "its training images: --set source_model=last, or valid_fraction > 0")
@@ -568,10 +563,8 @@ def check_boxes(
                 else missing_boxes(src.data.dataset, Path(data_root) / src.data.subdir)
             )
             if f: raise ValueError(f"{fig.name} needs an object box per image, but {t} would read {f.parent}, which "
-                                   f"has no {f.name}: "
-                                   f"expected {f} with lines '{CUB_FILES[f.name]}' (Tables 4/5 train on the folder as "
-                                   "it is; "
-                                   f"{fig.name} scores attention against the boxes)")
+                                   f"has no {f.name}: expected {f} with lines '{CUB_FILES[f.name]}' (Tables 4/5 train "
+                                   f"on the folder as it is; {fig.name} scores attention against the boxes)")
 
 # %% ../../nbs/api/experiments/02_presets.ipynb #09ce44fb
 def is_dry_run(exp) -> bool:

@@ -57,9 +57,8 @@ def templates_dir() -> Path:
     for base in (here.parents[1], Path.cwd(), *Path.cwd().parents):   # msabn/experiments/ -> the checkout
         if (base / "nbs" / "experiments" / "table1_cifar100.ipynb").is_file(): return base / "nbs" / "experiments"
     raise FileNotFoundError("the experiment templates (nbs/experiments/*.ipynb) were not found: msabn_run executes the "
-                            "templates "
-                            "of a clone of the repository; install it from the clone (pip install -e .) or pass "
-                            "--templates DIR")
+                            "templates of a clone of the repository; install it from the clone (pip install -e .) or "
+                            "pass --templates DIR")
 
 def check_templates(
     folder: Path,               # the templates' folder
@@ -323,8 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's; 1 helps on "
                                                               "a busy machine)")
     ap.add_argument("--no-progress", action="store_true", help="no progress display: only a line per run (default: the "
-                                                               "run, cell, "
-                    "epoch, img/s and ETA, in place on a terminal, a line per epoch and cell otherwise)")
+                                                               "run, cell, epoch, img/s and ETA, in place on a "
+                                                               "terminal, a line per epoch and cell otherwise)")
     ap.add_argument("--force", action="store_true", help="redo complete runs too (their old files are kept aside, not "
                                                          "deleted)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -465,10 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.threads: torch.set_num_threads(a.threads)
     def figure():   # measured once the arguments, the data and the templates are known to be good (it takes seconds)
         print(f"msabn_run: machine figure {machine_figure():.0f} img/s (the bare Base ResNet-20 train step, 32 px, "
-              "batch 128, "
-              f"{torch.get_num_threads()} threads; a slower machine takes longer: the README gives each time with the "
-              "figure "
-              "of the machine it was measured on)", flush=True)
+              f"batch 128, {torch.get_num_threads()} threads; a slower machine takes longer: the README gives each "
+              "time with the figure of the machine it was measured on)", flush=True)
     try:
         with _terminate_as_interrupt():
             rep = run_experiments(names=a.names, preset=a.preset, seeds=a.seeds, data_root=a.data_root,
@@ -478,8 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, _Terminated) as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
         print(f"msabn_run: {how}; the run in progress is half-written: the same command redoes it, keeping its "
-              "finished "
-              "cells", file=sys.stderr)
+              "finished cells", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
     except (ValueError, RuntimeError, OSError) as e:
         print(f"msabn_run: {_error_line(e)}", file=sys.stderr)

@@ -159,8 +159,7 @@ def train_cell(
     if done.get("fingerprint") == fp: return done
     if out.is_dir() and any(out.iterdir()) and _record(out / "config.json").get("cell", {}).get("fingerprint") != fp:
         log(f"{exp.name} seed {seed}: cell {out.parent.name}/{out.name} was made with other settings (or cannot be "
-            "read): "
-            f"kept aside in {keep_aside(out).name}, trained again")
+            f"read): kept aside in {keep_aside(out).name}, trained again")
     set_seed(seed)
     model = create_model(row.arch, column.backbone, data["train"].num_classes, **row.model_kwargs())
     if exp.common_init: init_weights(model, seed=seed)   # common random numbers: the rows share what they can
@@ -287,8 +286,7 @@ def run_table(
         records.append(rec)
         pf.end(f"acc@{head} {rec[f'acc@{head}']:.2f}")
         log(f"{dry_tag(exp)}{exp.name} seed {seed}: {column.paper} ({column.backbone}) {row.name}: acc@{head} "
-            f"{rec[f'acc@{head}']:.2f} "
-            f"({time.perf_counter() - t:.0f} s)")
+            f"{rec[f'acc@{head}']:.2f} ({time.perf_counter() - t:.0f} s)")
     _write_history(records, folder)
     fig = attention_picture(folder, exp, data[head])
     fig.savefig(folder / "attention.png", dpi=72, bbox_inches="tight"); plt.close(fig)

@@ -40,10 +40,9 @@ def as_boxes(boxes, n: int, size: tuple[int, int]) -> torch.Tensor:
                                    "(x0 < x1 and y0 < y1 expected)")
     out = (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > W) | (boxes[:, 3] > H)
     if out.any():
-        raise ValueError(f"box {int(out.nonzero()[0])} {boxes[out][0].tolist()} lies outside the {W} x {H} (width x "
-                         "height) image; "
-                         "boxes are (x0, y0, x1, y1) in input pixels (if the maps are coarser than the image, pass "
-                         "image_size=(H, W))")
+        raise ValueError(f"box {int(out.nonzero()[0])} {boxes[out][0].tolist()} lies outside the {W} x {H} "
+                         "(width x height) image; boxes are (x0, y0, x1, y1) in input pixels (if the maps are coarser "
+                         "than the image, pass image_size=(H, W))")
     return boxes
 
 # %% ../../nbs/api/explain/00_localization.ipynb #b7c39d25

@@ -84,8 +84,7 @@ class _BoxFile:
         hint = (f"the previous version is in {self.backup.name}: copy it over {self.path.name} to continue from there"
                 if self.backup.exists() else "there is no backup")
         return BoxStoreError(f"{self.path} is not a valid box file: {why}. It was left untouched (it is never "
-                             "overwritten); "
-                             f"{hint}, or move the damaged file away to start a new one.")
+                             f"overwritten); {hint}, or move the damaged file away to start a new one.")
 
     def _parse(self, text: str) -> dict:
         try: data = json.loads(text, object_pairs_hook=_no_twins)
@@ -158,10 +157,9 @@ class _Writer(_BoxFile):
         try: self._lock.acquire()
         except Timeout:
             raise BoxStoreError(f"{self.path}: another writer held {self.lock_path.name} for over "
-                                f"{self._lock.timeout:g} s; "
-                                "this edit was not saved: try again, or close the other notebook on this project (with "
-                                "none open, "
-                                f"a lock file left by a crash on a file system without locks can be deleted)") from None
+                                f"{self._lock.timeout:g} s; this edit was not saved: try again, or close the other "
+                                "notebook on this project (with none open, a lock file left by a crash on a file "
+                                "system without locks can be deleted)") from None
         except OSError as e: raise self._unwritable(e) from None
         try: yield
         finally: self._lock.release()
@@ -223,9 +221,8 @@ def _sync(self: _Writer, index: int | None = None):
      "they changed.")
     if not self.path.exists():
         if self._disk is None: return
-        raise BoxStoreError(f"{self.path} was deleted or moved away since it was opened; nothing was saved (so as "
-                            "not to "
-                            "bring back a file someone removed): open the store again to start a new one")
+        raise BoxStoreError(f"{self.path} was deleted or moved away since it was opened; nothing was saved (so as not "
+                            "to bring back a file someone removed): open the store again to start a new one")
     seen = self._data
     was_state = _state(seen, index) if index is not None else None
     try: st = self.path.stat()
@@ -234,12 +231,10 @@ def _sync(self: _Writer, index: int | None = None):
     if index is not None and was_state != _state(self._data, index):
         (box, skip), (was, _) = _state(self._data, index), was_state
         now = f"box {box['box']}" if box else "no box"
-        raise BoxStoreError(f"{self.path}: image {index} was changed by another writer since this store last saw "
-                            "it "
-                            f"(now {now}{', skipped' if skip else ''}; here {was['box'] if was else 'no box'}); "
-                            "this edit was not "
-                            "saved, so as not to overwrite theirs unseen. The store now holds their version: "
-                            "repeat the edit to replace it")
+        raise BoxStoreError(f"{self.path}: image {index} was changed by another writer since this store last saw it "
+                            f"(now {now}{', skipped' if skip else ''}; here {was['box'] if was else 'no box'}); this "
+                            "edit was not saved, so as not to overwrite theirs unseen. The store now holds their "
+                            "version: repeat the edit to replace it")
 
 # %% ../../nbs/api/hitl/02_annotate.ipynb #4aaeff4b
 # --- writing: the whole file while it is small, else a line of the journal -----------------------------------
@@ -345,9 +340,8 @@ class BoxStore(_Writer):
         for k, v in self._want.items():
             try: json.dumps(v)
             except (TypeError, ValueError):
-                raise ValueError(f"{self.path}: meta {k!r} is a {type(v).__name__} ({v!r}), which a box file "
-                                 "cannot hold; "
-                                 "expected text, numbers, lists or dicts of them") from None
+                raise ValueError(f"{self.path}: meta {k!r} is a {type(v).__name__} ({v!r}), which a box file cannot "
+                                 "hold; expected text, numbers, lists or dicts of them") from None
         self._lock, self._mutex = FileLock(self.lock_path, timeout=timeout), threading.RLock()
         self._data, self._disk, self._jpos, self._jlines = _empty(self._want), None, 0, 0
         if not self.path.exists():

@@ -58,8 +58,8 @@ def _check_store(store: BoxStore, n: int, size: Callable[[int], tuple[int, int]]
     for i, hw in store.image_sizes.items():
         if tuple(hw) != size(i):
             raise ValueError(f"{store.path}: the box of image {i} was drawn on a {hw[1]}x{hw[0]} image, but training "
-                             f"image {i} is "
-                             f"{size(i)[1]}x{size(i)[0]} (width x height): it is a box file of other images")
+                             f"image {i} is {size(i)[1]}x{size(i)[0]} (width x height): it is a box file of "
+                             "other images")
 
 # %% ../../nbs/api/hitl/03_box_editor.ipynb #6ef89f0d
 class BoxEditor:
@@ -140,8 +140,7 @@ def _advance(self: BoxEditor):
 def show(self: BoxEditor, index: int) -> str:
     "Jump to an image of the order (e.g. to correct its box)."
     i = check_index(index, len(self.raw), "show")
-    if i not in self.order: raise ValueError(f"image {i} is not in this editor's order (its {len(self.order)} "
-                                             "images)")
+    if i not in self.order: raise ValueError(f"image {i} is not in this editor's order (its {len(self.order)} images)")
     self.current, self._pending, self._drawing = i, None, False
     return self._say(f"image {i}{self._state(i)}", moved=True)
 
@@ -209,8 +208,7 @@ def to_image_box(self: BoxEditor, bbox: Mapping, index: int | None = None) -> tu
     s = self.display_scale(index)
     try: x, y, w, h = (float(bbox[k]) for k in ("x", "y", "width", "height"))
     except (KeyError, TypeError, ValueError, IndexError):
-        raise ValueError(f"image {self._at(index)}: the widget sent {bbox!r}; expected a box {{x, y, width, "
-                         "height} "
+        raise ValueError(f"image {self._at(index)}: the widget sent {bbox!r}; expected a box {{x, y, width, height}} "
                          "of numbers in display pixels") from None
     x0, x1, y0, y1 = min(x, x + w), max(x, x + w), min(y, y + h), max(y, y + h)
     return tuple(round(v / s, 3) for v in (x0, y0, x1, y1))
@@ -318,8 +316,7 @@ def finetune_now(self: BoxEditor, progress: Callable[[int, int], None] | None = 
         self._say(f"{e}: nothing was fine-tuned", error=True); return None
     if len(pool) < 2:
         self._say(
-            "fine-tuning needs boxes on two images at least (copy-replace pastes the object of one boxed "
-            "image into "
+            "fine-tuning needs boxes on two images at least (copy-replace pastes the object of one boxed image into "
             f"another): {len(pool)} boxed so far; draw a box and press Submit on {2 - len(pool)} more",
             error=True,
         )
@@ -360,8 +357,7 @@ def finetune_now(self: BoxEditor, progress: Callable[[int, int], None] | None = 
     finally: self.stage = ""
     b, v, a = self.before, self.vanilla, self.result
     self._say(f"fine-tuned on one schedule and seed ({time.monotonic() - t0:.0f} s): test accuracy before "
-              f"{b.acc:.1f}%, vanilla "
-              f"{v.acc:.1f}%, copy-replace on {len(pool)} boxes {a.acc:.1f}%")
+              f"{b.acc:.1f}%, vanilla {v.acc:.1f}%, copy-replace on {len(pool)} boxes {a.acc:.1f}%")
     return self.result
 
 # %% ../../nbs/api/hitl/03_box_editor.ipynb #e020dc50
@@ -395,8 +391,7 @@ def comparison_frame(self: BoxEditor) -> pd.DataFrame:
 
 @patch
 def before_after(self: BoxEditor, n: int = 4, size: float = 1.6):
-    ("Attention maps of the first `n` test images before fine-tuning, after vanilla and after copy-replace (a "
-     "figure).")
+    ("Attention maps of the first `n` test images before fine-tuning, after vanilla and after copy-replace (a figure).")
     if self.result is None: raise RuntimeError("nothing to compare yet: fine-tune first (finetune_now)")
     b = collate([self.test_data[i] for i in range(n)])
     runs = {"before": self.before, "vanilla": self.vanilla.scores, "copy-replace": self.result.scores}

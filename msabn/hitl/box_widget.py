@@ -122,10 +122,9 @@ def colour_scale_png(width: int = 256, height: int = 10, cmap: str = "jet") -> b
     buf = io.BytesIO(); Image.fromarray(np.repeat(row[None], height, 0)).save(buf, format="PNG"); return buf.getvalue()
 
 _LEGEND = ("<small>the model's attention over the image (0 <img src='data:image/png;base64,{scale}' "
-           "style='vertical-align:middle'> 1) "
-           "and the saved box (magenta).<br><b>frac_attn_out</b>: the share of the attention (above 0.2) outside the "
-           "object's "
-           "box: 0 all inside, 1 all outside. Images with the most attention outside come first.</small>")
+           "style='vertical-align:middle'> 1) and the saved box (magenta).<br><b>frac_attn_out</b>: the share of the "
+           "attention (above 0.2) outside the object's box: 0 all inside, 1 all outside. Images with the most "
+           "attention outside come first.</small>")
 
 # %% ../../nbs/api/hitl/04_box_widget.ipynb #b08c49f2
 class BoxEditorWidget:
@@ -230,9 +229,8 @@ def _show_result(self: BoxEditorWidget):
     self._shown = ed.result
     with self.out:
         self.out.clear_output()
-        display(HTML(f"<b>Test accuracy and attention, one schedule ({ed.cfg.summary()}) and seed {ed.cfg.seed} "
-                     "for both "
-                     "fine-tunings</b>" + ed.comparison_frame().to_html()))
+        display(HTML(f"<b>Test accuracy and attention, one schedule ({ed.cfg.summary()}) and seed {ed.cfg.seed} for "
+                     "both fine-tunings</b>" + ed.comparison_frame().to_html()))
         display(ed.before_after())
 
 @patch

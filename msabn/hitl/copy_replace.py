@@ -325,8 +325,7 @@ def model_from_checkpoint(
     sig = ckpt["signature"]
     if "arch" not in sig or "backbone" not in sig:
         raise ValueError(f"{path}: the checkpoint does not record its architecture (arch, backbone); build the model "
-                         "with "
-                         "msabn.models.networks.create_model and load its 'model' weights")
+                         "with msabn.models.networks.create_model and load its 'model' weights")
     opts = {k: sig[k] for k in ("mechanism", "variant", "levels", "fuse_width") if sig.get(k) is not None}
     model = create_model(sig["arch"], sig["backbone"], int(sig["num_classes"]), in_chans=int(sig.get("in_chans", 3)),
                          block=sig.get("block") if sig["backbone"] in CIFAR_RESNETS else None,
@@ -351,8 +350,7 @@ class FinetuneResult:
 
     def __repr__(self) -> str:
         return (f"FinetuneResult({self.method}, pool {self.pool_size} of {self.n_train}, seed {self.seed}: test "
-                f"accuracy {self.acc:.1f}%, "
-                f"mean frac_attn_out {self.frac_attn_out:.3f}, {self.seconds:.0f} s)")
+                f"accuracy {self.acc:.1f}%, mean frac_attn_out {self.frac_attn_out:.3f}, {self.seconds:.0f} s)")
 
     def summary(self) -> dict:
         "The numbers, as JSON values."
@@ -389,9 +387,8 @@ def finetune(
     if method == "copy_replace":
         if not pool:
             raise EmptyPoolError("copy-replace fine-tuning was asked for, but the annotated pool is empty: there is "
-                                 "nothing to "
-                                 "paste. Draw boxes first (or lower lambda_out); for fine-tuning without copy-replace "
-                                 "use method='vanilla'")
+                                 "nothing to paste. Draw boxes first (or lower lambda_out); for fine-tuning without "
+                                 "copy-replace use method='vanilla'")
         data = CopyReplace(train_data, pool, boxes=boxes, p=p, label_policy=label_policy,
                            fill_from_dataset=fill_from_dataset)
     else: data = train_data

@@ -344,9 +344,8 @@ def curve_table(
         if p.get("skipped"):
             lines.append(f"| {p['lambda_out']:g} | 0 | 0.00 | not run: {p['skipped']} | | | |"); continue
         lines.append(f"| {p['lambda_out']:.3g} | {p['pool_size']} | {p['fraction_annotated']:.2f} | "
-                     f"{_pm(p['acc'], p['acc_std'])} | "
-                     f"{_pm(v['acc'], v['acc_std'])} | {_pm(p['gain'], p['gain_std'], sign=True)} | "
-                     f"{_f(p['frac_attn_out'], 3)} |")
+                     f"{_pm(p['acc'], p['acc_std'])} | {_pm(v['acc'], v['acc_std'])} | "
+                     f"{_pm(p['gain'], p['gain_std'], sign=True)} | {_f(p['frac_attn_out'], 3)} |")
     b = res["before"]
     lines.append(f"| before fine-tuning | | | {_f(b['acc'])} | | | {_f(b['frac_attn_out'], 3)} |")
     lines.append(

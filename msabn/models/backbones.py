@@ -211,16 +211,14 @@ def check_input(self: Backbone, x: torch.Tensor):
         raise ValueError(f"{self.name}: expected an image batch B x {self.in_chans} x H x W, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if x.shape[1] != self.in_chans and x.shape[-1] == self.in_chans:   # B x H x W x C: channels last
-        raise ValueError(f"{self.name}: expected B x {self.in_chans} x H x W, got {tuple(x.shape)}, which looks "
-                         "like "
+        raise ValueError(f"{self.name}: expected B x {self.in_chans} x H x W, got {tuple(x.shape)}, which looks like "
                          "channels last (B x H x W x C): permute it with x.permute(0, 3, 1, 2)")
     if x.shape[1] != self.in_chans:
         raise ValueError(f"{self.name}: expected {self.in_chans} input channels (B x {self.in_chans} x H x W), got "
                          f"{x.shape[1]} (input shape {tuple(x.shape)}); build the model with in_chans={x.shape[1]}")
     h, w = x.shape[-2:]
     if min(h, w) < self.reduction:
-        raise ValueError(f"{self.name}: input {h}x{w} is smaller than the backbone's total stride "
-                         f"{self.reduction}; "
+        raise ValueError(f"{self.name}: input {h}x{w} is smaller than the backbone's total stride {self.reduction}; "
                          f"use images of at least {self.reduction}x{self.reduction} pixels")
 
 # %% ../../nbs/api/models/00_backbones.ipynb #bda7994c

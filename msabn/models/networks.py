@@ -125,8 +125,7 @@ def _request(arch: str, num_classes, unknown: dict, options: dict) -> int:
     "The checks every model shares: known options, a known arch, a class count, only the options the arch takes."
     if unknown:
         raise TypeError(f"create_model: unknown option(s) {sorted(unknown)}; valid options: mechanism, variant, "
-                        "levels, "
-                        "fuse_width, in_chans, block, backbone_kwargs")
+                        "levels, fuse_width, in_chans, block, backbone_kwargs")
     if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}: use one of {list(ARCHS)}")
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError("num_classes must be an int >= 2 (a softmax classifier needs two classes at least), "

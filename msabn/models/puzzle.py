@@ -27,9 +27,8 @@ def tile(
     if x.ndim != 4: raise ValueError(f"tile expects a B x C x H x W batch, got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
     if h % gh or w % gw:
-        raise ValueError(f"image size {h}x{w} does not divide into a {gh}x{gw} grid of tiles "
-                         f"({h}/{gh} x {w}/{gw} is not whole): use a height divisible by {gh} and a width divisible by "
-                         f"{gw}")
+        raise ValueError(f"image size {h}x{w} does not divide into a {gh}x{gw} grid of tiles ({h}/{gh} x {w}/{gw} is "
+                         f"not whole): use a height divisible by {gh} and a width divisible by {gw}")
     th, tw = h // gh, w // gw
     return x.reshape(b, c, gh, th, gw, tw).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c, th, tw)
 

@@ -127,28 +127,23 @@ def markdown_cost(df: pd.DataFrame, basis: dict, smoke_seconds: Mapping[str, flo
     if basis["kind"] == "measured":
         how = (f"GPU-hours from the throughput **measured** on one {basis['card']} by `benchmarks/gpu_train.py` "
                f"({basis['setting']['backbone']} at {basis['setting']['size']} px, batch {basis['setting']['batch']}, "
-               "bf16), per model type, "
-               f"scaled to the other backbones and sizes by their FLOPs.")
+               "bf16), per model type, scaled to the other backbones and sizes by their FLOPs.")
     else:
-        how = (f"**No GPU throughput has been measured yet**: `benchmarks/gpu_train.py` (which would write "
+        how = ("**No GPU throughput has been measured yet**: `benchmarks/gpu_train.py` (which would write "
                "`paper_figures/gpu_throughput.json`) has not been run on a GPU. The GPU-hours below are an **estimate "
-               "from FLOPs** at an "
-               f"**assumed** sustained {basis['tflops']:g} TFLOP/s per GPU (bf16, about a tenth of an H100's dense "
-               "bf16 peak; well-tuned "
-               "ResNet-50 training sustains more, small batches and batch-norm-bound layers less): read them as an "
-               "order of magnitude, "
-               f"and replace them by running the benchmark on a card.")
+               f"from FLOPs** at an **assumed** sustained {basis['tflops']:g} TFLOP/s per GPU (bf16, about a tenth of "
+               "an H100's dense bf16 peak; well-tuned ResNet-50 training sustains more, small batches and "
+               "batch-norm-bound layers less): read them as an order of magnitude, and replace them by running the "
+               "benchmark on a card.")
     lines = [
         "# Cost to reproduce the paper preset",
         "",
         how,
         "",
-        "Compute: forward FLOPs counted by `torch.utils.flop_counter` at the paper's input sizes and class "
-        "counts, x3 for training "
-        "(forward + backward), the Puzzle module's tiled pass included, plus one evaluation pass over the test "
-        "split per epoch; "
-        "times training images, epochs and seeds. Data loading, checkpoints and multi-GPU overheads are not "
-        "included.",
+        "Compute: forward FLOPs counted by `torch.utils.flop_counter` at the paper's input sizes and class counts, x3 "
+        "for training (forward + backward), the Puzzle module's tiled pass included, plus one evaluation pass over the "
+        "test split per epoch; times training images, epochs and seeds. Data loading, checkpoints and multi-GPU "
+        "overheads are not included.",
         "",
         "| experiment | training runs (backbone x model x seed) | training compute (PFLOP) | GPU-hours |"
         + (" smoke on a 2-core CPU (measured) |" if smoke_seconds else ""),

@@ -52,9 +52,8 @@ def _split_label(exp: TableExperiment, split: str) -> str:
 def _split_note(exp: TableExperiment, splits: Sequence[str]) -> str:
     if exp.data.dataset != "synthetic": return ""
     return ("Splits: *test_iid* is in distribution (an image's background habitat goes with its class as in training, "
-            "like the "
-            "paper's test sets); *test (shifted)* draws the habitat independently of the class, so only the object "
-            "tells the class.")
+            "like the paper's test sets); *test (shifted)* draws the habitat independently of the class, so only the "
+            "object tells the class.")
 
 # %% ../../nbs/api/report/01_pages.ipynb #99149a76
 def own_data(exp) -> str | None:
@@ -113,28 +112,26 @@ def _table_intro(
     lines = [f"# {title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", ""]
     ep = exp.train.epochs
     lines.append(f"**Ours**: preset `{preset}`; data: {_data_line(exp, metrics)}; {ep} epoch{'s' if ep != 1 else ''}, "
-                 "batch "
-                 f"{exp.train.batch_size}, SGD lr {exp.train.lr} divided by 10 after epochs "
+                 f"batch {exp.train.batch_size}, SGD lr {exp.train.lr} divided by 10 after epochs "
                  f"{exp.train.milestone_epochs()}, weight decay "
                  f"{exp.train.weight_decay}{', class-weighted loss' if exp.train.class_weighted else ''}; the last "
-                 "epoch's numbers, "
-                 f"mean ± sample std over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; one seed has no "
-                 "spread).")
+                 f"epoch's numbers, mean ± sample std over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; one "
+                 "seed has no spread).")
     if missing: lines.append(f"Seeds asked for but not complete: {', '.join(map(str, missing))} "
                              f"(run `{run_command([name], preset, missing, dict(exp.overrides))}`).")
     if exp.overrides: lines.append(f"**{overrides_label(exp)}**" + (" Its numbers only show that the pipeline runs; "
-                                                                    "never compare them "
-                                   "with the paper's." if "DRY RUN" in overrides_label(exp) else ""))
+                                                                    "never compare them with the paper's."
+                                                                    if "DRY RUN" in overrides_label(exp) else ""))
     if base_preset(preset) != "paper":
         stand = "; ".join(f"`{c.backbone}` stands for {c.paper}" for c in exp.columns)
         lines.append(f"Backbones: {stand}." + ("" if own else " Numbers on the embedded data are not comparable with "
-                                                              "the paper's "
-                                                "in value, only in ordering (which model beats which)."))
+                                                              "the paper's in value, only in ordering (which model "
+                                                              "beats which)."))
     three = any("±" in v for rows in paper.values.values() for v in rows.values())
     how = "mean ± std of 3 seeds" if three else "one run"
     lines.append(f"**The paper's numbers** (on {paper.dataset}) are not a measurement on your data: they are shown "
-                 "after ours, on their own, "
-                 f"as published ({how})." if own else f"**Paper**: {paper.dataset}, as published ({how}).")
+                 f"after ours, on their own, as published ({how})." if own else
+                 f"**Paper**: {paper.dataset}, as published ({how}).")
     return lines
 
 # %% ../../nbs/api/report/01_pages.ipynb #6d5b575e
@@ -144,8 +141,7 @@ def _ordering_lines(exp: TableExperiment, od: pd.DataFrame, mname: str) -> list[
     paper = f"paper, on {PAPER_TABLES[exp.name].dataset}" if own_data(exp) else "paper"
     lines = [f"### Orderings ({mname}, ours paired by seed: the difference of the two rows on the same seed)", "",
              f"| pair | ours: backbone (stands for) | split | {paper} (points) | ours: mean [95% CI] (points) | n | "
-             "MDE (points) "
-             "| verdict |",
+             "MDE (points) | verdict |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, o in od.iterrows():
         lines.append(f"| {o.pair} | {o.backbone} ({o.column}) | {_split_label(exp, o.split)} | "
@@ -400,30 +396,25 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
         f"# {fig.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})",
         "",
         f"**Ours**: the `{fig.row}` models of the tables' runs of the same preset and seed, fine-tuned {t.epochs} "
-        "epochs (batch "
-        f"{t.batch_size}, lr {t.lr} divided by 10 after epochs {t.milestone_epochs()}, weight decay "
-        f"{t.weight_decay}, no augmentation) "
-        f"with copy-replace on the images whose frac_attn_out exceeds lambda_out"
+        f"epochs (batch {t.batch_size}, lr {t.lr} divided by 10 after epochs {t.milestone_epochs()}, weight decay "
+        f"{t.weight_decay}, no augmentation) with copy-replace on the images whose frac_attn_out exceeds lambda_out"
         + (
             " (lambda_out chosen per model so that the pool holds "
             f"{', '.join(f'{100 * f:g}%' for f in fig.fractions)} of the training images)"
             if fig.fractions
             else ""
         )
-        + ", against vanilla fine-tuning with the same schedule; "
-        f"fine-tuning seeds {list(fig.finetune_seeds)} per model; accuracy on the split named below; mean ± std "
-        "over the runs' seeds; "
-        "the gain is copy-replace minus vanilla of the same seed's model, judged against the paper's gain where "
-        "it gives one.",
+        + f", against vanilla fine-tuning with the same schedule; fine-tuning seeds {list(fig.finetune_seeds)} per "
+        "model; accuracy on the split named below; mean ± std over the runs' seeds; the gain is copy-replace minus "
+        "vanilla of the same seed's model, judged against the paper's gain where it gives one.",
         (
             "**The paper's** (on its datasets, not yours): gain over vanilla of about "
             if any(own_data(record_experiment(runs[0], t)) for t in fig.sources)
             else "**Paper**: gain over vanilla of about "
         )
         + "; ".join(
-            f"{v['dataset']} {v['20%']} points with 20% "
-            "of the images annotated and "
-            f"{v['almost all']} with almost all (ResNet-50 / ResNeXt-50 / EfficientNet-B3)"
+            f"{v['dataset']} {v['20%']} points with 20% of the images annotated and {v['almost all']} with almost all "
+            "(ResNet-50 / ResNeXt-50 / EfficientNet-B3)"
             for v in PAPER_FIG8_9.values()
         )
         + ".",
@@ -435,13 +426,11 @@ def markdown_curves(records: Sequence[RunRecord]) -> str:
         lines += [f"## {fig8_9_label(source)['figure']} ({_data_name(src, source)}): `{backbone}` for {column}, "
                   f"accuracy on {_split_label(src, split)}", "",
                   "| lambda_out | images annotated | fraction | copy-replace acc (%) | vanilla acc (%) | gain: mean "
-                  "[95% CI] (points) | n | "
-                  "MDE (points) | paper gain | verdict |", "|" + " --- |" * 10]
+                  "[95% CI] (points) | n | MDE (points) | paper gain | verdict |", "|" + " --- |" * 10]
         for _, p in d.iterrows():
             lines.append(f"| {p.lambda_out} | {p.pool_size:.0f} | {p.fraction:.2f} | {p.acc or 'not run (empty pool)'} "
-                         f"| {p.vanilla} | "
-                         f"{fmt_interval(p.gain_mean, p.gain_lo, p.gain_hi)} | {p.n} | {fmt_mean_std(p.mde)} | "
-                         f"{fmt_mean_std(p.paper, digits=1, sign=True)} | {p.verdict} |")
+                         f"| {p.vanilla} | {fmt_interval(p.gain_mean, p.gain_lo, p.gain_hi)} | {p.n} | "
+                         f"{fmt_mean_std(p.mde)} | {fmt_mean_std(p.paper, digits=1, sign=True)} | {p.verdict} |")
         before = df[(df.source == source) & (df.column == column) & (df.backbone == backbone) & (df.split == split)]
         lines += [f"| before fine-tuning | | | {fmt_mean_std(*mean_std(before.groupby('seed').before.first()))} | | | "
                   "| | | |", "",
@@ -459,15 +448,14 @@ def verdict_summary(records: Sequence[RunRecord]) -> list[str]:
         for metric in paper.metrics if runs else ():
             od = orderings(runs, name, metric)
             if len(od): lines.append(f"- {record_experiment(runs[0]).title.split(':')[0]} ({paper.dataset}), "
-                                     f"{METRIC_NAMES[metric]}: "
-                                     f"{verdict_counts(list(od.verdict))}")
+                                     f"{METRIC_NAMES[metric]}: {verdict_counts(list(od.verdict))}")
     if any(r.name == "fig8_9" for r in records):
         lines.append("- Figs. 8/9, copy-replace gain over vanilla: "
                      f"{verdict_counts(list(curve_verdicts(records).verdict))}")
     if not lines: return []
     return ["## Verdicts, counted", "", "Over every ordering on the pages below; each page shows n, the mean and its "
-                                        "95% interval, the MDE and the verdict "
-            f"per ordering. {VERDICT_RULE}", "", *lines, ""]
+                                        f"95% interval, the MDE and the verdict per ordering. {VERDICT_RULE}", "",
+            *lines, ""]
 
 # %% ../../nbs/api/report/01_pages.ipynb #db749cb0
 def markdown_fig1(records: Sequence[RunRecord]) -> str:
@@ -479,9 +467,8 @@ def markdown_fig1(records: Sequence[RunRecord]) -> str:
     lines = [f"# {fig.title} (ours: preset `{preset}`, seeds {', '.join(map(str, seeds))}, n = {len(seeds)})", "",
              *([f"**{overrides_label(fig)}**", ""] if fig.overrides else []),
              "Each model's attention map on the headline test split: its resolution, and the share of its binarised "
-             "(at 0.2) "
-             "attention outside the object box (`frac_attn_out`, lower is better localised). The pictures show the "
-             "first seed.", ""]
+             "(at 0.2) attention outside the object box (`frac_attn_out`, lower is better localised). The pictures "
+             "show the first seed.", ""]
     rows = [{"source": p["source"], "backbone": p["backbone"], "column": p["column"], "seed": r.seed, **v}
             for r in runs for p in r.metrics["panels"] for v in p["models"]]
     df = pd.DataFrame(rows)
@@ -491,7 +478,6 @@ def markdown_fig1(records: Sequence[RunRecord]) -> str:
                   "| model | map (h x w) | accuracy (%) | frac_attn_out |", "| --- | --- | --- | --- |"]
         for m, x in d.groupby("model", sort=False):
             lines.append(f"| {m} | {x.map_size.iloc[0][0]} x {x.map_size.iloc[0][1]} | "
-                         f"{fmt_mean_std(*mean_std(x.acc))} | "
-                         f"{fmt_mean_std(*mean_std(x.frac_attn_out), digits=3)} |")
+                         f"{fmt_mean_std(*mean_std(x.acc))} | {fmt_mean_std(*mean_std(x.frac_attn_out), digits=3)} |")
         lines.append("")
     return "\n".join(lines)

@@ -342,20 +342,14 @@ def fmt_interval(mean: float, lo: float, hi: float) -> str:
     return f"{mean:+.1f}" if math.isnan(lo) else f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 VERDICT_RULE = ("Verdicts: ours is the difference of the two on the same seed, over n seeds: its mean and 95% "
-                "confidence interval "
-                "(Student's t, paired by seed: mean ± t(0.975, n - 1) × std / √n). *the paper's sign*: the interval "
-                "excludes 0 on "
-                "the side of the paper's difference; *the opposite sign*: it excludes 0 on the other side; *smaller "
-                "than X*: it "
-                f"covers 0 and lies within ±X (X at most {TARGET:g} points), so an effect of X or more either way is "
-                "ruled out; "
-                f"*undecided*: it covers 0 and reaches beyond ±{TARGET:g} points. Where the paper gives no difference: "
-                "*above 0* or "
-                "*below 0* when the interval excludes 0. One seed has no interval and is not judged. The MDE, the "
-                "effect this n "
-                f"finds with power {POWER:g} at a two-sided {ALPHA:g} (MDE = (t(1 - {ALPHA:g}/2, n - 1) + t({POWER:g}, "
-                "n - 1)) × "
-                f"std / √n), is shown to plan the next study.")
+                "confidence interval (Student's t, paired by seed: mean ± t(0.975, n - 1) × std / √n). *the paper's "
+                "sign*: the interval excludes 0 on the side of the paper's difference; *the opposite sign*: it "
+                f"excludes 0 on the other side; *smaller than X*: it covers 0 and lies within ±X (X at most {TARGET:g} "
+                "points), so an effect of X or more either way is ruled out; *undecided*: it covers 0 and reaches "
+                f"beyond ±{TARGET:g} points. Where the paper gives no difference: *above 0* or *below 0* when the "
+                "interval excludes 0. One seed has no interval and is not judged. The MDE, the effect this n finds "
+                f"with power {POWER:g} at a two-sided {ALPHA:g} (MDE = (t(1 - {ALPHA:g}/2, n - 1) + t({POWER:g}, "
+                "n - 1)) × std / √n), is shown to plan the next study.")
 
 # %% ../../nbs/api/report/00_runs.ipynb #60c20968
 COMPARISONS = {  # (better, worse) as the paper claims, per table; our extra row compared with the literal MSABN

@@ -242,12 +242,11 @@ def _check_same_report(
     theirs = sorted(f for f in earlier["files"] if (folder / f).exists())
     if theirs:
         raise FileExistsError(f"{folder} holds a report of preset {earlier['preset']!r}, seeds {earlier['seeds']}, not "
-                              f"of preset {preset!r}, "
-                              f"seeds {list(seeds)}: writing there would overwrite its files ({', '.join(theirs)}). "
-                              f"Nothing was changed; move that folder away, or write elsewhere with --out")
+                              f"of preset {preset!r}, seeds {list(seeds)}: writing there would overwrite its files "
+                              f"({', '.join(theirs)}). Nothing was changed; move that folder away, or write elsewhere "
+                              "with --out")
     log(f"[report] {folder.name} was made for preset {earlier['preset']}, seeds {earlier['seeds']}, but holds none of "
-        "its files now: "
-        f"writing the preset {preset}, seeds {list(seeds)} report there (the files in it are kept)")
+        f"its files now: writing the preset {preset}, seeds {list(seeds)} report there (the files in it are kept)")
     return {"preset": None, "seeds": None, "files": {}, "tables": {}}
 
 # %% ../../nbs/api/report/03_write.ipynb #17beded2
@@ -268,8 +267,7 @@ def _no_runs(runs_dir: Path, preset: str, seeds: Sequence[int]) -> str:
     made = _folder_settings(runs_dir / preset) if "+" in preset else None
     if made: cmd = f"`{run_command(made[0], preset, seeds, made[1])}`"
     elif "+" in preset: cmd = (f"the `msabn_run ... --preset {base_preset(preset)}` command with the --set settings "
-                               f"that named {preset} "
-                               "(none of its runs is left to read them from)")
+                               f"that named {preset} (none of its runs is left to read them from)")
     else: cmd = f"`{run_command(list(TEMPLATES), preset, seeds)}`"
     runs = "" if Path(runs_dir) == Path("runs") else f" --runs-dir {runs_dir}"
     if not runs_dir.is_dir(): return (f"no complete runs of preset {preset!r} and seeds {seeds}: {runs_dir} does not "
@@ -307,16 +305,14 @@ def _index_page(
     own = sorted({o for r in records for o in [own_data(record_experiment(r))] if o})
     run = run_command(names, preset, seeds, dict(records[0].overrides) if records else {})
     data = (f" Every number here is on your data ({', '.join(f'`{o}`' for o in own)}): each page says whose data it "
-            "is, and the "
-            "paper's numbers appear only as the paper's, on their own lines." if own else
+            "is, and the paper's numbers appear only as the paper's, on their own lines." if own else
             " Every number here is on the embedded synthetic data (labelled as such in each table): comparable with "
-            "the paper's "
-            "in ordering only." if base_preset(preset) != "paper" else "")
+            "the paper's in ordering only." if base_preset(preset) != "paper" else "")
     lines = [f"# Results: preset `{preset}`, seeds {', '.join(map(str, seeds))}", "",
              f"Made by `msabn_report --preset {preset} --seeds {s}` from the complete runs of `{run}`." + data, ""]
     if label: lines[2:2] = [f"**{label}**" + (": these pages check that the pipeline runs end to end; their numbers "
-                                              "are not results and "
-                                              "never belong beside the paper's." if label.startswith("DRY RUN") else
+                                              "are not results and never belong beside the paper's."
+                                              if label.startswith("DRY RUN") else
                                               "; never mixed with the unmodified runs of the preset."), ""]
     if left_out: lines += ["Run folders left out (not complete): " + "; ".join(left_out), ""]
     for name, why in stale.items():
@@ -457,10 +453,8 @@ def write_index(
     if not _may_rewrite(out, "README.md", log): return None
     lines = ["# paper_figures", "",
              "What the experiments produce: our numbers beside the paper's, figures, and the cost to reproduce. Every "
-             "file below is "
-             "made by the command next to it, run from the repository root after `pip install -e .`. Run folders "
-             "themselves "
-             "(`runs/`) are not committed.", ""]
+             "file below is made by the command next to it, run from the repository root after `pip install -e .`. Run "
+             "folders themselves (`runs/`) are not committed.", ""]
     shown = lambda f: not f.name.startswith(".")   # not the manifests, nor a report still being written
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and "_seeds-" in p.name and shown(p)):
         preset, seeds = folder.name.split("_seeds-")

@@ -132,18 +132,17 @@ def resume_changes(
     }
     if "epochs" in changed and new["epochs"] < trained:
         raise ConfigChangedError(f"the checkpoint has already trained {trained} epochs, more than "
-                                 f"epochs={new['epochs']}: a shorter "
-                                 f"run cannot be resumed from it. Resume with epochs >= {trained}, or train the "
-                                 "shorter run in "
-                                 "another out_dir (or with overwrite=True, which keeps this run aside)")
+                                 f"epochs={new['epochs']}: a shorter run cannot be resumed from it. Resume with "
+                                 f"epochs >= {trained}, or train the shorter run in another out_dir (or with "
+                                 "overwrite=True, which keeps this run aside)")
     grows = lambda k, v: k == "epochs" and v[1] > v[0]
     refused = {k: v for k, v in changed.items() if k not in RESUME_SAFE and not grows(k, v)}
     if refused:
         raise ConfigChangedError("cannot resume: the recipe differs from the checkpoint's (" +
                                  "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items()) +
                                  "). The optimizer and scheduler state belong to the old recipe: resume with the old "
-                                 "values, "
-                                 "or start again with overwrite=True (the old run is kept aside) or in another out_dir")
+                                 "values, or start again with overwrite=True (the old run is kept aside) or in "
+                                 "another out_dir")
     return {k: v for k, v in changed.items() if k not in refused}
 
 # %% ../../nbs/api/train/04_checkpoints.ipynb #b87b5044
@@ -235,8 +234,7 @@ def claim_out_dir(
         if not (out / LOCK_NAME).exists(): lock.release(); raise _Stale()   # locked a file its holder had just removed
     except (Timeout, _Stale):
         raise RunInUseError(f"{out} is in use: another fit is writing there (it holds {out / LOCK_NAME}); wait for it "
-                            "to "
-                            "end, or choose another out_dir") from None
+                            "to end, or choose another out_dir") from None
     except PermissionError as e:
         raise PermissionError(
             e.errno, f"cannot write to out_dir {out} ({e.strerror}): choose a folder you can write to"

@@ -248,8 +248,7 @@ def _resume(run: _TrainingRun):
     except NonFiniteCheckpointError: raise
     except CheckpointError as e:
         raise CheckpointError(f"{e}; resume with the model it was made for, or start again with overwrite=True (the "
-                              "old run "
-                              "is kept aside) or in another out_dir") from e
+                              "old run is kept aside) or in another out_dir") from e
     if ck.get("data") not in (None, run.data_id):
         saved, now = ck["data"], run.data_id
         diff = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k])
@@ -273,10 +272,8 @@ def _resume(run: _TrainingRun):
     if "epochs" in changes:
         old = changes["epochs"][0]
         say(f"epochs {old} -> {run.cfg.epochs}: training continues to epoch {run.cfg.epochs} under the {old}-epoch "
-            "run's "
-             f"learning-rate schedule (drops after epochs {sorted(run.sched.milestones)}; a fresh "
-             f"{run.cfg.epochs}-epoch run "
-             f"would drop after {run.cfg.milestone_epochs()})", run.rank)
+            f"run's learning-rate schedule (drops after epochs {sorted(run.sched.milestones)}; a fresh "
+            f"{run.cfg.epochs}-epoch run would drop after {run.cfg.milestone_epochs()})", run.rank)
     if others := {k: v for k, v in changes.items() if k != "epochs"}:
         say(
             "changed on resume, without effect on the result: "
@@ -347,8 +344,7 @@ def _check_finite(run: _TrainingRun, loss: torch.Tensor, x: torch.Tensor, batch:
     last = f"{ckpt.name} (end of epoch {run.epoch})" if ckpt and ckpt.exists() else "none"
     bad = (~torch.isfinite(x).flatten(1).all(1)).cpu()
     why = (f"; the images of dataset indices {torch.as_tensor(batch['index'])[bad].tolist()[:10]} contain NaN or "
-           "infinite "
-           "values: check the data and its transform" if bad.any() else "")
+           "infinite values: check the data and its transform" if bad.any() else "")
     raise NonFiniteLossError(f"the loss became {loss.item()} at epoch {run.epoch + 1}, step {step + 1}: "
                              f"stopping; the last good checkpoint is kept: {last}{why}")
 
@@ -405,10 +401,9 @@ def _checkpoint(run: _TrainingRun, epoch: int, step: int, running: _EpochSums | 
     if run.rank == 0 and (bad := nonfinite_weights(run.model.state_dict())):
         ckpt = run.out / "checkpoint.pt"
         name = run.meta.get("arch") or run.meta.get("name") or type(run.model).__name__
-        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values "
-                                 f"after epoch {run.epoch + 1} ({name} {run.meta.get('backbone', '')}, "
-                                 f"lr {run.cfg.lr:g}): not saved, "
-                                 f"stopping; try a lower lr. The last good checkpoint is kept: "
+        raise NonFiniteLossError(f"the model diverged: {len(bad)} weight tensor(s) hold NaN or infinite values after "
+                                 f"epoch {run.epoch + 1} ({name} {run.meta.get('backbone', '')}, lr {run.cfg.lr:g}): "
+                                 "not saved, stopping; try a lower lr. The last good checkpoint is kept: "
                                  f"{ckpt.name if ckpt.exists() else 'none'}")
     if run.rank == 0:
         write_checkpoint({"signature": run.meta, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),

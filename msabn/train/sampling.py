@@ -72,9 +72,9 @@ def check_labels(labels: torch.Tensor, num_classes: int, where: str):
     if bad.any():
         i = int(bad.nonzero()[0])
         raise ValueError(f"{where}: label {int(labels[i])} (item {i}) is not a class of the model, which has "
-                         f"{num_classes} classes "
-                         f"(labels 0..{num_classes - 1}); the data's labels go up to {int(labels.max())}: a model for "
-                         f"{int(labels.max()) + 1} classes, or data with the model's classes, is needed")
+                         f"{num_classes} classes (labels 0..{num_classes - 1}); the data's labels go up to "
+                         f"{int(labels.max())}: a model for {int(labels.max()) + 1} classes, or data with the model's "
+                         "classes, is needed")
 
 def check_data(
     data: Dataset,          # the training (or evaluation) samples
@@ -90,9 +90,8 @@ def check_data(
     if n == 0: raise ValueError(f"{name} is empty (0 images): nothing to {'train on' if train else 'evaluate'}")
     if train and len(EpochBatches(n, batch_size, world_size=world)) == 0:
         raise ValueError(f"{name} has {n} image(s): not one training step at batch_size {batch_size} (a last batch of "
-                         "fewer "
-                         f"than {max(2, world)} images is dropped: BatchNorm cannot train on one image per process); "
-                         f"give it at least {max(2, world)} images")
+                         f"fewer than {max(2, world)} images is dropped: BatchNorm cannot train on one image per "
+                         f"process); give it at least {max(2, world)} images")
     t = dataset_targets(data)
     if t is not None: check_labels(t, num_classes, name)
 
