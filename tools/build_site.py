@@ -313,13 +313,16 @@ def write_readme(index_md: Path, readme: Path):
 
 
 def check_readme() -> bool:
-    "True when README.md is what nbs/index.ipynb renders to."
-    from nbdev.serve import proc_nbs
+    "True when README.md is what nbs/index.ipynb renders to (the home page alone is processed, not every notebook)."
+    import nbdev.serve_drv
+    from nbdev.processors import FilterDefaults
     cfg = get_config()
-    proc = proc_nbs(cfg.nbs_path, force=True, n_workers=0, file_glob="index.ipynb")
     with tempfile.TemporaryDirectory() as tmp:
-        render_pages(proc, Path(tmp), cfg.doc_host.rstrip("/") + cfg.doc_baseurl)
-        want = readme_text(Path(tmp) / "index.md")
+        proc, docs = Path(tmp) / "proc", Path(tmp) / "docs"
+        proc.mkdir()
+        nbdev.serve_drv.main((cfg.nbs_path / "index.ipynb", proc / "index.ipynb", FilterDefaults))
+        render_pages(proc, docs, cfg.doc_host.rstrip("/") + cfg.doc_baseurl)
+        want = readme_text(docs / "index.md")
     have = (cfg.config_path / "README.md").read_text(encoding="utf-8")
     return want == have
 
