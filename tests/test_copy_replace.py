@@ -180,6 +180,8 @@ def test_benchmark_script_quick(tmp_path):
             sys.executable,
             "benchmarks/copy_replace.py",
             "--quick",
+            "--threads",
+            "1",   # a worker's share of the cores (pytest runs a worker per core): two threads each would fight
             "--data",
             str(tmp_path / "data"),
             "--runs",

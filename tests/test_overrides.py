@@ -203,7 +203,7 @@ def test_own_cub_layout_dataset_with_ten_classes(tmp_path, capsys):
         "--set",
         "valid_fraction=0",
         "--threads",
-        "2",
+        "1",
     ]
     assert main(argv) == 0, capsys.readouterr()   # one image per class: none can be held out for choosing an epoch
     exp = with_overrides(
@@ -254,7 +254,7 @@ def test_own_cub_folder_without_boxes_trains_the_table_at_the_dry_run_batch(tmp_
         "--fast-dev-run",
         "2",
         "--threads",
-        "2",
+        "1",
     ] + sets
     assert main(argv) == 0, capsys.readouterr()
     said = capsys.readouterr().out
