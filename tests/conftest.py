@@ -21,6 +21,16 @@ _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1: os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# pytest-xdist hands a worker one test file at a time, in collection order (pyproject.toml turns off its reordering by
+# test count): the files that start kernels, a browser or the site build go first, longest first, so that the short
+# files fill in beside them instead of a long one running alone at the end
+LONG_FILES = ("test_experiments.py", "test_overrides.py", "test_train.py", "test_annotate_browser.py", "test_site.py",
+              "test_models.py", "test_calibration.py")
+
+def pytest_collection_modifyitems(config, items):
+    first = {name: k for k, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(LONG_FILES)))   # stable: the rest keep their order
+
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "_screenshots"  # gitignored
 CHROMIUM = os.environ.get("MSABN_CHROMIUM", "/usr/bin/chromium")
