@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ def collect_attention(
     device: str | torch.device = "auto",  # where the model runs
     num_workers: int = 0,                 # DataLoader worker processes
     progress: bool = False,               # a progress bar (pass cfg.progress under a TrainConfig)
+    on_batch: Callable[[dict], None] | None = None,  # called with each batch as loaded (e.g. to keep its boxes)
 ) -> AttentionRecords:
     "Attention map, prediction, confidence and label of every image in `data`, in dataset order."
     device = get_device(device)
@@ -64,6 +66,7 @@ def collect_attention(
     keep = {k: [] for k in AttentionRecords.__dataclass_fields__}
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     for batch in tqdm(loader, desc="attention", leave=False, disable=not progress):
+        if on_batch is not None: on_batch(batch)
         out = model(batch["image"].to(device))
         prob = out.logits.float().softmax(1)
         conf, pred = prob.max(1)

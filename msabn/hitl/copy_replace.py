@@ -84,17 +84,23 @@ class AttentionScores:
             return cls(rec, z["boxes"], z["frac_attn_out"], size, float(z["thresh"]), norm)
 
 # %% ../../nbs/api/hitl/00_copy_replace.ipynb #a2113374
+def _keep_boxes(data: Dataset, boxes: list, size: list) -> Callable[[dict], None]:
+    "A batch's boxes into `boxes`, its images' (H, W) into `size`: refused for data without boxes."
+    def keep(b: dict):
+        if "box" not in b: raise ValueError(f"{type(data).__name__} has no boxes: scoring attention against the object "
+                                            "needs a box per image")
+        boxes.append(b["box"]); size[:] = (int(v) for v in b["image"].shape[-2:])
+    return keep
+
 def dataset_boxes(
     data: Dataset,          # items with "image" and "box" (after the dataset's transform)
     batch_size: int = 256,
 ) -> tuple[np.ndarray, tuple[int, int]]:  # N x 4 boxes in input pixels, and the (H, W) of the images
     "Every item's box as the model sees it (after the transform), in dataset order."
-    boxes, size = [], None
-    for b in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        if "box" not in b: raise ValueError(f"{type(data).__name__} has no boxes: scoring attention against the object "
-                                            "needs a box per image")
-        boxes.append(b["box"]); size = tuple(b["image"].shape[-2:])
-    return torch.cat(boxes).numpy(), size
+    boxes, size = [], []
+    keep = _keep_boxes(data, boxes, size)
+    for b in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate): keep(b)
+    return torch.cat(boxes).numpy(), tuple(size)
 
 def normalizes(
     model: nn.Module,              # the model whose maps are scored
@@ -116,8 +122,10 @@ def score_attention(
 ) -> AttentionScores:
     "Attention maps, predictions and frac_attn_out of every image of `data`, in dataset order."
     norm = normalizes(model, normalize)
-    rec = collect_attention(model, data, batch_size=batch_size, device=device, progress=progress)
-    boxes, size = dataset_boxes(data)
+    boxes, size = [], []   # kept from the same pass as the maps: the images are read once
+    rec = collect_attention(model, data, batch_size=batch_size, device=device, progress=progress,
+                            on_batch=_keep_boxes(data, boxes, size))
+    boxes, size = torch.cat(boxes).numpy(), tuple(size)
     maps = torch.from_numpy(rec.attn_map).float()[:, None]
     frac = frac_attn_out(maps, torch.from_numpy(boxes), thresh, image_size=size, normalize=norm)
     return AttentionScores(rec, boxes, frac.numpy(), size, thresh, norm)
