@@ -154,9 +154,13 @@ def test_fast_dev_run_of_every_template_on_the_fixtures_is_labelled_a_dry_run(tm
         for f in ("config.json", "metrics.json"):
             rec = load_json(folder / f)
             assert rec["dry_run"] is True and rec["label"].startswith("DRY RUN"), (name, f)
+        # every template, executed by papermill with its -p parameters: the one test that runs each through a kernel
         nb = nbformat.read(folder / f"{template}.ipynb", as_version=4)
+        shows = ("print(", "display(", "Image(")
+        showing = [c for c in nb.cells if c.cell_type == "code" and any(f in c.source for f in shows)]
+        assert showing and all(c.get("outputs") for c in showing), f"{name}: an executed cell shows nothing"
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        # papermill's -p overrides
+        assert len(injected) == 1 and 'preset = "paper"' in injected[0].source, f"{name}: no injected parameters"
         assert "overrides = {" in injected[0].source and "fast_dev_run" in injected[0].source, name
     cell = load_json(cell_folder(runs / var / "table4" / "seed0", "efficientnet_b3", "MSABN") / "config.json")
     assert cell["dry_run"] is True and cell["train"]["limit_train_batches"] == 1 and cell["train"]["epochs"] == 1
