@@ -82,7 +82,7 @@ def test_console_scripts_are_declared():
     assert "msabn_run=msabn.experiments:main" in line and "msabn_report=msabn.report:main" in line
 
 
-# --- every template through papermill, on the tiny preset ------------------------------------------------
+# --- every template on the tiny preset, and the report made from it --------------------------------------
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     ("Every experiment of the tiny preset, run once by msabn_run with each template's work done in this process, on "
@@ -198,8 +198,10 @@ def test_run_killed_mid_run_is_redone_not_reported(tmp_path, monkeypatch):
             assert proc.poll() is None, "msabn_run ended before it could be killed"
             assert time.time() < deadline, "msabn_run did not get to its first cell in time"
             time.sleep(0.2)
-    finally:   # the runner and its kernel, as a crash or kill -9 would (jupyter_client starts the kernel in a session
-        kernel = psutil.Process(proc.pid).children(recursive=True)   # of its own: killpg alone leaves it to die later)
+    finally:
+        # the runner and its kernel, as a crash or kill -9 would: jupyter_client starts the kernel in a session of its
+        # own, which killpg leaves to die a moment later, still holding its cell's lock
+        kernel = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
         for p in kernel:
             with contextlib.suppress(psutil.NoSuchProcess): p.kill()
