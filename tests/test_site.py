@@ -56,6 +56,9 @@ def test_site_in_browser(site, browser_page):
         assert sig.is_visible()
         assert "deterministic:bool=False" in sig.inner_text()
         page.screenshot(path=str(SCREENSHOTS / "site-core.png"), full_page=False)
+        # at 1280 px every code block fits its column: long lines wrap, none hides its end behind a scrollbar
+        cut = page.eval_on_selector_all("pre > code", "cs => cs.filter(c => c.scrollWidth > c.clientWidth + 2).length")
+        assert page.locator("pre > code").count() > 5 and cut == 0, f"{cut} code blocks wider than the column"
         # and back home through the header link
         page.locator("a.md-header__button.md-logo").click()
         page.wait_for_load_state()
