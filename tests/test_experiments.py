@@ -89,14 +89,11 @@ def tiny_runs(tmp_path_factory):
      "one torch thread; what it showed in progress.txt. (The fast dev run in tests/test_overrides.py puts every "
      "template through papermill: here a kernel start per template would only repeat it.)")
     base = tmp_path_factory.mktemp("tiny")
-    shown, threads = io.StringIO(), torch.get_num_threads()
+    shown = io.StringIO()
     # the progress display writes to stdout: here not a terminal, so plain lines
     with pytest.MonkeyPatch.context() as mp, redirect_stdout(shown):
         mp.setattr(RUNNER, "execute_template", _in_process)
-        torch.set_num_threads(1)
-        try: rep = run_experiments(["all"], "tiny", runs_dir=base / "runs", data_root=base / "data", threads=1,
-                                   log=QUIET)
-        finally: torch.set_num_threads(threads)
+        rep = run_experiments(["all"], "tiny", runs_dir=base / "runs", data_root=base / "data", threads=1, log=QUIET)
     (base / "progress.txt").write_text(shown.getvalue())
     return base, rep
 
@@ -504,7 +501,11 @@ def _in_process(name, preset, seed, runs_dir, data_root, device="auto", num_work
                 batch=None):
     "An execute_template that runs the template's work in this process (no kernel start): real training."
     from msabn.experiments import run_experiment
-    run_experiment(name, preset=preset, seed=seed, runs_dir=runs_dir, data_root=data_root, device=device, log=QUIET)
+    before = torch.get_num_threads()
+    if threads: torch.set_num_threads(int(threads))   # as the template's first cell does
+    try: run_experiment(name, preset=preset, seed=seed, runs_dir=runs_dir, data_root=data_root, device=device,
+                        log=QUIET)
+    finally: torch.set_num_threads(before)
     return run_folder(runs_dir, preset, name, seed) / f"{TEMPLATES[name]}.ipynb"
 
 def _aside(folder: Path) -> list[Path]:
