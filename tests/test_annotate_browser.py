@@ -179,25 +179,30 @@ def dismiss_dialogs(page, seconds: float = 0):
 def boxes_in(store: Path) -> dict:
     return json.loads(store.read_text())["boxes"] if store.exists() else {}
 
-def wait_for_boxes(store: Path, n: int, timeout: float = 20) -> dict:
+JS_WIDGET_TEXT = "() => [...document.querySelectorAll('.widget-html-content')].map(e => e.innerText).join(' | ')"
+
+def wait_for_boxes(page, store: Path, n: int, timeout: float = 20) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if len(boxes_in(store)) >= n: return boxes_in(store)
         time.sleep(0.2)
-    pytest.fail(f"{store.name} did not reach {n} box(es) within {timeout} s: {boxes_in(store)}")
+    pytest.fail(f"{store.name} did not reach {n} box(es) within {timeout} s: {boxes_in(store)}; the editor shows "
+                f"{page.evaluate(JS_WIDGET_TEXT)!r} and the rectangles {page.evaluate(JS_RECTS)}")
 
 def shown_index(page) -> int:
     header = page.locator(".widget-html-content", has_text="frac_attn_out").first.inner_text()
     return int(header.split("image", 1)[1].split()[0])
 
-def drag(page, bb: dict, start: tuple, end: tuple, steps: int = 4):
-    "Press at `start`, move to `end` in steps, release there (display pixels relative to the image's corner)."
+def drag(page, bb: dict, start: tuple, end: tuple, steps: int = 4, pause: float = 0):
+    ("Press at `start`, move to `end` in steps, hold still for `pause` seconds and release there (display pixels "
+     "relative to the image's corner).")
     (x0, y0), (x1, y1) = start, end
     page.mouse.move(bb["x"] + x0, bb["y"] + y0)
     page.mouse.down()
     for k in range(1, steps + 1):
         t = k / steps
         page.mouse.move(bb["x"] + x0 + t * (x1 - x0), bb["y"] + y0 + t * (y1 - y0))
+    time.sleep(pause)
     page.mouse.up()
 
 JS_RECTS = """() => [...document.querySelectorAll('.msabn-bbox svg rect')].map(e => {
@@ -259,10 +264,10 @@ def test_box_editor_in_jupyterlab():
                 assert nat == [32 * SCALE, 32 * SCALE], nat
                 first = shown_index(page)
 
-                # draw: a mouse drag on the image
+                # draw: a mouse drag on the image, held still a moment before the release as a person does
                 dismiss_dialogs(page)
                 bb = img.bounding_box()
-                drag(page, bb, *DRAG)
+                drag(page, bb, *DRAG, pause=1)
                 # the widget maps the page to the image's natural pixels and rounds; the editor divides by the scale.
                 # The image may sit at a fractional page offset (it moves with the text above it), and the browser's
                 # mouse events carry whole page pixels: so the drag lands within one display pixel of where it was
@@ -270,7 +275,7 @@ def test_box_editor_in_jupyterlab():
                 sx, sy = nat[0] / bb["width"], nat[1] / bb["height"]
                 (x0, y0), (x1, y1) = DRAG
                 aimed = [x0 * sx / SCALE, y0 * sy / SCALE, x1 * sx / SCALE, y1 * sy / SCALE]
-                boxes = wait_for_boxes(store, 1)
+                boxes = wait_for_boxes(page, store, 1)
                 assert list(boxes) == [str(first)], (boxes, first)
                 expect = boxes[str(first)]["box"]
                 assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(expect, aimed, strict=True)), (boxes, aimed)
@@ -285,14 +290,17 @@ def test_box_editor_in_jupyterlab():
                 page.wait_for_selector(f"text=image {first} done", timeout=10_000)
                 second = shown_index(page)
                 assert second != first
-                # the next image is on screen before anyone draws on it (a drag while it loads is not a box)
+                # the next image is on screen before anyone draws on it (a drag while it loads is not a box), and the
+                # last image's box is gone: the widget fades a removed box out over 100 ms, and a press on it then
+                # moves the fading box instead of drawing a new one
                 page.wait_for_function("(src) => { const i = document.querySelector('.msabn-bbox img'); return i && "
                                        "i.src !== src && i.complete && i.naturalWidth > 0; }", arg=src, timeout=10_000)
+                page.wait_for_function("() => !document.querySelector('.msabn-bbox svg rect')", timeout=10_000)
 
                 # a drag released beside the image (to its right): saved, cut to the image
                 bb = img.bounding_box()
-                drag(page, bb, (160, 100), (32 * SCALE + 40, 200))
-                boxes = wait_for_boxes(store, 2)
+                drag(page, bb, (160, 100), (32 * SCALE + 40, 200), pause=1)
+                boxes = wait_for_boxes(page, store, 2)
                 edge = boxes[str(second)]["box"]
                 assert edge[2] == 32, edge
                 assert all(abs(g - a) <= 1 / SCALE + 1e-9 for g, a in zip(edge, (20, 12.5, 32, 25), strict=True)), edge

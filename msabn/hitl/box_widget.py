@@ -189,10 +189,12 @@ def redraw(self: BoxEditorWidget, moved: bool = True):
         # the pictures first, the words after: whoever reads the new header finds the new image under it
         s, box = ed.display_scale(), ed.store.get(ed.current)
         if moved or ed.clamped:   # another image, or a box cut to the image: draw what was saved
+            # one message for the image and its box: the new image never shows the last image's box
             self._syncing = True
             try:
-                if moved: self.bbox.image_bytes = image_png(ed.image(), s)
-                self.bbox.bboxes = [ed.to_widget_box(box)] if box else []
+                with self.bbox.hold_sync():
+                    if moved: self.bbox.image_bytes = image_png(ed.image(), s)
+                    self.bbox.bboxes = [ed.to_widget_box(box)] if box else []
             finally: self._syncing = False
         self.overlay.value = overlay_png(ed.image(), ed.attn_map(), box, s)
     colour = "#b00020" if ed.error else "#1b5e20"
