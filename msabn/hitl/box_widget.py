@@ -189,7 +189,7 @@ def redraw(self: BoxEditorWidget, moved: bool = True):
         # the pictures first, the words after: whoever reads the new header finds the new image under it
         s, box = ed.display_scale(), ed.store.get(ed.current)
         if moved or ed.clamped:   # another image, or a box cut to the image: draw what was saved
-            # one message for the image and its box: the new image never shows the last image's box
+            # one message for the image and its box: both change in the same frame
             self._syncing = True
             try:
                 with self.bbox.hold_sync():
